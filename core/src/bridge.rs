@@ -1,0 +1,122 @@
+//! Starting and stopping the whole bridge: broker, router and HTTP server,
+//! wired together from one [`Config`].
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{self, BrokerAddrs, BrokerError};
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::router::{Router, RouterSettings};
+use crate::stats::Stats;
+
+/// Snapshot requests waiting for the retained link; past this, new
+/// subscribers go on without retained values (counted).
+const RETAINED_REQUESTS: usize = 1_024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("http listener cannot bind {addr}: {source}")]
+    HttpBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("cannot start the http server: {0}")]
+    Http(std::io::Error),
+}
+
+/// A running bridge.
+#[derive(Debug)]
+pub struct Bridge {
+    pub http_addr: SocketAddr,
+    pub mqtt_addr: SocketAddr,
+    pub mqtt_v5_addr: Option<SocketAddr>,
+    router: Router,
+    cancel: CancellationToken,
+    server: actix_web::dev::ServerHandle,
+    server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Bridge {
+    /// Binds every listener and starts serving. Cancelling `cancel` begins
+    /// shutdown; [`Bridge::stopped`] waits for it to finish.
+    pub async fn start(config: Config, cancel: CancellationToken) -> Result<Self, StartError> {
+        let config = Arc::new(config);
+        let stats = Arc::new(Stats::default());
+        let (ingress_tx, ingress_rx) = mpsc::channel(config.http.ingress_capacity);
+        let (retained_tx, retained_rx) = mpsc::channel(RETAINED_REQUESTS);
+        let router = Router::new(
+            RouterSettings {
+                replay_capacity: config.sse.replay_capacity,
+                replay_max_bytes: config.sse.replay_max_bytes,
+                routes: config.routes.clone(),
+            },
+            stats,
+            ingress_tx,
+            retained_tx,
+        );
+
+        // Bound before the broker starts so a busy HTTP port fails fast.
+        let listener = TcpListener::bind(config.http.listen).map_err(|source| StartError::HttpBind {
+            addr: config.http.listen,
+            source,
+        })?;
+        let http_addr = listener.local_addr().map_err(StartError::Http)?;
+
+        // Starting the broker waits for its listeners: keep that off the
+        // async workers.
+        let mqtt = config.mqtt.clone();
+        let broker_router = router.clone();
+        let BrokerAddrs { mqtt: mqtt_addr, mqtt_v5 } = tokio::task::spawn_blocking(move || {
+            broker::start(&mqtt, &broker_router, ingress_rx, retained_rx)
+        })
+        .await
+        .map_err(|e| StartError::Http(std::io::Error::other(e)))??;
+
+        let state = AppState {
+            router: router.clone(),
+            config: config.clone(),
+            cancel: cancel.clone(),
+        };
+        let server = http::serve(listener, state).map_err(StartError::Http)?;
+        let handle = server.handle();
+        let server_task = tokio::spawn(server);
+
+        tracing::info!(addr = %mqtt_addr, "MQTT 3.1.1 listener ready.");
+        if let Some(addr) = mqtt_v5 {
+            tracing::info!(addr = %addr, "MQTT 5 listener ready.");
+        }
+        tracing::info!(addr = %http_addr, "HTTP listener ready (SSE, publish, health).");
+        Ok(Self {
+            http_addr,
+            mqtt_addr,
+            mqtt_v5_addr: mqtt_v5,
+            router,
+            cancel,
+            server: handle,
+            server_task,
+        })
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Waits for `cancel`, then stops accepting, ends the SSE streams (they
+    /// watch the same token) and lets in-flight requests finish.
+    pub async fn stopped(self) {
+        self.cancel.cancelled().await;
+        self.server.stop(true).await;
+        if let Err(e) = self.server_task.await {
+            tracing::warn!(error = %e, "HTTP server task ended abnormally.");
+        }
+        // The embedded broker's threads cannot be stopped (rumqttd 0.20);
+        // they end with the process.
+        tracing::info!("Bridge stopped.");
+    }
+}

@@ -1,0 +1,49 @@
+//! The egress link: every message the broker routes, read in order on a
+//! dedicated thread and handed to the router.
+
+use std::thread;
+
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::Notification;
+
+use super::BrokerError;
+use crate::router::Router;
+use crate::stats::Stats;
+
+pub(super) fn spawn(mut tx: LinkTx, mut rx: LinkRx, router: Router) -> Result<(), BrokerError> {
+    tx.subscribe("#").map_err(|e| BrokerError::Link {
+        link: "egress",
+        reason: e.to_string(),
+    })?;
+    thread::Builder::new()
+        .name("tidewater-egress".into())
+        .spawn(move || {
+            // The sender stays alive with the thread: the link lives as long
+            // as both halves do.
+            let _tx = tx;
+            if let Err(e) = rx_loop(&mut rx, &router) {
+                Stats::incr(&router.stats().broker_link_failures);
+                tracing::error!(error = %e, "Broker egress link closed; no more messages will be routed.");
+            }
+        })
+        .map_err(|e| BrokerError::Thread("egress", e))?;
+    Ok(())
+}
+
+fn rx_loop(rx: &mut LinkRx, router: &Router) -> Result<(), rumqttd::local::LinkError> {
+    loop {
+        match rx.recv()? {
+            Some(Notification::Forward(forward)) => {
+                let publish = forward.publish;
+                match std::str::from_utf8(&publish.topic) {
+                    Ok(topic) => router.dispatch(topic, publish.payload),
+                    Err(_) => Stats::incr(&router.stats().messages_invalid),
+                }
+            }
+            // The broker paused this link because its buffer filled up;
+            // it resumes once told we are reading again.
+            Some(Notification::Unschedule) => rx.ready()?,
+            Some(_) | None => {}
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The ingress link: publishes from web clients (and later plugins) into the
+//! broker, so they reach devices and come back through egress like any
+//! device message.
+//!
+//! rumqttd's local links publish at QoS 0 and block when the broker is busy,
+//! so the link lives on its own thread fed by a bounded queue. A publish that
+//! asked for confirmation is confirmed with a PINGREQ sent after it: the
+//! broker handles a link's packets in order, so its PINGRESP proves every
+//! earlier publish was appended to the broker's log.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{Packet, PingReq, Publish};
+use rumqttd::Notification;
+use tokio::sync::{mpsc, oneshot};
+
+use super::BrokerError;
+use crate::router::IngressRequest;
+use crate::stats::Stats;
+
+/// Publishes taken from the queue per round, so one PINGREQ confirms many.
+const BATCH: usize = 256;
+
+type Confirmations = Arc<Mutex<VecDeque<Vec<oneshot::Sender<()>>>>>;
+
+pub(super) fn spawn(
+    tx: LinkTx,
+    rx: LinkRx,
+    requests: mpsc::Receiver<IngressRequest>,
+    stats: Arc<Stats>,
+) -> Result<(), BrokerError> {
+    let waiting: Confirmations = Arc::default();
+    let acks = waiting.clone();
+    thread::Builder::new()
+        .name("tidewater-ingress".into())
+        .spawn(move || publish_loop(tx, requests, waiting, stats))
+        .map_err(|e| BrokerError::Thread("ingress", e))?;
+    thread::Builder::new()
+        .name("tidewater-ingress-acks".into())
+        .spawn(move || {
+            if let Err(e) = ack_loop(rx, acks) {
+                tracing::error!(error = %e, "Broker ingress link closed.");
+            }
+        })
+        .map_err(|e| BrokerError::Thread("ingress-acks", e))?;
+    Ok(())
+}
+
+fn publish_loop(
+    mut tx: LinkTx,
+    mut requests: mpsc::Receiver<IngressRequest>,
+    waiting: Confirmations,
+    stats: Arc<Stats>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while requests.blocking_recv_many(&mut batch, BATCH) > 0 {
+        let mut confirms = Vec::new();
+        for request in batch.drain(..) {
+            let publish = Publish::new(Bytes::from(request.topic), request.payload, request.retain);
+            // `send` is an async fn with no await point inside: polled once it
+            // completes (blocking this dedicated thread if the broker is busy).
+            match tx.send(Packet::Publish(publish, None)).now_or_never() {
+                Some(Ok(_)) => confirms.extend(request.confirm),
+                _ => {
+                    // Dropping `confirm` tells a waiting publisher it failed.
+                    Stats::incr(&stats.publishes_failed);
+                    tracing::warn!("Publish lost: the broker link refused it.");
+                }
+            }
+        }
+        if confirms.is_empty() {
+            continue;
+        }
+        let mut queue = waiting.lock().unwrap_or_else(|p| p.into_inner());
+        queue.push_back(confirms);
+        drop(queue);
+        if !matches!(tx.send(Packet::PingReq(PingReq)).now_or_never(), Some(Ok(_))) {
+            tracing::warn!("Cannot ask the broker to confirm publishes.");
+        }
+    }
+}
+
+fn ack_loop(mut rx: LinkRx, waiting: Confirmations) -> Result<(), rumqttd::local::LinkError> {
+    loop {
+        match rx.recv()? {
+            Some(ack @ Notification::DeviceAck(_)) => {
+                if !is_ping_response(ack) {
+                    continue;
+                }
+                let batch = waiting.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                for confirm in batch.into_iter().flatten() {
+                    let _ = confirm.send(());
+                }
+            }
+            Some(Notification::Unschedule) => rx.ready()?,
+            Some(_) | None => {}
+        }
+    }
+}
+
+/// rumqttd does not export its `Ack` type; the conversion to a packet does.
+fn is_ping_response(notification: Notification) -> bool {
+    matches!(Option::<Packet>::from(notification), Some(Packet::PingResp(_)))
+}

@@ -1,0 +1,170 @@
+//! The embedded MQTT broker (rumqttd) and the three local links that join it
+//! to the router.
+//!
+//! rumqttd runs on its own threads. Its local links use blocking channels,
+//! so each link gets a dedicated thread and no tokio worker ever blocks on
+//! the broker:
+//! - **egress** ([`egress`]) subscribes to `#` and feeds every message to
+//!   [`Router::dispatch`], in the broker's order;
+//! - **ingress** ([`ingress`]) only publishes, for HTTP (and later WebSocket
+//!   and plugin) publishers, and confirms a publish once the broker has it;
+//! - **retained** ([`retained`]) reads the broker's retained store on demand,
+//!   because the egress stream carries no retain flag.
+
+mod egress;
+mod ingress;
+mod retained;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::config::MqttConfig;
+use crate::router::{IngressRequest, RetainedRequest, Router};
+
+/// The addresses the broker's listeners are bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerAddrs {
+    pub mqtt: SocketAddr,
+    pub mqtt_v5: Option<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("{listener} listener cannot bind {addr}: {source}")]
+    Bind {
+        listener: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error("{listener} listener on {addr} did not start accepting connections")]
+    NotListening {
+        listener: &'static str,
+        addr: SocketAddr,
+    },
+    #[error("cannot open the broker's `{link}` link: {reason}")]
+    Link { link: &'static str, reason: String },
+    #[error("cannot start the `{0}` thread: {1}")]
+    Thread(&'static str, io::Error),
+}
+
+/// Starts the broker and its links. The broker's threads run for the rest of
+/// the process: rumqttd 0.20 has no way to stop them.
+pub fn start(
+    config: &MqttConfig,
+    router: &Router,
+    ingress: mpsc::Receiver<IngressRequest>,
+    retained: mpsc::Receiver<RetainedRequest>,
+) -> Result<BrokerAddrs, BrokerError> {
+    let addrs = BrokerAddrs {
+        mqtt: reserve("mqtt", config.listen)?,
+        mqtt_v5: config.listen_v5.map(|a| reserve("mqtt_v5", a)).transpose()?,
+    };
+    let mut broker = rumqttd::Broker::new(rumqttd_config(config, &addrs));
+
+    let link = |name: &'static str| {
+        broker
+            .link(&format!("tidewater-{name}"))
+            .map_err(|e| BrokerError::Link {
+                link: name,
+                reason: e.to_string(),
+            })
+    };
+    let (egress_tx, egress_rx) = link("egress")?;
+    let (ingress_tx, ingress_rx) = link("ingress")?;
+    let (retained_tx, retained_rx) = link("retained")?;
+
+    egress::spawn(egress_tx, egress_rx, router.clone())?;
+    ingress::spawn(ingress_tx, ingress_rx, ingress, router.stats().clone())?;
+    retained::spawn(retained_tx, retained_rx, retained, router.clone(), config.max_retained)?;
+
+    thread::Builder::new()
+        .name("tidewater-broker".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "Embedded broker stopped.");
+            }
+        })
+        .map_err(|e| BrokerError::Thread("broker", e))?;
+
+    wait_listening("mqtt", addrs.mqtt)?;
+    if let Some(addr) = addrs.mqtt_v5 {
+        wait_listening("mqtt_v5", addr)?;
+    }
+    Ok(addrs)
+}
+
+/// Checks that `addr` can be bound, and resolves port 0 to a free port,
+/// because rumqttd binds inside its own thread and only logs a failure.
+fn reserve(listener: &'static str, addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
+    let bound = TcpListener::bind(addr).map_err(|source| BrokerError::Bind {
+        listener,
+        addr,
+        source,
+    })?;
+    bound.local_addr().map_err(|source| BrokerError::Bind {
+        listener,
+        addr,
+        source,
+    })
+}
+
+/// Waits until rumqttd accepts TCP connections on `addr`.
+fn wait_listening(listener: &'static str, addr: SocketAddr) -> Result<(), BrokerError> {
+    let mut probe = addr;
+    if probe.ip().is_unspecified() {
+        probe.set_ip(if addr.is_ipv4() {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Err(BrokerError::NotListening { listener, addr })
+}
+
+fn rumqttd_config(config: &MqttConfig, addrs: &BrokerAddrs) -> rumqttd::Config {
+    let connections = rumqttd::ConnectionSettings {
+        connection_timeout_ms: config.connection_timeout_ms,
+        max_payload_size: config.max_payload_bytes,
+        max_inflight_count: config.max_inflight,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = |name: &str, listen: SocketAddr| {
+        HashMap::from([(
+            name.to_owned(),
+            rumqttd::ServerSettings {
+                name: name.to_owned(),
+                listen,
+                tls: None,
+                next_connection_delay_ms: 0,
+                connections: connections.clone(),
+            },
+        )])
+    };
+    rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: config.max_connections,
+            max_outgoing_packet_count: config.max_retained,
+            max_segment_size: config.log_segment_bytes,
+            max_segment_count: config.log_segment_count,
+            ..Default::default()
+        },
+        v4: Some(server("mqtt-v4", addrs.mqtt)),
+        v5: addrs.mqtt_v5.map(|addr| server("mqtt-v5", addr)),
+        ..Default::default()
+    }
+}

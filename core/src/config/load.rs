@@ -1,0 +1,172 @@
+//! Layering the configuration sources and turning their failures into one
+//! error type that names the key at fault.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+
+use super::Config;
+
+/// The file the bridge reads when no `--config` is given.
+pub const DEFAULT_PATH: &str = "bridge.toml";
+
+/// Where the file layer came from, for the startup summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A file was read.
+    File(PathBuf),
+    /// No `--config` was given and `bridge.toml` does not exist: defaults and
+    /// environment only.
+    Defaults,
+}
+
+/// Why a configuration could not be used. Every variant names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file `{path}` not found")]
+    Missing { path: PathBuf },
+    /// A key that does not exist, a value of the wrong type, an address that
+    /// does not parse; figment's message names the key and the source.
+    #[error("invalid configuration: {0}")]
+    Parse(Box<figment::Error>),
+    #[error("invalid configuration: `{key}` {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Loads the configuration: built-in defaults, then the TOML file (`path`, or
+/// `bridge.toml` in the working directory if it exists), then environment
+/// variables such as `TIDEWATER_HTTP__LISTEN=127.0.0.1:9000` (`__` nests).
+pub fn load(path: Option<&Path>) -> Result<(Config, ConfigSource), ConfigError> {
+    load_with_env(path, Env::prefixed("TIDEWATER_").split("__"))
+}
+
+fn load_with_env(path: Option<&Path>, env: Env) -> Result<(Config, ConfigSource), ConfigError> {
+    let (file, source) = match path {
+        Some(path) if !path.exists() => {
+            return Err(ConfigError::Missing {
+                path: path.to_path_buf(),
+            })
+        }
+        Some(path) => (Some(path.to_path_buf()), ConfigSource::File(path.to_path_buf())),
+        None if Path::new(DEFAULT_PATH).exists() => (
+            Some(PathBuf::from(DEFAULT_PATH)),
+            ConfigSource::File(PathBuf::from(DEFAULT_PATH)),
+        ),
+        None => (None, ConfigSource::Defaults),
+    };
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(file) = file {
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    let config: Config = figment
+        .merge(env)
+        .extract()
+        .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+    config.validate()?;
+    Ok((config, source))
+}
+
+/// Parses a configuration held in a string, with no environment layer: for
+/// tests and for checking snippets.
+pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+    let config: Config = Figment::from(Serialized::defaults(Config::default()))
+        .merge(Toml::string(text))
+        .extract()
+        .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+    config.validate()?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../bridge.toml")
+    }
+
+    /// The shipped `bridge.toml` parses, validates, and states every default
+    /// it documents: its `[mqtt]`, `[http]` and `[sse]` sections equal the
+    /// built-in defaults, so the comments and the code cannot drift.
+    #[test]
+    fn shipped_bridge_toml_matches_the_defaults() {
+        let text = std::fs::read_to_string(shipped_path()).expect("bridge.toml at the root");
+        let config = from_toml_str(&text).expect("shipped config is valid");
+        let defaults = Config::default();
+        assert_eq!(config.mqtt, defaults.mqtt);
+        assert_eq!(config.http, defaults.http);
+        assert_eq!(config.sse, defaults.sse);
+        let every_key = toml::to_string(&defaults).expect("serialise defaults");
+        // Keys inside sections; the top-level `routes = []` has its own
+        // documented `[[routes]]` examples.
+        let in_sections = every_key.lines().skip_while(|l| !l.starts_with('['));
+        for line in in_sections.filter(|l| l.contains(" = ")) {
+            let key = line.split(" = ").next().unwrap_or_default();
+            assert!(
+                text.lines().any(|l| l.trim_start_matches("# ").starts_with(key)),
+                "bridge.toml does not document `{key}`"
+            );
+        }
+    }
+
+    /// A misspelt key is an error naming that key.
+    #[test]
+    fn unknown_key_is_named() {
+        let err = from_toml_str("[http]\nlisten_adress = \"127.0.0.1:1\"\n")
+            .expect_err("unknown key refused")
+            .to_string();
+        assert!(err.contains("listen_adress"), "{err}");
+    }
+
+    /// An address that does not parse names its key.
+    #[test]
+    fn unparsable_address_is_named() {
+        let err = from_toml_str("[mqtt]\nlisten = \"localhost\"\n")
+            .expect_err("bad address refused")
+            .to_string();
+        assert!(err.contains("listen"), "{err}");
+    }
+
+    /// Environment variables override the file, `__` nesting into sections.
+    #[test]
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("b.toml", "[http]\nlisten = \"127.0.0.1:1\"\n")?;
+            jail.set_env("TIDEWATER_HTTP__LISTEN", "127.0.0.1:9000");
+            jail.set_env("TIDEWATER_SSE__QUEUE_CAPACITY", "7");
+            let (config, source) = load(Some(Path::new("b.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.http.listen.port(), 9000);
+            assert_eq!(config.sse.queue_capacity, 7);
+            assert_eq!(source, ConfigSource::File(PathBuf::from("b.toml")));
+            Ok(())
+        });
+    }
+
+    /// An explicit `--config` that does not exist is an error, not defaults.
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = load(Some(Path::new("/nonexistent/tidewater.toml")))
+            .expect_err("missing file refused");
+        assert!(matches!(err, ConfigError::Missing { .. }));
+    }
+
+    /// Routes parse as an array of tables.
+    #[test]
+    fn routes_parse() {
+        let config = from_toml_str(
+            "[[routes]]\nfilter = \"home/+/temperature\"\nevent = \"temperature\"\n",
+        )
+        .expect("valid routes");
+        assert_eq!(config.routes[0].event, "temperature");
+    }
+}

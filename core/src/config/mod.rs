@@ -1,0 +1,249 @@
+//! The bridge's configuration: every key, its default, and the rules a value
+//! must obey.
+//!
+//! Values are layered by figment (see [`load`]): built-in defaults, then the
+//! TOML file, then `TIDEWATER_`-prefixed environment variables. Each section is
+//! a struct with `deny_unknown_fields`, so a misspelt key is a startup error
+//! that names it instead of a setting silently ignored. Rules serde cannot
+//! express (no zero capacities, valid filters) live in [`Config::validate`].
+
+mod load;
+
+pub use load::{from_toml_str, load, ConfigError, ConfigSource, DEFAULT_PATH};
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::topic;
+
+/// The whole configuration, one field per `bridge.toml` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub http: HttpConfig,
+    pub sse: SseConfig,
+    pub routes: Vec<Route>,
+}
+
+/// `[mqtt]`: the embedded broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// MQTT 3.1.1 listener.
+    pub listen: SocketAddr,
+    /// MQTT 5 listener; off when absent (rumqttd needs one listener per version).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_v5: Option<SocketAddr>,
+    /// Largest PUBLISH payload a device may send, in bytes.
+    pub max_payload_bytes: usize,
+    /// Connections the broker accepts at once (devices and the bridge's own links).
+    pub max_connections: usize,
+    /// How long a new connection has to send CONNECT, in milliseconds.
+    pub connection_timeout_ms: u16,
+    /// Unacknowledged QoS 1/2 messages in flight per device.
+    pub max_inflight: usize,
+    /// Most retained messages one subscription can receive. rumqttd reads at
+    /// most this many messages per scheduling round for any connection.
+    pub max_retained: u64,
+    /// Size of one segment of the broker's in-memory message log, in bytes.
+    pub log_segment_bytes: usize,
+    /// Segments kept per subscribed filter; with `log_segment_bytes` this
+    /// bounds the broker's memory.
+    pub log_segment_count: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            listen_v5: None,
+            max_payload_bytes: 256 * 1024,
+            max_connections: 10_000,
+            connection_timeout_ms: 5_000,
+            max_inflight: 100,
+            max_retained: 10_000,
+            log_segment_bytes: 4 * 1024 * 1024,
+            log_segment_count: 4,
+        }
+    }
+}
+
+/// `[http]`: SSE streams, HTTP publish and the health endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Origins allowed to call the API from a browser; `["*"]` allows any.
+    pub cors_allowed_origins: Vec<String>,
+    /// Largest `POST /publish` body, in bytes.
+    pub max_publish_bytes: usize,
+    /// HTTP worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// Publishes waiting to enter the broker; when full, `POST /publish`
+    /// answers 503 instead of queueing without bound.
+    pub ingress_capacity: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            cors_allowed_origins: Vec::new(),
+            max_publish_bytes: 256 * 1024,
+            workers: 0,
+            ingress_capacity: 4_096,
+        }
+    }
+}
+
+/// `[sse]`: Server-Sent Event streams and the replay history they resume from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SseConfig {
+    /// Reconnection delay sent to browsers in the `retry:` line.
+    pub retry_ms: u64,
+    /// Idle time after which a comment line keeps the connection open.
+    pub heartbeat_secs: u64,
+    /// Messages queued per stream; a stream that falls this far behind is
+    /// ended (and counted) so the client reconnects and replays.
+    pub queue_capacity: usize,
+    /// Messages kept for `Last-Event-ID` resume.
+    pub replay_capacity: usize,
+    /// Payload bytes kept for resume; the oldest go first past this.
+    pub replay_max_bytes: usize,
+    /// Topic filters one stream may ask for.
+    pub max_filters: usize,
+    /// Longest topic filter accepted, in bytes.
+    pub max_filter_bytes: usize,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        Self {
+            retry_ms: 2_000,
+            heartbeat_secs: 15,
+            queue_capacity: 1_024,
+            replay_capacity: 10_000,
+            replay_max_bytes: 16 * 1024 * 1024,
+            max_filters: 16,
+            max_filter_bytes: 1_024,
+        }
+    }
+}
+
+/// `[[routes]]`: the SSE event name for topics matching a filter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub filter: String,
+    pub event: String,
+}
+
+impl Config {
+    /// Checks what types alone cannot: capacities above zero, valid filters,
+    /// event names that fit on an SSE line. The error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive: [(&str, u64); 14] = [
+            ("mqtt.max_payload_bytes", self.mqtt.max_payload_bytes as u64),
+            ("mqtt.max_connections", self.mqtt.max_connections as u64),
+            ("mqtt.connection_timeout_ms", self.mqtt.connection_timeout_ms.into()),
+            ("mqtt.max_inflight", self.mqtt.max_inflight as u64),
+            ("mqtt.max_retained", self.mqtt.max_retained),
+            ("mqtt.log_segment_bytes", self.mqtt.log_segment_bytes as u64),
+            ("mqtt.log_segment_count", self.mqtt.log_segment_count as u64),
+            ("http.max_publish_bytes", self.http.max_publish_bytes as u64),
+            ("http.ingress_capacity", self.http.ingress_capacity as u64),
+            ("sse.heartbeat_secs", self.sse.heartbeat_secs),
+            ("sse.queue_capacity", self.sse.queue_capacity as u64),
+            ("sse.replay_capacity", self.sse.replay_capacity as u64),
+            ("sse.replay_max_bytes", self.sse.replay_max_bytes as u64),
+            ("sse.max_filters", self.sse.max_filters as u64),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.sse.max_filter_bytes == 0 || self.sse.max_filter_bytes > topic::MAX_TOPIC_BYTES {
+            return Err(ConfigError::invalid(
+                "sse.max_filter_bytes",
+                format!("must be between 1 and {}", topic::MAX_TOPIC_BYTES),
+            ));
+        }
+        if self.mqtt.max_payload_bytes > 256 * 1024 * 1024 {
+            return Err(ConfigError::invalid(
+                "mqtt.max_payload_bytes",
+                "must be at most 268435456 (MQTT's own limit)",
+            ));
+        }
+        for origin in &self.http.cors_allowed_origins {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(ConfigError::invalid(
+                    "http.cors_allowed_origins",
+                    format!("`{origin}` is not an origin: use \"*\" or a scheme and host such as \"https://example.com\""),
+                ));
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if let Err(e) = topic::validate_filter(&route.filter, topic::MAX_TOPIC_BYTES) {
+                return Err(ConfigError::invalid(
+                    format!("routes[{i}].filter"),
+                    format!("`{}` is not a valid topic filter: {e}", route.filter),
+                ));
+            }
+            if route.event.is_empty() || route.event.contains(['\r', '\n']) {
+                return Err(ConfigError::invalid(
+                    format!("routes[{i}].event"),
+                    "must be a non-empty name without line breaks",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The built-in defaults pass their own validation.
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults validate");
+    }
+
+    /// A zero capacity is refused with the key it came from.
+    #[test]
+    fn zero_capacity_names_the_key() {
+        let mut config = Config::default();
+        config.sse.queue_capacity = 0;
+        let err = config.validate().expect_err("zero refused").to_string();
+        assert!(err.contains("sse.queue_capacity"), "{err}");
+    }
+
+    /// A route with an invalid filter names the route's index and the rule.
+    #[test]
+    fn invalid_route_filter_names_the_route() {
+        let mut config = Config::default();
+        config.routes.push(Route {
+            filter: "a/#/b".into(),
+            event: "x".into(),
+        });
+        let err = config.validate().expect_err("bad filter refused").to_string();
+        assert!(err.contains("routes[0].filter"), "{err}");
+        assert!(err.contains("a/#/b"), "{err}");
+    }
+
+    /// An event name with a line break would break the SSE framing.
+    #[test]
+    fn route_event_with_newline_is_refused() {
+        let mut config = Config::default();
+        config.routes.push(Route {
+            filter: "a".into(),
+            event: "x\ndata: injected".into(),
+        });
+        assert!(config.validate().is_err());
+    }
+}

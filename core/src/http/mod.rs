@@ -1,0 +1,94 @@
+//! The HTTP server (actix-web): SSE streams, `POST /publish/{topic}`,
+//! `GET /healthz`, CORS, and JSON error bodies for every refusal.
+
+mod error;
+mod publish;
+
+pub use error::ApiError;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_cors::Cors;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, HttpConfig};
+use crate::router::Router;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub router: Router,
+    pub config: Arc<Config>,
+    /// Cancelled on shutdown; long-lived responses end when it is.
+    pub cancel: CancellationToken,
+}
+
+/// Builds the server on an already bound listener. Signals are left to the
+/// caller, which owns shutdown through the cancellation token.
+pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<actix_web::dev::Server> {
+    let http = state.config.http.clone();
+    let workers = if http.workers == 0 {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    } else {
+        http.workers
+    };
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .wrap(cors(&http))
+            .route("/events", web::get().to(crate::sse::events))
+            .route("/publish", web::post().to(publish::publish))
+            .route("/publish/{tail:.*}", web::post().to(publish::publish))
+            .route("/healthz", web::get().to(health))
+            .default_service(web::to(not_found))
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(3)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+fn cors(config: &HttpConfig) -> Cors {
+    let mut cors = Cors::default()
+        .allowed_methods(["GET", "POST"])
+        .allowed_headers(["content-type", "last-event-id"])
+        .max_age(3600);
+    for origin in &config.cors_allowed_origins {
+        cors = if origin == "*" {
+            cors.allow_any_origin()
+        } else {
+            cors.allowed_origin(origin)
+        };
+    }
+    cors
+}
+
+/// 200 while the broker link feeds the router; 503 once it has failed.
+async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let stats = state.router.stats().snapshot();
+    let up = stats.broker_link_failures == 0;
+    let body = serde_json::json!({
+        "status": if up { "ok" } else { "broker-link-down" },
+        "epoch": state.router.epoch(),
+        "subscribers": state.router.subscriber_count(),
+        "stats": stats,
+    });
+    if up {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        actix_web::http::StatusCode::NOT_FOUND,
+        "not-found",
+        "no such endpoint: try GET /events?topic=…, POST /publish/{topic} or GET /healthz",
+    )
+}

@@ -1,0 +1,164 @@
+//! `POST /publish/{topic}`: the request body becomes an MQTT message on
+//! `topic`, entering through the broker so devices, SSE streams and every
+//! other subscriber receive it.
+//!
+//! `qos=0` (default) answers 202 once the message is queued for the broker;
+//! `qos=1` answers 200 once the broker has appended it to its log.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use percent_encoding::percent_decode_str;
+
+use super::{ApiError, AppState};
+use crate::auth::Principal;
+use crate::router::PublishError;
+
+#[derive(Debug, PartialEq, Eq)]
+struct PublishQuery {
+    qos: u8,
+    retain: bool,
+}
+
+pub async fn publish(
+    req: HttpRequest,
+    mut body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let topic = topic_from_path(req.uri().path())?;
+    let query = parse_query(req.query_string())?;
+    let limit = state.config.http.max_publish_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!("the body is larger than http.max_publish_bytes ({limit} bytes)"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    let mut payload = BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid-body", e.to_string()))?;
+        if payload.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        payload.extend_from_slice(&chunk);
+    }
+    let bytes = payload.len();
+    state
+        .router
+        .publish(
+            &Principal::Anonymous,
+            &topic,
+            payload.freeze(),
+            query.retain,
+            query.qos == 1,
+        )
+        .await
+        .map_err(publish_error)?;
+    let status = if query.qos == 1 {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok(HttpResponse::build(status).json(serde_json::json!({
+        "topic": topic,
+        "bytes": bytes,
+        "qos": query.qos,
+        "retain": query.retain,
+    })))
+}
+
+/// The topic is the rest of the path after `/publish/`, percent-decoded
+/// (so `%2F` and `/` both separate levels, and `%23` is a `#`, refused later).
+fn topic_from_path(path: &str) -> Result<String, ApiError> {
+    let rest = path.strip_prefix("/publish").unwrap_or_default();
+    let raw = rest.strip_prefix('/').unwrap_or(rest);
+    percent_decode_str(raw)
+        .decode_utf8()
+        .map(|t| t.into_owned())
+        .map_err(|_| ApiError::bad_request("invalid-topic", "the topic is not valid UTF-8"))
+}
+
+fn parse_query(query: &str) -> Result<PublishQuery, ApiError> {
+    let mut parsed = PublishQuery { qos: 0, retain: false };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match (key, value) {
+            ("qos", "0") => parsed.qos = 0,
+            ("qos", "1") => parsed.qos = 1,
+            ("qos", other) => {
+                return Err(ApiError::bad_request(
+                    "invalid-qos",
+                    format!("qos must be 0 or 1, not `{other}`"),
+                ))
+            }
+            ("retain", "true") => parsed.retain = true,
+            ("retain", "false") => parsed.retain = false,
+            ("retain", other) => {
+                return Err(ApiError::bad_request(
+                    "invalid-retain",
+                    format!("retain must be true or false, not `{other}`"),
+                ))
+            }
+            (other, _) => {
+                return Err(ApiError::bad_request(
+                    "unknown-parameter",
+                    format!("unknown query parameter `{other}`: use qos or retain"),
+                ))
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+fn publish_error(error: PublishError) -> ApiError {
+    match &error {
+        PublishError::InvalidTopic { topic, source } => {
+            ApiError::bad_request("invalid-topic", error.to_string())
+                .with("topic", topic.clone())
+                .with("rule", source.rule())
+        }
+        PublishError::Denied(denied) => ApiError::forbidden(denied.to_string()),
+        PublishError::Busy => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", error.to_string()).retry_after(1)
+        }
+        PublishError::Unavailable => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "broker-unavailable", error.to_string())
+        }
+        PublishError::Timeout(_) => {
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "broker-timeout", error.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The topic is everything after `/publish/`, with escapes decoded.
+    #[test]
+    fn topic_comes_from_the_path() {
+        assert_eq!(topic_from_path("/publish/home/light/1/set").ok(), Some("home/light/1/set".into()));
+        assert_eq!(topic_from_path("/publish/a%2Fb%20c").ok(), Some("a/b c".into()));
+        assert_eq!(topic_from_path("/publish/").ok(), Some(String::new()));
+        assert_eq!(topic_from_path("/publish").ok(), Some(String::new()));
+    }
+
+    /// qos and retain take only their documented values.
+    #[test]
+    fn query_values_are_checked() {
+        assert_eq!(parse_query("qos=1&retain=true").ok(), Some(PublishQuery { qos: 1, retain: true }));
+        assert!(parse_query("qos=2").is_err());
+        assert!(parse_query("retain=yes").is_err());
+        assert!(parse_query("ttl=5").is_err());
+    }
+}

@@ -1,0 +1,37 @@
+//! Tidewater: one deployment serving MQTT devices and web clients at once.
+//!
+//! Devices speak MQTT to an embedded broker; browsers subscribe over
+//! Server-Sent Events and publish with HTTP `POST`. Every message passes
+//! through the broker, which orders it, and the router, which fans it out.
+//!
+//! # Layout
+//! - [`config`]: every key of `bridge.toml`, its default and its rules;
+//!   figment layering of defaults, file and environment.
+//! - [`topic`]: MQTT topic and filter validation and matching, shared by
+//!   every entry point.
+//! - [`router`]: the ordered stream, the subscription trie, per-subscriber
+//!   queues, the replay ring and retained-first delivery.
+//! - [`broker`]: the embedded rumqttd and the links that join it to the router.
+//! - [`sse`]: `GET /events`, the SSE encoder and stream.
+//! - [`http`]: the HTTP server: publish, health, CORS, error bodies.
+//! - [`auth`]: the single access check every subscribe and publish passes.
+//! - [`stats`]: counters for everything accepted, delivered or dropped.
+//! - [`bridge`]: starting and stopping the whole.
+//!
+//! # Errors
+//! Each boundary has its own `thiserror` enum whose messages name what to
+//! fix (a key, a filter, a listener and its address); `anyhow` appears only
+//! in the binary.
+
+pub mod auth;
+pub mod bridge;
+pub mod broker;
+pub mod config;
+pub mod http;
+pub mod router;
+pub mod sse;
+pub mod stats;
+pub mod topic;
+
+pub use bridge::{Bridge, StartError};
+pub use config::Config;

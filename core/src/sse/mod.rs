@@ -1,0 +1,139 @@
+//! `GET /events`: Server-Sent Event streams of the messages matching one or
+//! more topic filters, resumable with `Last-Event-ID`.
+//!
+//! Query: `topic=<filter>` (repeatable), `format=raw|json`,
+//! `lastEventId=<id>` (a first `EventSource` connection cannot set headers;
+//! the `Last-Event-ID` header, which the browser sends on reconnect, wins).
+//! The query is percent-decoded but a literal `+` stays `+`, the MQTT
+//! wildcard: write a space as `%20`.
+
+pub mod frame;
+mod stream;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use percent_encoding::percent_decode_str;
+
+use crate::auth::Principal;
+use crate::http::{ApiError, AppState};
+use crate::router::{EventId, SubscribeError, SubscribeRequest};
+pub use frame::Format;
+
+/// What a client asked for in the query string.
+#[derive(Debug, Default, PartialEq)]
+struct EventsQuery {
+    topics: Vec<String>,
+    format: Option<Format>,
+    last_event_id: Option<String>,
+}
+
+pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let query = parse_query(req.query_string())?;
+    let format = query.format.unwrap_or(Format::Raw);
+    let header_id = req
+        .headers()
+        .get("last-event-id")
+        .map(|v| v.to_str().map(str::to_owned))
+        .transpose()
+        .map_err(|_| ApiError::bad_request("malformed-id", "the Last-Event-ID header is not text"))?;
+    let resume = header_id
+        .or(query.last_event_id)
+        .filter(|id| !id.is_empty())
+        .map(|id| id.parse::<EventId>())
+        .transpose()
+        .map_err(|e| ApiError::bad_request("malformed-id", e.to_string()))?;
+
+    let sse = &state.config.sse;
+    let subscription = state
+        .router
+        .subscribe(SubscribeRequest {
+            principal: Principal::Anonymous,
+            filters: query.topics,
+            resume,
+            queue_capacity: sse.queue_capacity,
+            max_filters: sse.max_filters,
+            max_filter_bytes: sse.max_filter_bytes,
+        })
+        .map_err(subscribe_error)?;
+
+    let body = stream::SseStream::new(subscription, format, sse, &state);
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body.into_stream()))
+}
+
+fn subscribe_error(error: SubscribeError) -> ApiError {
+    match &error {
+        SubscribeError::NoFilters => ApiError::bad_request(
+            "missing-topic",
+            "give at least one topic filter: /events?topic=home/%2B/temperature",
+        ),
+        SubscribeError::TooManyFilters { .. } => {
+            ApiError::bad_request("too-many-filters", error.to_string())
+        }
+        SubscribeError::InvalidFilter { filter, source } => {
+            ApiError::bad_request("invalid-filter", error.to_string())
+                .with("filter", filter.clone())
+                .with("rule", source.rule())
+        }
+        SubscribeError::Denied(denied) => ApiError::forbidden(denied.to_string()),
+    }
+}
+
+fn parse_query(query: &str) -> Result<EventsQuery, ApiError> {
+    let mut parsed = EventsQuery::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode_str(value).decode_utf8().map_err(|_| {
+            ApiError::bad_request("invalid-query", format!("the value of `{key}` is not UTF-8"))
+        })?;
+        match key {
+            "topic" => parsed.topics.push(value.into_owned()),
+            "format" => {
+                parsed.format = Some(match value.as_ref() {
+                    "raw" => Format::Raw,
+                    "json" => Format::Json,
+                    other => {
+                        return Err(ApiError::bad_request(
+                            "invalid-format",
+                            format!("unknown format `{other}`: use raw or json"),
+                        ))
+                    }
+                })
+            }
+            "lastEventId" => parsed.last_event_id = Some(value.into_owned()),
+            other => {
+                return Err(ApiError::bad_request(
+                    "unknown-parameter",
+                    format!("unknown query parameter `{other}`: use topic, format or lastEventId"),
+                ))
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Repeated `topic` parameters collect in order; `+` stays the wildcard
+    /// and percent-escapes decode.
+    #[test]
+    fn query_topics_and_wildcards() {
+        let q = parse_query("topic=home/+/temperature&topic=a%2Fb%2B&format=json&lastEventId=1-2")
+            .expect("valid query");
+        assert_eq!(q.topics, vec!["home/+/temperature", "a/b+"]);
+        assert_eq!(q.format, Some(Format::Json));
+        assert_eq!(q.last_event_id.as_deref(), Some("1-2"));
+    }
+
+    /// A misspelt parameter is refused by name rather than ignored.
+    #[test]
+    fn unknown_parameter_is_refused() {
+        assert!(parse_query("topics=a").is_err());
+        assert!(parse_query("topic=a&format=xml").is_err());
+    }
+}

@@ -1,0 +1,119 @@
+//! One SSE response body: a `retry:` line, then the subscription's
+//! deliveries, with heartbeat comments while idle, until the client goes,
+//! the subscription ends, or the bridge shuts down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use tokio_util::sync::CancellationToken;
+
+use super::frame::{self, Format};
+use crate::config::SseConfig;
+use crate::http::AppState;
+use crate::router::{Delivery, Subscription};
+use crate::stats::Stats;
+
+/// Deliveries joined into one write when several are ready at once.
+const MAX_BATCH_MESSAGES: usize = 64;
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+pub struct SseStream {
+    subscription: Subscription,
+    format: Format,
+    heartbeat: Duration,
+    first: Option<Bytes>,
+    cancel: CancellationToken,
+    _open: OpenStream,
+}
+
+impl std::fmt::Debug for SseStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseStream")
+            .field("filters", &self.subscription.filters())
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+/// Counts the stream as open for as long as it lives.
+struct OpenStream(Arc<Stats>);
+
+impl OpenStream {
+    fn new(stats: Arc<Stats>) -> Self {
+        Stats::incr(&stats.sse_streams_opened);
+        Stats::incr(&stats.sse_streams_open);
+        Self(stats)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        Stats::decr(&self.0.sse_streams_open);
+    }
+}
+
+impl SseStream {
+    pub fn new(subscription: Subscription, format: Format, config: &SseConfig, state: &AppState) -> Self {
+        Self {
+            subscription,
+            format,
+            heartbeat: Duration::from_secs(config.heartbeat_secs),
+            first: Some(frame::retry(config.retry_ms)),
+            cancel: state.cancel.clone(),
+            _open: OpenStream::new(state.router.stats().clone()),
+        }
+    }
+
+    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, actix_web::Error>> {
+        futures_util::stream::unfold(self, |mut this| async move {
+            let chunk = this.next_chunk().await?;
+            Some((Ok(chunk), this))
+        })
+    }
+
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => None,
+            delivery = self.subscription.next() => {
+                // None: the router ended the subscription (its queue was full);
+                // ending the response makes the browser reconnect and replay.
+                let first = self.encode(delivery?);
+                Some(self.batch(first))
+            }
+            () = tokio::time::sleep(self.heartbeat) => Some(Bytes::from_static(frame::HEARTBEAT)),
+        }
+    }
+
+    /// Joins whatever else is ready into the same write, so a burst costs one
+    /// write per stream instead of one per message.
+    fn batch(&mut self, first: Bytes) -> Bytes {
+        let Some(second) = self.subscription.try_next() else {
+            return first;
+        };
+        let mut buffer = BytesMut::with_capacity(first.len() * 4);
+        buffer.extend_from_slice(&first);
+        buffer.extend_from_slice(&self.encode(second));
+        let mut count = 2;
+        while count < MAX_BATCH_MESSAGES && buffer.len() < MAX_BATCH_BYTES {
+            let Some(next) = self.subscription.try_next() else {
+                break;
+            };
+            buffer.extend_from_slice(&self.encode(next));
+            count += 1;
+        }
+        buffer.freeze()
+    }
+
+    fn encode(&self, delivery: Delivery) -> Bytes {
+        match delivery {
+            Delivery::Message(message) => frame::message(&message, self.format),
+            Delivery::Gap { after } => frame::gap(after),
+        }
+    }
+}
