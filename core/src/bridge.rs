@@ -62,17 +62,21 @@ impl Bridge {
         );
 
         // Bound before the broker starts so a busy HTTP port fails fast.
-        let listener = TcpListener::bind(config.http.listen).map_err(|source| StartError::HttpBind {
-            addr: config.http.listen,
-            source,
-        })?;
+        let listener =
+            TcpListener::bind(config.http.listen).map_err(|source| StartError::HttpBind {
+                addr: config.http.listen,
+                source,
+            })?;
         let http_addr = listener.local_addr().map_err(StartError::Http)?;
 
         // Starting the broker waits for its listeners: keep that off the
         // async workers.
         let mqtt = config.mqtt.clone();
         let broker_router = router.clone();
-        let BrokerAddrs { mqtt: mqtt_addr, mqtt_v5 } = tokio::task::spawn_blocking(move || {
+        let BrokerAddrs {
+            mqtt: mqtt_addr,
+            mqtt_v5,
+        } = tokio::task::spawn_blocking(move || {
             broker::start(&mqtt, &broker_router, ingress_rx, retained_rx)
         })
         .await

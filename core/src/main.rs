@@ -11,7 +11,11 @@ use tidewater::Bridge;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "tidewater", version, about = "MQTT devices and web clients, one bridge")]
+#[command(
+    name = "tidewater",
+    version,
+    about = "MQTT devices and web clients, one bridge"
+)]
 struct Cli {
     /// Configuration file (default: ./bridge.toml if it exists).
     #[arg(long, global = true, value_name = "PATH")]
@@ -48,7 +52,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let (config, source) = config::load(cli.config.as_deref())?;
     if let Some(Command::Check) = cli.command {
-        print!("{}", toml::to_string(&config).context("cannot print the configuration")?);
+        print!(
+            "{}",
+            toml::to_string(&config).context("cannot print the configuration")?
+        );
         eprintln!("configuration is valid ({})", describe(&source));
         return Ok(());
     }

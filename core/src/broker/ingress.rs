@@ -79,7 +79,10 @@ fn publish_loop(
         let mut queue = waiting.lock().unwrap_or_else(|p| p.into_inner());
         queue.push_back(confirms);
         drop(queue);
-        if !matches!(tx.send(Packet::PingReq(PingReq)).now_or_never(), Some(Ok(_))) {
+        if !matches!(
+            tx.send(Packet::PingReq(PingReq)).now_or_never(),
+            Some(Ok(_))
+        ) {
             tracing::warn!("Cannot ask the broker to confirm publishes.");
         }
     }
@@ -92,7 +95,10 @@ fn ack_loop(mut rx: LinkRx, waiting: Confirmations) -> Result<(), rumqttd::local
                 if !is_ping_response(ack) {
                     continue;
                 }
-                let batch = waiting.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                let batch = waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .pop_front();
                 for confirm in batch.into_iter().flatten() {
                     let _ = confirm.send(());
                 }
@@ -105,5 +111,8 @@ fn ack_loop(mut rx: LinkRx, waiting: Confirmations) -> Result<(), rumqttd::local
 
 /// rumqttd does not export its `Ack` type; the conversion to a packet does.
 fn is_ping_response(notification: Notification) -> bool {
-    matches!(Option::<Packet>::from(notification), Some(Packet::PingResp(_)))
+    matches!(
+        Option::<Packet>::from(notification),
+        Some(Packet::PingResp(_))
+    )
 }

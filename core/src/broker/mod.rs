@@ -62,7 +62,10 @@ pub fn start(
 ) -> Result<BrokerAddrs, BrokerError> {
     let addrs = BrokerAddrs {
         mqtt: reserve("mqtt", config.listen)?,
-        mqtt_v5: config.listen_v5.map(|a| reserve("mqtt_v5", a)).transpose()?,
+        mqtt_v5: config
+            .listen_v5
+            .map(|a| reserve("mqtt_v5", a))
+            .transpose()?,
     };
     let mut broker = rumqttd::Broker::new(rumqttd_config(config, &addrs));
 
@@ -80,7 +83,13 @@ pub fn start(
 
     egress::spawn(egress_tx, egress_rx, router.clone())?;
     ingress::spawn(ingress_tx, ingress_rx, ingress, router.stats().clone())?;
-    retained::spawn(retained_tx, retained_rx, retained, router.clone(), config.max_retained)?;
+    retained::spawn(
+        retained_tx,
+        retained_rx,
+        retained,
+        router.clone(),
+        config.max_retained,
+    )?;
 
     thread::Builder::new()
         .name("tidewater-broker".into())

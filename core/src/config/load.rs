@@ -57,7 +57,10 @@ fn load_with_env(path: Option<&Path>, env: Env) -> Result<(Config, ConfigSource)
                 path: path.to_path_buf(),
             })
         }
-        Some(path) => (Some(path.to_path_buf()), ConfigSource::File(path.to_path_buf())),
+        Some(path) => (
+            Some(path.to_path_buf()),
+            ConfigSource::File(path.to_path_buf()),
+        ),
         None if Path::new(DEFAULT_PATH).exists() => (
             Some(PathBuf::from(DEFAULT_PATH)),
             ConfigSource::File(PathBuf::from(DEFAULT_PATH)),
@@ -113,7 +116,8 @@ mod tests {
         for line in in_sections.filter(|l| l.contains(" = ")) {
             let key = line.split(" = ").next().unwrap_or_default();
             assert!(
-                text.lines().any(|l| l.trim_start_matches("# ").starts_with(key)),
+                text.lines()
+                    .any(|l| l.trim_start_matches("# ").starts_with(key)),
                 "bridge.toml does not document `{key}`"
             );
         }
@@ -155,18 +159,17 @@ mod tests {
     /// An explicit `--config` that does not exist is an error, not defaults.
     #[test]
     fn missing_explicit_file_is_an_error() {
-        let err = load(Some(Path::new("/nonexistent/tidewater.toml")))
-            .expect_err("missing file refused");
+        let err =
+            load(Some(Path::new("/nonexistent/tidewater.toml"))).expect_err("missing file refused");
         assert!(matches!(err, ConfigError::Missing { .. }));
     }
 
     /// Routes parse as an array of tables.
     #[test]
     fn routes_parse() {
-        let config = from_toml_str(
-            "[[routes]]\nfilter = \"home/+/temperature\"\nevent = \"temperature\"\n",
-        )
-        .expect("valid routes");
+        let config =
+            from_toml_str("[[routes]]\nfilter = \"home/+/temperature\"\nevent = \"temperature\"\n")
+                .expect("valid routes");
         assert_eq!(config.routes[0].event, "temperature");
     }
 }

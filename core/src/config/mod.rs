@@ -148,7 +148,10 @@ impl Config {
         let positive: [(&str, u64); 14] = [
             ("mqtt.max_payload_bytes", self.mqtt.max_payload_bytes as u64),
             ("mqtt.max_connections", self.mqtt.max_connections as u64),
-            ("mqtt.connection_timeout_ms", self.mqtt.connection_timeout_ms.into()),
+            (
+                "mqtt.connection_timeout_ms",
+                self.mqtt.connection_timeout_ms.into(),
+            ),
             ("mqtt.max_inflight", self.mqtt.max_inflight as u64),
             ("mqtt.max_retained", self.mqtt.max_retained),
             ("mqtt.log_segment_bytes", self.mqtt.log_segment_bytes as u64),
@@ -231,7 +234,10 @@ mod tests {
             filter: "a/#/b".into(),
             event: "x".into(),
         });
-        let err = config.validate().expect_err("bad filter refused").to_string();
+        let err = config
+            .validate()
+            .expect_err("bad filter refused")
+            .to_string();
         assert!(err.contains("routes[0].filter"), "{err}");
         assert!(err.contains("a/#/b"), "{err}");
     }

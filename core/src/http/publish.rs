@@ -89,7 +89,10 @@ fn topic_from_path(path: &str) -> Result<String, ApiError> {
 }
 
 fn parse_query(query: &str) -> Result<PublishQuery, ApiError> {
-    let mut parsed = PublishQuery { qos: 0, retain: false };
+    let mut parsed = PublishQuery {
+        qos: 0,
+        retain: false,
+    };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match (key, value) {
@@ -131,12 +134,16 @@ fn publish_error(error: PublishError) -> ApiError {
         PublishError::Busy => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", error.to_string()).retry_after(1)
         }
-        PublishError::Unavailable => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "broker-unavailable", error.to_string())
-        }
-        PublishError::Timeout(_) => {
-            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "broker-timeout", error.to_string())
-        }
+        PublishError::Unavailable => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker-unavailable",
+            error.to_string(),
+        ),
+        PublishError::Timeout(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "broker-timeout",
+            error.to_string(),
+        ),
     }
 }
 
@@ -147,8 +154,14 @@ mod tests {
     /// The topic is everything after `/publish/`, with escapes decoded.
     #[test]
     fn topic_comes_from_the_path() {
-        assert_eq!(topic_from_path("/publish/home/light/1/set").ok(), Some("home/light/1/set".into()));
-        assert_eq!(topic_from_path("/publish/a%2Fb%20c").ok(), Some("a/b c".into()));
+        assert_eq!(
+            topic_from_path("/publish/home/light/1/set").ok(),
+            Some("home/light/1/set".into())
+        );
+        assert_eq!(
+            topic_from_path("/publish/a%2Fb%20c").ok(),
+            Some("a/b c".into())
+        );
         assert_eq!(topic_from_path("/publish/").ok(), Some(String::new()));
         assert_eq!(topic_from_path("/publish").ok(), Some(String::new()));
     }
@@ -156,7 +169,13 @@ mod tests {
     /// qos and retain take only their documented values.
     #[test]
     fn query_values_are_checked() {
-        assert_eq!(parse_query("qos=1&retain=true").ok(), Some(PublishQuery { qos: 1, retain: true }));
+        assert_eq!(
+            parse_query("qos=1&retain=true").ok(),
+            Some(PublishQuery {
+                qos: 1,
+                retain: true
+            })
+        );
         assert!(parse_query("qos=2").is_err());
         assert!(parse_query("retain=yes").is_err());
         assert!(parse_query("ttl=5").is_err());

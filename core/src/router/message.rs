@@ -142,7 +142,17 @@ mod tests {
     /// Text that no id of ours looks like is refused, not guessed at.
     #[test]
     fn malformed_ids_are_refused() {
-        for text in ["", "-", "12", "12-", "-12", "x-1", "1-+2", "1-2-3", "11111111111111111-1"] {
+        for text in [
+            "",
+            "-",
+            "12",
+            "12-",
+            "-12",
+            "x-1",
+            "1-+2",
+            "1-2-3",
+            "11111111111111111-1",
+        ] {
             assert!(text.parse::<EventId>().is_err(), "{text:?} accepted");
         }
     }
@@ -150,7 +160,13 @@ mod tests {
     /// The encoding closure runs once, and later calls share its bytes.
     #[test]
     fn each_encoding_is_built_once() {
-        let message = Message::new(None, "t".into(), Bytes::from_static(b"p"), false, "message".into());
+        let message = Message::new(
+            None,
+            "t".into(),
+            Bytes::from_static(b"p"),
+            false,
+            "message".into(),
+        );
         let mut builds = 0;
         let first = message.encoded(Encoding::SseRaw, |_| {
             builds += 1;

@@ -264,8 +264,9 @@ impl Router {
     /// Asks the broker side for a fresh retained snapshot.
     fn request_retained(&self) -> oneshot::Receiver<Result<RetainedSnapshot, ()>> {
         let (reply, receiver) = oneshot::channel();
-        if let Err(mpsc::error::TrySendError::Full(reply) | mpsc::error::TrySendError::Closed(reply)) =
-            self.shared.retained.try_send(reply)
+        if let Err(
+            mpsc::error::TrySendError::Full(reply) | mpsc::error::TrySendError::Closed(reply),
+        ) = self.shared.retained.try_send(reply)
         {
             // Answered at once so the subscriber goes on to live messages.
             let _ = reply.send(Err(()));
@@ -309,7 +310,11 @@ impl Router {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     Stats::incr(&stats.slow_consumer_disconnects);
-                    tracing::debug!(subscriber = id, topic, "Queue full, ending the subscription.");
+                    tracing::debug!(
+                        subscriber = id,
+                        topic,
+                        "Queue full, ending the subscription."
+                    );
                     ended.push(*id);
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => ended.push(*id),

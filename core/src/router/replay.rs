@@ -100,7 +100,10 @@ mod tests {
     }
 
     fn seqs(ring: &ReplayRing, from: usize) -> Vec<u64> {
-        ring.since(from).filter_map(|m| m.id).map(|id| id.seq).collect()
+        ring.since(from)
+            .filter_map(|m| m.id)
+            .map(|id| id.seq)
+            .collect()
     }
 
     /// Past the message bound, the oldest message leaves first.

@@ -20,7 +20,9 @@ const RETAINED_TIMEOUT: Duration = Duration::from_secs(3);
 pub enum Delivery {
     /// History after this id was lost (it left the replay ring, or it is
     /// from before a restart); what follows is current state and live.
-    Gap { after: EventId },
+    Gap {
+        after: EventId,
+    },
     Message(Arc<Message>),
 }
 

@@ -27,7 +27,10 @@ struct EventsQuery {
     last_event_id: Option<String>,
 }
 
-pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn events(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let query = parse_query(req.query_string())?;
     let format = query.format.unwrap_or(Format::Raw);
     let header_id = req
@@ -35,7 +38,9 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
         .get("last-event-id")
         .map(|v| v.to_str().map(str::to_owned))
         .transpose()
-        .map_err(|_| ApiError::bad_request("malformed-id", "the Last-Event-ID header is not text"))?;
+        .map_err(|_| {
+            ApiError::bad_request("malformed-id", "the Last-Event-ID header is not text")
+        })?;
     let resume = header_id
         .or(query.last_event_id)
         .filter(|id| !id.is_empty())
@@ -87,7 +92,10 @@ fn parse_query(query: &str) -> Result<EventsQuery, ApiError> {
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let value = percent_decode_str(value).decode_utf8().map_err(|_| {
-            ApiError::bad_request("invalid-query", format!("the value of `{key}` is not UTF-8"))
+            ApiError::bad_request(
+                "invalid-query",
+                format!("the value of `{key}` is not UTF-8"),
+            )
         })?;
         match key {
             "topic" => parsed.topics.push(value.into_owned()),

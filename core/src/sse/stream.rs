@@ -55,7 +55,12 @@ impl Drop for OpenStream {
 }
 
 impl SseStream {
-    pub fn new(subscription: Subscription, format: Format, config: &SseConfig, state: &AppState) -> Self {
+    pub fn new(
+        subscription: Subscription,
+        format: Format,
+        config: &SseConfig,
+        state: &AppState,
+    ) -> Self {
         Self {
             subscription,
             format,

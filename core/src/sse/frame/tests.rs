@@ -24,14 +24,22 @@ fn parse(stream: &str) -> Vec<Parsed> {
     while !rest.is_empty() {
         let end = rest.find(['\r', '\n']).unwrap_or(rest.len());
         let line = &rest[..end];
-        let skip = if rest[end..].starts_with("\r\n") { 2 } else { 1 };
+        let skip = if rest[end..].starts_with("\r\n") {
+            2
+        } else {
+            1
+        };
         rest = rest.get(end + skip..).unwrap_or("");
         if line.is_empty() {
             if !data.is_empty() {
                 data.pop();
                 events.push(Parsed {
                     id: last_id_seen.clone(),
-                    event: if event.is_empty() { "message".into() } else { event.clone() },
+                    event: if event.is_empty() {
+                        "message".into()
+                    } else {
+                        event.clone()
+                    },
                     data: std::mem::take(&mut data),
                 });
             }
@@ -83,16 +91,28 @@ fn as_text(frame: &Bytes) -> &str {
 /// A simple message becomes `id:`, `event:` and one `data:` line.
 #[test]
 fn raw_frame_layout() {
-    let frame = super::message(&message(Some(10), "home/t", b"21.5", "temperature"), Format::Raw);
-    assert_eq!(as_text(&frame), "id: 7-a\nevent: temperature\ndata: 21.5\n\n");
+    let frame = super::message(
+        &message(Some(10), "home/t", b"21.5", "temperature"),
+        Format::Raw,
+    );
+    assert_eq!(
+        as_text(&frame),
+        "id: 7-a\nevent: temperature\ndata: 21.5\n\n"
+    );
 }
 
 /// A multi-line payload is split into several `data:` lines, and the
 /// browser joins them back with LF.
 #[test]
 fn multi_line_payload_uses_several_data_lines() {
-    let frame = super::message(&message(Some(1), "t", b"a\nb\r\nc\rd", "message"), Format::Raw);
-    assert_eq!(as_text(&frame), "id: 7-1\nevent: message\ndata: a\ndata: b\ndata: c\ndata: d\n\n");
+    let frame = super::message(
+        &message(Some(1), "t", b"a\nb\r\nc\rd", "message"),
+        Format::Raw,
+    );
+    assert_eq!(
+        as_text(&frame),
+        "id: 7-1\nevent: message\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+    );
     assert_eq!(parse(as_text(&frame))[0].data, "a\nb\nc\nd");
 }
 
@@ -100,7 +120,10 @@ fn multi_line_payload_uses_several_data_lines() {
 #[test]
 fn binary_payload_is_base64() {
     let msg = message(Some(1), "t", &[0xff, 0x00, 0x10], "message");
-    assert_eq!(parse(as_text(&super::message(&msg, Format::Raw)))[0].data, "/wAQ");
+    assert_eq!(
+        parse(as_text(&super::message(&msg, Format::Raw)))[0].data,
+        "/wAQ"
+    );
     let json: serde_json::Value =
         serde_json::from_str(&parse(as_text(&super::message(&msg, Format::Json)))[0].data)
             .expect("json data");
