@@ -30,7 +30,7 @@ pub(super) fn spawn(mut tx: LinkTx, mut rx: LinkRx, router: Router) -> Result<()
     Ok(())
 }
 
-fn rx_loop(rx: &mut LinkRx, router: &Router) -> Result<(), rumqttd::local::LinkError> {
+fn rx_loop(rx: &mut LinkRx, router: &Router) -> Result<(), Box<rumqttd::local::LinkError>> {
     loop {
         match rx.recv()? {
             Some(Notification::Forward(forward)) => {

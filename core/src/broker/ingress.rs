@@ -88,7 +88,7 @@ fn publish_loop(
     }
 }
 
-fn ack_loop(mut rx: LinkRx, waiting: Confirmations) -> Result<(), rumqttd::local::LinkError> {
+fn ack_loop(mut rx: LinkRx, waiting: Confirmations) -> Result<(), Box<rumqttd::local::LinkError>> {
     loop {
         match rx.recv()? {
             Some(ack @ Notification::DeviceAck(_)) => {

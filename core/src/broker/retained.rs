@@ -91,7 +91,7 @@ impl RetainedLink {
         }
     }
 
-    fn snapshot(&mut self) -> Result<Vec<Arc<Message>>, LinkError> {
+    fn snapshot(&mut self) -> Result<Vec<Arc<Message>>, Box<LinkError>> {
         let deadline = Instant::now() + SNAPSHOT_TIMEOUT;
         let mut retained = Vec::new();
         self.tx.subscribe("#")?;
@@ -112,7 +112,7 @@ impl RetainedLink {
         until: Await,
         deadline: Instant,
         retained: &mut Vec<Arc<Message>>,
-    ) -> Result<(), LinkError> {
+    ) -> Result<(), Box<LinkError>> {
         loop {
             match self.rx.recv_deadline(deadline)? {
                 Some(Notification::Forward(forward)) => {
@@ -151,9 +151,9 @@ impl RetainedLink {
 }
 
 /// `LinkTx::send` is an async fn with no await point: polled once, it completes.
-fn send(tx: &mut LinkTx, packet: Packet) -> Result<(), LinkError> {
+fn send(tx: &mut LinkTx, packet: Packet) -> Result<(), Box<LinkError>> {
     match tx.send(packet).now_or_never() {
-        Some(result) => result.map(|_| ()),
+        Some(result) => result.map(|_| ()).map_err(Box::new),
         None => Ok(()),
     }
 }

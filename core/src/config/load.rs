@@ -143,6 +143,7 @@ mod tests {
 
     /// Environment variables override the file, `__` nesting into sections.
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
     fn environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("b.toml", "[http]\nlisten = \"127.0.0.1:1\"\n")?;

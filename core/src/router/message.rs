@@ -133,7 +133,7 @@ mod tests {
     #[test]
     fn id_round_trips_through_text() {
         let id = EventId {
-            epoch: 0x18c2_f3a1_b2c,
+            epoch: 0x018c_2f3a_1b2c,
             seq: 42,
         };
         assert_eq!(id.to_string().parse::<EventId>(), Ok(id));

@@ -1,1 +1,241 @@
+//! The router on its own: dispatch, fan-out, overflow, resume and removal,
+//! with the broker side replaced by the channels it would read.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::*;
+
+struct Harness {
+    router: Router,
+    retained: mpsc::Receiver<RetainedRequest>,
+    _ingress: mpsc::Receiver<IngressRequest>,
+}
+
+fn harness(replay_capacity: usize) -> Harness {
+    let (ingress_tx, ingress) = mpsc::channel(16);
+    let (retained_tx, retained) = mpsc::channel(16);
+    let router = Router::new(
+        RouterSettings {
+            replay_capacity,
+            replay_max_bytes: usize::MAX,
+            routes: vec![Route {
+                filter: "home/+/temperature".into(),
+                event: "temperature".into(),
+            }],
+        },
+        Arc::new(Stats::default()),
+        ingress_tx,
+        retained_tx,
+    );
+    Harness {
+        router,
+        retained,
+        _ingress: ingress,
+    }
+}
+
+fn request(filters: &[&str], resume: Option<EventId>, queue: usize) -> SubscribeRequest {
+    SubscribeRequest {
+        principal: Principal::Anonymous,
+        filters: filters.iter().map(|f| f.to_string()).collect(),
+        resume,
+        queue_capacity: queue,
+        max_filters: 4,
+        max_filter_bytes: 64,
+    }
+}
+
+/// Answers every pending retained request with an empty snapshot.
+fn answer_retained(h: &mut Harness) {
+    while let Ok(reply) = h.retained.try_recv() {
+        let _ = reply.send(Ok(Arc::new(Vec::new())));
+    }
+}
+
+async fn payloads(sub: &mut Subscription, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        match sub.next().await {
+            Some(Delivery::Message(m)) => {
+                out.push(String::from_utf8_lossy(&m.payload).into_owned())
+            }
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+    out
+}
+
+/// Messages get consecutive ids in one epoch, and the routed event name.
+#[tokio::test]
+async fn ids_are_sequential_and_events_routed() {
+    let mut h = harness(10);
+    let mut sub = h
+        .router
+        .subscribe(request(&["#"], None, 8))
+        .expect("subscribe");
+    answer_retained(&mut h);
+    h.router
+        .dispatch("home/kitchen/temperature", Bytes::from_static(b"1"));
+    h.router.dispatch("other", Bytes::from_static(b"2"));
+    let mut ids = Vec::new();
+    let mut events = Vec::new();
+    for _ in 0..2 {
+        let Some(Delivery::Message(m)) = sub.next().await else {
+            panic!("message expected")
+        };
+        ids.push(m.id.expect("id"));
+        events.push(m.event.to_string());
+    }
+    assert_eq!(ids[0].epoch, h.router.epoch());
+    assert_eq!(ids[1].seq, ids[0].seq + 1);
+    assert_eq!(events, vec!["temperature", "message"]);
+}
+
+/// A subscriber whose filters overlap receives each message once.
+#[tokio::test]
+async fn overlapping_filters_deliver_once() {
+    let mut h = harness(10);
+    let mut sub = h
+        .router
+        .subscribe(request(&["a/#", "a/+", "a/b"], None, 8))
+        .expect("subscribe");
+    answer_retained(&mut h);
+    h.router.dispatch("a/b", Bytes::from_static(b"x"));
+    h.router.dispatch("a/c", Bytes::from_static(b"y"));
+    assert_eq!(payloads(&mut sub, 2).await, vec!["x", "y"]);
+    assert_eq!(h.router.stats().snapshot().deliveries, 2);
+}
+
+/// A full queue ends that subscription (after what it already holds) and
+/// is counted; other subscribers are unaffected.
+#[tokio::test]
+async fn full_queue_ends_only_that_subscription() {
+    let mut h = harness(10);
+    let mut slow = h.router.subscribe(request(&["t"], None, 2)).expect("slow");
+    let mut fast = h.router.subscribe(request(&["t"], None, 16)).expect("fast");
+    answer_retained(&mut h);
+    for i in 0..5 {
+        h.router.dispatch("t", Bytes::from(i.to_string()));
+    }
+    assert_eq!(payloads(&mut fast, 5).await, vec!["0", "1", "2", "3", "4"]);
+    assert_eq!(payloads(&mut slow, 2).await, vec!["0", "1"]);
+    assert!(
+        slow.next().await.is_none(),
+        "the slow subscription has ended"
+    );
+    assert_eq!(h.router.stats().snapshot().slow_consumer_disconnects, 1);
+    assert_eq!(h.router.subscriber_count(), 1);
+}
+
+/// Resuming replays exactly the later matching messages, then live ones.
+#[tokio::test]
+async fn resume_replays_then_goes_live() {
+    let mut h = harness(100);
+    let mut first = h
+        .router
+        .subscribe(request(&["r/#"], None, 16))
+        .expect("subscribe");
+    answer_retained(&mut h);
+    h.router.dispatch("r/1", Bytes::from_static(b"1"));
+    let Some(Delivery::Message(m)) = first.next().await else {
+        panic!("message expected")
+    };
+    let last = m.id.expect("id");
+    drop(first);
+    h.router.dispatch("r/2", Bytes::from_static(b"2"));
+    h.router.dispatch("elsewhere", Bytes::from_static(b"no"));
+    h.router.dispatch("r/3", Bytes::from_static(b"3"));
+    let mut resumed = h
+        .router
+        .subscribe(request(&["r/#"], Some(last), 16))
+        .expect("resume");
+    assert!(
+        h.retained.try_recv().is_err(),
+        "a resume does not ask for retained values"
+    );
+    h.router.dispatch("r/4", Bytes::from_static(b"4"));
+    assert_eq!(payloads(&mut resumed, 3).await, vec!["2", "3", "4"]);
+    assert_eq!(h.router.stats().snapshot().replay_hits, 1);
+}
+
+/// An id from another epoch yields a gap, then the retained values.
+#[tokio::test]
+async fn foreign_epoch_yields_gap_then_retained() {
+    let mut h = harness(10);
+    let old = EventId { epoch: 1, seq: 9 };
+    let mut sub = h
+        .router
+        .subscribe(request(&["s/#"], Some(old), 8))
+        .expect("subscribe");
+    let reply = h
+        .retained
+        .try_recv()
+        .expect("retained requested after a gap");
+    let retained = Arc::new(Message::new(
+        None,
+        "s/1".into(),
+        Bytes::from_static(b"on"),
+        true,
+        "message".into(),
+    ));
+    let unrelated = Arc::new(Message::new(
+        None,
+        "x".into(),
+        Bytes::from_static(b"no"),
+        true,
+        "message".into(),
+    ));
+    let _ = reply.send(Ok(Arc::new(vec![retained, unrelated])));
+    assert!(matches!(sub.next().await, Some(Delivery::Gap { after }) if after == old));
+    assert_eq!(payloads(&mut sub, 1).await, vec!["on"]);
+}
+
+/// Dropping a subscription removes it from the index.
+#[tokio::test]
+async fn drop_unsubscribes() {
+    let mut h = harness(10);
+    let sub = h
+        .router
+        .subscribe(request(&["d/+", "e"], None, 8))
+        .expect("subscribe");
+    answer_retained(&mut h);
+    assert_eq!(h.router.subscriber_count(), 1);
+    drop(sub);
+    assert_eq!(h.router.subscriber_count(), 0);
+    assert!(h.router.lock().trie.is_empty());
+}
+
+/// Invalid or too many filters are refused before anything is registered.
+#[test]
+fn filters_are_checked() {
+    let h = harness(10);
+    assert!(matches!(
+        h.router.subscribe(request(&[], None, 8)),
+        Err(SubscribeError::NoFilters)
+    ));
+    assert!(matches!(
+        h.router
+            .subscribe(request(&["a", "b", "c", "d", "e"], None, 8)),
+        Err(SubscribeError::TooManyFilters { count: 5, max: 4 })
+    ));
+    assert!(matches!(
+        h.router.subscribe(request(&["a/#/b"], None, 8)),
+        Err(SubscribeError::InvalidFilter { .. })
+    ));
+    assert_eq!(h.router.subscriber_count(), 0);
+}
+
+/// A publish with an invalid topic never reaches the broker queue.
+#[tokio::test]
+async fn publish_checks_the_topic() {
+    let h = harness(10);
+    let err = h
+        .router
+        .publish(&Principal::Anonymous, "a/+", Bytes::new(), false, false)
+        .await
+        .expect_err("wildcard refused");
+    assert!(matches!(err, PublishError::InvalidTopic { .. }));
+}

@@ -1,0 +1,244 @@
+//! The embedded broker as devices see it, including the rumqttd 0.20
+//! behaviours the README lists under "known limits": each is pinned here so
+//! an upgrade that changes one is noticed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, get, post, request, start, start_with, Device, SseClient, TIMEOUT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// An MQTT 3.1.1 CONNECT with the given keep-alive, as raw bytes.
+fn connect_packet(client_id: &str, keep_alive: u16) -> Vec<u8> {
+    let mut variable = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02];
+    variable.extend_from_slice(&keep_alive.to_be_bytes());
+    variable.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    variable.extend_from_slice(client_id.as_bytes());
+    let mut packet = vec![0x10, variable.len() as u8];
+    packet.extend(variable);
+    packet
+}
+
+/// The first bytes the broker answers a CONNECT with (empty if it closed).
+async fn answer_to_connect(addr: std::net::SocketAddr, keep_alive: u16) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(&connect_packet("raw", keep_alive))
+        .await
+        .expect("send CONNECT");
+    let mut answer = vec![0; 4];
+    match tokio::time::timeout(TIMEOUT, stream.read(&mut answer)).await {
+        Ok(Ok(n)) => answer.truncate(n),
+        Ok(Err(_)) => answer.clear(),
+        Err(_) => panic!("the broker neither answered nor closed"),
+    }
+    answer
+}
+
+/// Known limit: a CONNECT with keep-alive 0 ("off" in the MQTT spec) is
+/// closed without a CONNACK, while keep-alive 60 is accepted.
+#[tokio::test]
+async fn keep_alive_zero_is_refused_by_rumqttd() {
+    let bridge = start().await;
+    assert_eq!(
+        answer_to_connect(bridge.mqtt, 60).await,
+        vec![0x20, 0x02, 0x00, 0x00]
+    );
+    assert_eq!(answer_to_connect(bridge.mqtt, 0).await, Vec::<u8>::new());
+    bridge.shutdown().await;
+}
+
+/// Known limit: the subscription's QoS is used for delivery, so a QoS 0
+/// publish reaches a QoS 2 subscriber at QoS 2.
+#[tokio::test]
+async fn subscription_qos_is_delivery_qos() {
+    let bridge = start().await;
+    let mut subscriber = Device::connect(bridge.mqtt, "qos2").await;
+    subscriber
+        .client
+        .subscribe("q", rumqttc::QoS::ExactlyOnce)
+        .await
+        .expect("subscribe");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let publisher = Device::connect(bridge.mqtt, "qos0").await;
+    publisher
+        .client
+        .publish("q", rumqttc::QoS::AtMostOnce, false, "x")
+        .await
+        .expect("publish");
+    assert_eq!(subscriber.next().await.qos, rumqttc::QoS::ExactlyOnce);
+    bridge.shutdown().await;
+}
+
+/// Known limit: a non-retained publish with an empty payload deletes the
+/// topic's retained message; web subscribers see the same.
+#[tokio::test]
+async fn empty_publish_deletes_the_retained_value() {
+    let bridge = start().await;
+    let device = Device::connect(bridge.mqtt, "eraser").await;
+    device.publish("state", "kept", true).await;
+    device.publish("state", "", false).await;
+    eventually("both routed", || bridge.stats().messages_routed >= 2).await;
+    let mut sse = SseClient::connect(bridge.http, "/events?topic=state", &[]).await;
+    device.publish("state", "live", false).await;
+    assert_eq!(
+        sse.expect_event().await.data,
+        "live",
+        "no retained value is left"
+    );
+    bridge.shutdown().await;
+}
+
+/// Known limit, and the bridge's answer to it: a new QoS 1 MQTT subscriber
+/// gets at most 100 retained messages (rumqttd's fixed in-flight window),
+/// while a web subscriber gets all of them.
+#[tokio::test]
+async fn web_subscribers_get_every_retained_value() {
+    let bridge = start().await;
+    let device = Device::connect(bridge.mqtt, "fleet").await;
+    for i in 0..150 {
+        device
+            .publish(&format!("fleet/{i}/state"), "up", true)
+            .await;
+    }
+    eventually("all routed", || bridge.stats().messages_routed >= 150).await;
+
+    let mut sse = SseClient::connect(bridge.http, "/events?topic=fleet/%2B/state", &[]).await;
+    let mut web = 0;
+    while web < 150 {
+        assert_eq!(sse.expect_event().await.id, None);
+        web += 1;
+    }
+
+    let mut mqtt = Device::connect(bridge.mqtt, "late-mqtt").await;
+    mqtt.client
+        .subscribe("fleet/+/state", rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    device.publish("fleet/end/state", "marker", false).await;
+    let mut retained = 0;
+    loop {
+        let message = mqtt.next().await;
+        if &message.payload[..] == b"marker" {
+            break;
+        }
+        retained += 1;
+    }
+    assert_eq!(
+        retained, 100,
+        "rumqttd caps retained delivery at its in-flight window"
+    );
+    bridge.shutdown().await;
+}
+
+/// MQTT 5 clients connect on `listen_v5` and exchange messages with 3.1.1
+/// devices and SSE streams.
+#[tokio::test]
+async fn mqtt5_listener_exchanges_with_everyone() {
+    let bridge =
+        start_with(|c| c.mqtt.listen_v5 = Some("127.0.0.1:0".parse().expect("addr"))).await;
+    let v5_addr = bridge.mqtt_v5.expect("v5 listener");
+    let mut options = rumqttc::v5::MqttOptions::new("v5-device", "127.0.0.1", v5_addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 64);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let task = tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::Publish(p)) =
+                event
+            {
+                let _ = tx.send(p).await;
+            }
+        }
+    });
+    client
+        .subscribe("from/v4", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let mut sse = SseClient::connect(bridge.http, "/events?topic=from/v5", &[]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let v4 = Device::connect(bridge.mqtt, "v4-device").await;
+    v4.publish("from/v4", "hello v5", false).await;
+    let got = tokio::time::timeout(TIMEOUT, rx.recv())
+        .await
+        .expect("in time")
+        .expect("message");
+    assert_eq!(&got.payload[..], b"hello v5");
+
+    client
+        .publish(
+            "from/v5",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            "hello web",
+        )
+        .await
+        .expect("publish");
+    assert_eq!(sse.expect_event().await.data, "hello web");
+    task.abort();
+    bridge.shutdown().await;
+}
+
+/// `/healthz` answers 200 with the counters; unknown paths get a JSON 404.
+#[tokio::test]
+async fn health_and_unknown_paths() {
+    let bridge = start().await;
+    assert_eq!(post(bridge.http, "/publish/h", b"1").await.status, 202);
+    eventually("routed", || bridge.stats().messages_routed >= 1).await;
+    let health = get(bridge.http, "/healthz").await;
+    assert_eq!(health.status, 200);
+    let body = health.json();
+    assert_eq!(body["status"], "ok");
+    assert!(body["stats"]["messages_routed"].as_u64() >= Some(1));
+    let missing = get(bridge.http, "/nope").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["error"], "not-found");
+    bridge.shutdown().await;
+}
+
+/// CORS: a configured origin is allowed, with `Last-Event-ID` in the
+/// preflight; other origins get no CORS grant.
+#[tokio::test]
+async fn cors_follows_the_configured_origins() {
+    let bridge =
+        start_with(|c| c.http.cors_allowed_origins = vec!["https://dash.example".into()]).await;
+    let allowed = request(
+        bridge.http,
+        "GET",
+        "/healthz",
+        &[("Origin", "https://dash.example")],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some("https://dash.example")
+    );
+    let preflight = request(
+        bridge.http,
+        "OPTIONS",
+        "/publish/a",
+        &[
+            ("Origin", "https://dash.example"),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "content-type"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(preflight.status, 200);
+    let other = request(
+        bridge.http,
+        "GET",
+        "/healthz",
+        &[("Origin", "https://evil.example")],
+        b"",
+    )
+    .await;
+    assert_eq!(other.header("access-control-allow-origin"), None);
+    bridge.shutdown().await;
+}
