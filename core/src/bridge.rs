@@ -19,7 +19,7 @@ const RETAINED_REQUESTS: usize = 1_024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("http listener cannot bind {addr}: {source}")]
+    #[error("http listener cannot bind {addr}")]
     HttpBind {
         addr: SocketAddr,
         source: std::io::Error,

@@ -35,9 +35,16 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
+                // rumqttd 0.20 logs every ordinary client disconnect as an
+                // ERROR from these two modules; RUST_LOG brings them back.
+                .unwrap_or_else(|_| {
+                    "info,rumqttd=warn,rumqttd::router::routing=off,rumqttd::server::broker=off"
+                        .into()
+                }),
         )
         .init();
     match run(cli) {
@@ -63,8 +70,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let cancel = CancellationToken::new();
+        // Signal handlers are installed before any listener opens, so a
+        // signal during startup is a clean stop, not the default action.
+        let signals = Signals::install()?;
         let bridge = Bridge::start(config, cancel.clone()).await?;
-        tokio::spawn(stop_on_signal(cancel));
+        tokio::spawn(signals.cancel_on_signal(cancel));
         bridge.stopped().await;
         anyhow::Ok(())
     })?;
@@ -80,25 +90,41 @@ fn describe(source: &ConfigSource) -> String {
     }
 }
 
-async fn stop_on_signal(cancel: CancellationToken) {
-    let interrupt = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, listened for from the moment they are installed.
+struct Signals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot listen for SIGTERM.");
-                std::future::pending::<()>().await;
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn cancel_on_signal(mut self, cancel: CancellationToken) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => tracing::info!("SIGINT received, shutting down."),
+            _ = self.terminate.recv() => tracing::info!("SIGTERM received, shutting down."),
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = &mut self;
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::info!("Ctrl-C received, shutting down.");
             }
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => tracing::info!("SIGINT received, shutting down."),
-        () = terminate => tracing::info!("SIGTERM received, shutting down."),
+        cancel.cancel();
     }
-    cancel.cancel();
 }

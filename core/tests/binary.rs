@@ -247,9 +247,9 @@ fn exits_cleanly_on(signal: &str) {
     }
 }
 
-/// Starts a bridge whose `busy` listener's address is already taken, and
-/// expects a non-zero exit within [`EXIT`] with an error line naming the
-/// listener (`http` or `mqtt`) and the address.
+/// Starts a bridge on `mqtt` and `http`, one of which is `busy` (held by the
+/// caller), and expects a non-zero exit within [`EXIT`] with a stderr line
+/// naming `listener` (`http` or `mqtt`) and the busy address.
 fn fails_on_busy_port(listener: &str, mqtt: SocketAddr, http: SocketAddr, busy: SocketAddr) {
     let mut bridge = Running::spawn(mqtt, http);
     let status = bridge
@@ -355,7 +355,7 @@ fn busy_http_port_fails_naming_the_listener() {
     let busy = taken.local_addr().expect("local address");
     let [mqtt] = free_addrs();
     fails_on_busy_port("http", mqtt, busy, busy);
-    drop(taken);
+    drop(taken); // held until the bridge has exited
 }
 
 /// A taken MQTT address stops startup with an error naming `mqtt` and it.
@@ -365,5 +365,5 @@ fn busy_mqtt_port_fails_naming_the_listener() {
     let busy = taken.local_addr().expect("local address");
     let [http] = free_addrs();
     fails_on_busy_port("mqtt", busy, http, busy);
-    drop(taken);
+    drop(taken); // held until the bridge has exited
 }

@@ -35,7 +35,7 @@ pub struct BrokerAddrs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("{listener} listener cannot bind {addr}: {source}")]
+    #[error("{listener} listener cannot bind {addr}")]
     Bind {
         listener: &'static str,
         addr: SocketAddr,
@@ -100,9 +100,9 @@ pub fn start(
         })
         .map_err(|e| BrokerError::Thread("broker", e))?;
 
-    wait_listening("mqtt", addrs.mqtt)?;
+    wait_listening("mqtt", addrs.mqtt, false)?;
     if let Some(addr) = addrs.mqtt_v5 {
-        wait_listening("mqtt_v5", addr)?;
+        wait_listening("mqtt_v5", addr, true)?;
     }
     Ok(addrs)
 }
@@ -122,8 +122,11 @@ fn reserve(listener: &'static str, addr: SocketAddr) -> Result<SocketAddr, Broke
     })
 }
 
-/// Waits until rumqttd accepts TCP connections on `addr`.
-fn wait_listening(listener: &'static str, addr: SocketAddr) -> Result<(), BrokerError> {
+/// Waits until rumqttd answers an MQTT CONNECT on `addr`. The probe is a
+/// well-behaved client (CONNECT, CONNACK, DISCONNECT), so the broker logs
+/// nothing alarming, and it proves the listener is rumqttd's and not
+/// whatever might have taken the port after [`reserve`] released it.
+fn wait_listening(listener: &'static str, addr: SocketAddr, v5: bool) -> Result<(), BrokerError> {
     let mut probe = addr;
     if probe.ip().is_unspecified() {
         probe.set_ip(if addr.is_ipv4() {
@@ -134,12 +137,52 @@ fn wait_listening(listener: &'static str, addr: SocketAddr) -> Result<(), Broker
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok() {
+        if probe_connect(probe, v5).is_ok() {
             return Ok(());
         }
         thread::sleep(Duration::from_millis(20));
     }
     Err(BrokerError::NotListening { listener, addr })
+}
+
+/// One MQTT session: CONNECT (keep-alive 10 s), expect a successful CONNACK,
+/// DISCONNECT.
+fn probe_connect(addr: SocketAddr, v5: bool) -> io::Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let client_id = b"tidewater-probe";
+    let mut body = vec![
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        if v5 { 5 } else { 4 },
+        0x02,
+        0,
+        10,
+    ];
+    if v5 {
+        body.push(0); // no CONNECT properties
+    }
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id);
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    stream.write_all(&packet)?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack)?;
+    if connack[0] != 0x20 || connack[3] != 0 {
+        return Err(io::Error::other("unexpected answer to CONNECT"));
+    }
+    let disconnect: &[u8] = if v5 {
+        &[0xe0, 0x01, 0x00]
+    } else {
+        &[0xe0, 0x00]
+    };
+    stream.write_all(disconnect)
 }
 
 fn rumqttd_config(config: &MqttConfig, addrs: &BrokerAddrs) -> rumqttd::Config {
