@@ -338,32 +338,13 @@ impl Router {
         retain: bool,
         confirm: bool,
     ) -> Result<(), PublishError> {
-        topic::validate_topic(topic).map_err(|source| PublishError::InvalidTopic {
-            topic: topic.chars().take(256).collect(),
-            source,
-        })?;
-        auth::authorize(principal, Action::Publish, topic)?;
         let (reply, confirmation) = if confirm {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
         } else {
             (None, None)
         };
-        let request = IngressRequest {
-            topic: topic.to_owned(),
-            payload,
-            retain,
-            confirm: reply,
-        };
-        let stats = &self.shared.stats;
-        match self.shared.ingress.try_send(request) {
-            Ok(()) => Stats::incr(&stats.publishes_accepted),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                Stats::incr(&stats.publishes_rejected_busy);
-                return Err(PublishError::Busy);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(PublishError::Unavailable),
-        }
+        self.enqueue(principal, topic, payload, retain, reply)?;
         if let Some(confirmation) = confirmation {
             match tokio::time::timeout(CONFIRM_TIMEOUT, confirmation).await {
                 Ok(Ok(())) => {}
@@ -372,6 +353,52 @@ impl Router {
             }
         }
         Ok(())
+    }
+
+    /// Queues a publish for the broker without waiting at all: for callers
+    /// outside the async runtime, such as plugin threads. A full queue is
+    /// [`PublishError::Busy`].
+    pub fn try_publish(
+        &self,
+        principal: &Principal,
+        topic: &str,
+        payload: Bytes,
+        retain: bool,
+    ) -> Result<(), PublishError> {
+        self.enqueue(principal, topic, payload, retain, None)
+    }
+
+    fn enqueue(
+        &self,
+        principal: &Principal,
+        topic: &str,
+        payload: Bytes,
+        retain: bool,
+        confirm: Option<oneshot::Sender<()>>,
+    ) -> Result<(), PublishError> {
+        topic::validate_topic(topic).map_err(|source| PublishError::InvalidTopic {
+            topic: topic.chars().take(256).collect(),
+            source,
+        })?;
+        auth::authorize(principal, Action::Publish, topic)?;
+        let request = IngressRequest {
+            topic: topic.to_owned(),
+            payload,
+            retain,
+            confirm,
+        };
+        let stats = &self.shared.stats;
+        match self.shared.ingress.try_send(request) {
+            Ok(()) => {
+                Stats::incr(&stats.publishes_accepted);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Stats::incr(&stats.publishes_rejected_busy);
+                Err(PublishError::Busy)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(PublishError::Unavailable),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
