@@ -1,5 +1,13 @@
-//! One subscriber's view of the router: what it receives, in which order,
-//! and its removal from the router when it goes away.
+//! Subscribing: registering a subscriber, growing and shrinking its set of
+//! filters, and the order in which it receives what it asked for.
+//!
+//! A subscriber is one bounded queue in the router plus a set of filters. A
+//! WebSocket session adds filters over its lifetime; an SSE stream gives all
+//! of them at once. Each addition may resume from an id: the router then
+//! replays, from the ring, the messages after that id which match the new
+//! filters and were not already delivered live through an older filter.
+//! Filters are added and the replay is read under the router's lock, so
+//! nothing falls between replay and live, and nothing arrives twice.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -7,13 +15,41 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{EventId, Message, RetainedSnapshot, Router, SubscriberId};
+use super::replay::Resume;
+use super::{EventId, Message, RetainedSnapshot, Router, Subscriber, SubscriberId};
+use crate::auth::{self, Action, Denied, Principal};
 use crate::stats::Stats;
-use crate::topic;
+use crate::topic::{self, TopicError};
 
 /// How long a new subscriber waits for the broker's retained values before
 /// going on to live messages without them (counted as a failure).
 const RETAINED_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What an SSE stream asks for, all at once.
+#[derive(Debug, Clone)]
+pub struct SubscribeRequest {
+    pub principal: Principal,
+    pub filters: Vec<String>,
+    /// The last event id the client saw, to resume after it.
+    pub resume: Option<EventId>,
+    pub queue_capacity: usize,
+    pub max_filters: usize,
+    pub max_filter_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("no topic filter given")]
+    NoFilters,
+    #[error("too many topic filters: {count}, the limit is {max}")]
+    TooManyFilters { count: usize, max: usize },
+    #[error("invalid topic filter `{filter}`: {source}")]
+    InvalidFilter { filter: String, source: TopicError },
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error("the subscription has ended: its queue overflowed")]
+    Ended,
+}
 
 /// What a subscriber receives.
 #[derive(Debug, Clone)]
@@ -26,80 +62,236 @@ pub enum Delivery {
     Message(Arc<Message>),
 }
 
-/// A registered subscriber. Yields a gap notice (if any), then retained
-/// values (for a fresh subscription or after a gap), then the replayed
-/// messages, then live messages. Dropping it unsubscribes.
+/// Deliveries owed to the subscriber before its live queue, in order.
+#[derive(Debug)]
+enum Pending {
+    Gap(EventId),
+    /// Retained values for these filters, once the broker has answered.
+    Retained {
+        filters: Vec<String>,
+        reply: oneshot::Receiver<Result<RetainedSnapshot, ()>>,
+    },
+    Messages(VecDeque<Arc<Message>>),
+}
+
+/// A registered subscriber. Yields what each addition of filters owes (a gap
+/// notice, retained values, replayed messages) before live messages.
+/// Dropping it unsubscribes.
 #[derive(Debug)]
 pub struct Subscription {
     id: SubscriberId,
     router: Router,
-    filters: Arc<[String]>,
-    gap: Option<EventId>,
-    retained: Option<oneshot::Receiver<Result<RetainedSnapshot, ()>>>,
-    backlog: VecDeque<Arc<Message>>,
-    replay: VecDeque<Arc<Message>>,
+    filters: Vec<String>,
+    pending: VecDeque<Pending>,
     live: mpsc::Receiver<Arc<Message>>,
 }
 
-impl Subscription {
-    pub(super) fn new(
-        id: SubscriberId,
-        router: Router,
-        filters: Arc<[String]>,
-        gap: Option<EventId>,
-        retained: Option<oneshot::Receiver<Result<RetainedSnapshot, ()>>>,
-        replay: Vec<Arc<Message>>,
-        live: mpsc::Receiver<Arc<Message>>,
-    ) -> Self {
-        Self {
+impl Router {
+    /// Registers a subscriber with no filters yet (a WebSocket session).
+    pub fn open(&self, queue_capacity: usize) -> Subscription {
+        let (queue, live) = mpsc::channel(queue_capacity.max(1));
+        let mut state = self.lock();
+        let id = state.next_subscriber;
+        state.next_subscriber += 1;
+        state.subscribers.insert(
             id,
-            router,
-            filters,
-            gap,
-            retained,
-            backlog: VecDeque::new(),
-            replay: replay.into(),
+            Subscriber {
+                filters: Vec::new(),
+                queue,
+            },
+        );
+        drop(state);
+        Subscription {
+            id,
+            router: self.clone(),
+            filters: Vec::new(),
+            pending: VecDeque::new(),
             live,
         }
     }
 
+    /// Registers a subscriber with its filters (an SSE stream).
+    pub fn subscribe(&self, request: SubscribeRequest) -> Result<Subscription, SubscribeError> {
+        if request.filters.is_empty() {
+            return Err(SubscribeError::NoFilters);
+        }
+        let mut subscription = self.open(request.queue_capacity);
+        subscription.add(
+            &request.principal,
+            &request.filters,
+            request.resume,
+            request.max_filters,
+            request.max_filter_bytes,
+        )?;
+        Ok(subscription)
+    }
+
+    /// Removes a subscriber; called when its [`Subscription`] is dropped.
+    fn unsubscribe(&self, id: SubscriberId) {
+        let mut state = self.lock();
+        super::remove_subscriber(&mut state, id);
+    }
+}
+
+impl Subscription {
     pub fn filters(&self) -> &[String] {
         &self.filters
+    }
+
+    /// Adds filters (those already present are ignored). Without `resume`
+    /// the subscriber first gets the retained values of the new filters;
+    /// with it, the messages after that id which match them, or a gap notice
+    /// and the retained values if that history is gone.
+    pub fn add(
+        &mut self,
+        principal: &Principal,
+        filters: &[String],
+        resume: Option<EventId>,
+        max_filters: usize,
+        max_filter_bytes: usize,
+    ) -> Result<(), SubscribeError> {
+        let mut added: Vec<String> = Vec::new();
+        for filter in filters {
+            topic::validate_filter(filter, max_filter_bytes).map_err(|source| {
+                SubscribeError::InvalidFilter {
+                    filter: filter.chars().take(256).collect(),
+                    source,
+                }
+            })?;
+            auth::authorize(principal, Action::Subscribe, filter)?;
+            if !self.filters.contains(filter) && !added.contains(filter) {
+                added.push(filter.clone());
+            }
+        }
+        let count = self.filters.len() + added.len();
+        if count > max_filters {
+            return Err(SubscribeError::TooManyFilters {
+                count,
+                max: max_filters,
+            });
+        }
+        if added.is_empty() {
+            return Ok(());
+        }
+
+        let router = self.router.clone();
+        let epoch = router.epoch();
+        let (gap, replay) = {
+            let mut guard = router.lock();
+            let state = &mut *guard;
+            let from_seq = state.next_seq;
+            let Some(subscriber) = state.subscribers.get_mut(&self.id) else {
+                return Err(SubscribeError::Ended);
+            };
+            let earlier = subscriber.filters.clone();
+            for filter in &added {
+                subscriber.filters.push((filter.clone(), from_seq));
+                state.trie.insert(filter, self.id);
+            }
+            let mut replay = VecDeque::new();
+            let gap = match resume {
+                None => None,
+                Some(last) if last.epoch != epoch => Some(last),
+                Some(last) => match state.replay.resume_point(last.seq, from_seq) {
+                    Resume::From(index) => {
+                        let owed = |m: &&Arc<Message>| {
+                            matches_any(added.iter(), &m.topic) && !delivered_live(&earlier, m)
+                        };
+                        replay.extend(state.replay.since(index).filter(owed).cloned());
+                        None
+                    }
+                    Resume::Lost => Some(last),
+                },
+            };
+            (gap, replay)
+        };
+
+        let stats = router.stats();
+        match (resume, gap) {
+            (Some(_), None) => Stats::incr(&stats.replay_hits),
+            (Some(_), Some(_)) => Stats::incr(&stats.replay_misses),
+            _ => {}
+        }
+        if let Some(after) = gap {
+            self.pending.push_back(Pending::Gap(after));
+        }
+        if resume.is_none() || gap.is_some() {
+            self.pending.push_back(Pending::Retained {
+                filters: added.clone(),
+                reply: router.request_retained(),
+            });
+        }
+        if !replay.is_empty() {
+            self.pending.push_back(Pending::Messages(replay));
+        }
+        self.filters.extend(added);
+        Ok(())
+    }
+
+    /// Removes filters; returns how many were present. Messages already
+    /// queued for them are still delivered.
+    pub fn remove(&mut self, filters: &[String]) -> usize {
+        let before = self.filters.len();
+        self.filters.retain(|f| !filters.contains(f));
+        let mut state = self.router.lock();
+        let state = &mut *state;
+        if let Some(subscriber) = state.subscribers.get_mut(&self.id) {
+            subscriber.filters.retain(|(f, _)| !filters.contains(f));
+            for filter in filters {
+                state.trie.remove(filter, self.id);
+            }
+        }
+        before - self.filters.len()
     }
 
     /// The next delivery; `None` once the router has ended this subscription
     /// (its queue overflowed) and everything queued before was delivered.
     pub async fn next(&mut self) -> Option<Delivery> {
-        if let Some(after) = self.gap.take() {
-            return Some(Delivery::Gap { after });
+        loop {
+            match self.pending.front_mut() {
+                None => return self.live.recv().await.map(Delivery::Message),
+                Some(Pending::Gap(after)) => {
+                    let after = *after;
+                    self.pending.pop_front();
+                    return Some(Delivery::Gap { after });
+                }
+                Some(Pending::Retained { .. }) => self.load_retained().await,
+                Some(Pending::Messages(queue)) => match queue.pop_front() {
+                    Some(message) => return Some(Delivery::Message(message)),
+                    None => {
+                        self.pending.pop_front();
+                    }
+                },
+            }
         }
-        if let Some(pending) = self.retained.take() {
-            self.load_retained(pending).await;
-        }
-        if let Some(message) = self.backlog.pop_front().or_else(|| self.replay.pop_front()) {
-            return Some(Delivery::Message(message));
-        }
-        self.live.recv().await.map(Delivery::Message)
     }
 
     /// A delivery that is ready now, without waiting; used to batch several
     /// into one write. Never skips ahead of [`Subscription::next`]'s order.
     pub fn try_next(&mut self) -> Option<Delivery> {
-        if self.gap.is_some() || self.retained.is_some() {
-            return None;
+        loop {
+            match self.pending.front_mut() {
+                None => return self.live.try_recv().ok().map(Delivery::Message),
+                Some(Pending::Gap(_) | Pending::Retained { .. }) => return None,
+                Some(Pending::Messages(queue)) => match queue.pop_front() {
+                    Some(message) => return Some(Delivery::Message(message)),
+                    None => {
+                        self.pending.pop_front();
+                    }
+                },
+            }
         }
-        if let Some(message) = self.backlog.pop_front().or_else(|| self.replay.pop_front()) {
-            return Some(Delivery::Message(message));
-        }
-        self.live.try_recv().ok().map(Delivery::Message)
     }
 
-    async fn load_retained(&mut self, pending: oneshot::Receiver<Result<RetainedSnapshot, ()>>) {
-        let stats = self.router.stats().clone();
-        let snapshot = match tokio::time::timeout(RETAINED_TIMEOUT, pending).await {
+    /// Replaces the pending retained entry at the front with its values.
+    async fn load_retained(&mut self) {
+        let Some(Pending::Retained { filters, reply }) = self.pending.pop_front() else {
+            return;
+        };
+        let snapshot = match tokio::time::timeout(RETAINED_TIMEOUT, reply).await {
             Ok(Ok(Ok(snapshot))) => snapshot,
             _ => {
-                Stats::incr(&stats.retained_failures);
+                Stats::incr(&self.router.stats().retained_failures);
                 tracing::warn!(
                     subscriber = self.id,
                     "Retained values unavailable, continuing with live messages."
@@ -107,12 +299,12 @@ impl Subscription {
                 return;
             }
         };
-        self.backlog.extend(
-            snapshot
-                .iter()
-                .filter(|m| self.filters.iter().any(|f| topic::matches(f, &m.topic)))
-                .cloned(),
-        );
+        let values: VecDeque<_> = snapshot
+            .iter()
+            .filter(|m| matches_any(filters.iter(), &m.topic))
+            .cloned()
+            .collect();
+        self.pending.push_front(Pending::Messages(values));
     }
 }
 
@@ -120,4 +312,17 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         self.router.unsubscribe(self.id);
     }
+}
+
+fn matches_any<'a>(mut filters: impl Iterator<Item = &'a String>, topic: &str) -> bool {
+    filters.any(|f| topic::matches(f, topic))
+}
+
+/// Whether `message` already reached the subscriber live through one of its
+/// earlier filters.
+fn delivered_live(earlier: &[(String, u64)], message: &Message) -> bool {
+    let seq = message.id.map_or(0, |id| id.seq);
+    earlier
+        .iter()
+        .any(|(filter, from)| seq >= *from && topic::matches(filter, &message.topic))
 }

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::auth::Principal;
 
 struct Harness {
     router: Router,
@@ -238,4 +239,37 @@ async fn publish_checks_the_topic() {
         .await
         .expect_err("wildcard refused");
     assert!(matches!(err, PublishError::InvalidTopic { .. }));
+}
+
+/// Adding filters with a resume point replays what they missed, except
+/// messages an earlier filter already delivered live.
+#[tokio::test]
+async fn added_filters_replay_without_duplicates() {
+    let mut h = harness(100);
+    h.router.dispatch("warmup", Bytes::from_static(b"w"));
+    let mut sub = h.router.open(16);
+    sub.add(&Principal::Anonymous, &["x/#".to_owned()], None, 4, 64)
+        .expect("add x/#");
+    answer_retained(&mut h);
+    h.router.dispatch("x/y", Bytes::from_static(b"both"));
+    h.router.dispatch("z", Bytes::from_static(b"z-only"));
+    assert_eq!(payloads(&mut sub, 1).await, vec!["both"]);
+    let since = EventId {
+        epoch: h.router.epoch(),
+        seq: 1,
+    };
+    sub.add(
+        &Principal::Anonymous,
+        &["x/y".to_owned(), "z".to_owned()],
+        Some(since),
+        4,
+        64,
+    )
+    .expect("add with since");
+    h.router.dispatch("z", Bytes::from_static(b"live"));
+    assert_eq!(payloads(&mut sub, 2).await, vec!["z-only", "live"]);
+    assert_eq!(sub.remove(&["z".to_owned(), "nope".to_owned()]), 1);
+    h.router.dispatch("z", Bytes::from_static(b"gone"));
+    h.router.dispatch("x/y", Bytes::from_static(b"still"));
+    assert_eq!(payloads(&mut sub, 1).await, vec!["still"]);
 }

@@ -84,6 +84,12 @@ fn subscribe_error(error: SubscribeError) -> ApiError {
                 .with("rule", source.rule())
         }
         SubscribeError::Denied(denied) => ApiError::forbidden(denied.to_string()),
+        // A subscription this young cannot have overflowed yet.
+        SubscribeError::Ended => ApiError::new(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "subscription-ended",
+            error.to_string(),
+        ),
     }
 }
 

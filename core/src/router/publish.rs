@@ -1,0 +1,104 @@
+//! Publishing into the broker from web clients and plugins: the topic
+//! check, the access check and a bounded hand-off to the ingress link.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{IngressRequest, Router};
+use crate::auth::{self, Action, Denied, Principal};
+use crate::stats::Stats;
+use crate::topic::{self, TopicError};
+
+/// How long a publish waits for the broker's confirmation.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("invalid topic `{topic}`: {source}")]
+    InvalidTopic { topic: String, source: TopicError },
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error("the broker's ingress queue is full; retry shortly")]
+    Busy,
+    #[error("the broker is not accepting publishes")]
+    Unavailable,
+    #[error("the broker did not confirm the publish within {0:?}")]
+    Timeout(Duration),
+}
+
+impl Router {
+    /// Sends a publish into the broker. With `confirm`, returns once the
+    /// broker has appended it to its log; otherwise once it is queued.
+    pub async fn publish(
+        &self,
+        principal: &Principal,
+        topic: &str,
+        payload: Bytes,
+        retain: bool,
+        confirm: bool,
+    ) -> Result<(), PublishError> {
+        let (reply, confirmation) = if confirm {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.enqueue(principal, topic, payload, retain, reply)?;
+        if let Some(confirmation) = confirmation {
+            match tokio::time::timeout(CONFIRM_TIMEOUT, confirmation).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(PublishError::Unavailable),
+                Err(_) => return Err(PublishError::Timeout(CONFIRM_TIMEOUT)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a publish for the broker without waiting at all: for callers
+    /// outside the async runtime, such as plugin threads. A full queue is
+    /// [`PublishError::Busy`].
+    pub fn try_publish(
+        &self,
+        principal: &Principal,
+        topic: &str,
+        payload: Bytes,
+        retain: bool,
+    ) -> Result<(), PublishError> {
+        self.enqueue(principal, topic, payload, retain, None)
+    }
+
+    fn enqueue(
+        &self,
+        principal: &Principal,
+        topic: &str,
+        payload: Bytes,
+        retain: bool,
+        confirm: Option<oneshot::Sender<()>>,
+    ) -> Result<(), PublishError> {
+        topic::validate_topic(topic).map_err(|source| PublishError::InvalidTopic {
+            topic: topic.chars().take(256).collect(),
+            source,
+        })?;
+        auth::authorize(principal, Action::Publish, topic)?;
+        let request = IngressRequest {
+            topic: topic.to_owned(),
+            payload,
+            retain,
+            confirm,
+        };
+        let stats = self.stats();
+        match self.shared.ingress.try_send(request) {
+            Ok(()) => {
+                Stats::incr(&stats.publishes_accepted);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Stats::incr(&stats.publishes_rejected_busy);
+                Err(PublishError::Busy)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(PublishError::Unavailable),
+        }
+    }
+}
