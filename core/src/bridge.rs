@@ -3,24 +3,35 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::broker::{self, BrokerAddrs, BrokerError};
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::router::{Router, RouterSettings};
 use crate::stats::Stats;
+use crate::ws;
 
 /// Snapshot requests waiting for the retained link; past this, new
 /// subscribers go on without retained values (counted).
 const RETAINED_REQUESTS: usize = 1_024;
 
+/// How long shutdown waits for WebSocket sessions to send their close frames.
+const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("http listener cannot bind {addr}")]
     HttpBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("websocket listener cannot bind {addr}")]
+    WsBind {
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -36,7 +47,11 @@ pub struct Bridge {
     pub http_addr: SocketAddr,
     pub mqtt_addr: SocketAddr,
     pub mqtt_v5_addr: Option<SocketAddr>,
+    pub mqtt_ws_addr: Option<SocketAddr>,
+    pub ws_addr: SocketAddr,
     router: Router,
+    /// Every WebSocket task: the listener and its sessions.
+    ws_tasks: TaskTracker,
     cancel: CancellationToken,
     server: actix_web::dev::ServerHandle,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -68,6 +83,14 @@ impl Bridge {
                 source,
             })?;
         let http_addr = listener.local_addr().map_err(StartError::Http)?;
+        let ws_bind = |source| StartError::WsBind {
+            addr: config.websocket.listen,
+            source,
+        };
+        let ws_listener = TcpListener::bind(config.websocket.listen).map_err(ws_bind)?;
+        ws_listener.set_nonblocking(true).map_err(ws_bind)?;
+        let ws_listener = tokio::net::TcpListener::from_std(ws_listener).map_err(ws_bind)?;
+        let ws_addr = ws_listener.local_addr().map_err(ws_bind)?;
 
         // Starting the broker waits for its listeners: keep that off the
         // async workers.
@@ -76,6 +99,7 @@ impl Bridge {
         let BrokerAddrs {
             mqtt: mqtt_addr,
             mqtt_v5,
+            mqtt_ws,
         } = tokio::task::spawn_blocking(move || {
             broker::start(&mqtt, &broker_router, ingress_rx, retained_rx)
         })
@@ -90,17 +114,33 @@ impl Bridge {
         let server = http::serve(listener, state).map_err(StartError::Http)?;
         let handle = server.handle();
         let server_task = tokio::spawn(server);
+        let ws_tasks = TaskTracker::new();
+        ws_tasks.spawn(ws::serve(
+            ws_listener,
+            router.clone(),
+            Arc::new(config.websocket.clone()),
+            config.mqtt.max_payload_bytes,
+            cancel.clone(),
+            ws_tasks.clone(),
+        ));
 
         tracing::info!(addr = %mqtt_addr, "MQTT 3.1.1 listener ready.");
         if let Some(addr) = mqtt_v5 {
             tracing::info!(addr = %addr, "MQTT 5 listener ready.");
         }
+        if let Some(addr) = mqtt_ws {
+            tracing::info!(addr = %addr, "MQTT over WebSocket listener ready.");
+        }
         tracing::info!(addr = %http_addr, "HTTP listener ready (SSE, publish, health).");
+        tracing::info!(addr = %ws_addr, path = %config.websocket.path, "WebSocket listener ready.");
         Ok(Self {
             http_addr,
             mqtt_addr,
             mqtt_v5_addr: mqtt_v5,
+            mqtt_ws_addr: mqtt_ws,
+            ws_addr,
             router,
+            ws_tasks,
             cancel,
             server: handle,
             server_task,
@@ -111,11 +151,19 @@ impl Bridge {
         &self.router
     }
 
-    /// Waits for `cancel`, then stops accepting, ends the SSE streams (they
-    /// watch the same token) and lets in-flight requests finish.
+    /// Waits for `cancel`, then stops accepting, ends the SSE streams and
+    /// WebSocket sessions (they watch the same token; sessions send 1001)
+    /// and lets in-flight requests finish.
     pub async fn stopped(self) {
         self.cancel.cancelled().await;
+        self.ws_tasks.close();
         self.server.stop(true).await;
+        if tokio::time::timeout(SESSION_CLOSE_TIMEOUT, self.ws_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("Some WebSocket sessions did not close in time.");
+        }
         if let Err(e) = self.server_task.await {
             tracing::warn!(error = %e, "HTTP server task ended abnormally.");
         }

@@ -13,6 +13,7 @@
 //!   queues, the replay ring and retained-first delivery.
 //! - [`broker`]: the embedded rumqttd and the links that join it to the router.
 //! - [`sse`]: `GET /events`, the SSE encoder and stream.
+//! - [`ws`]: the WebSocket listener, its JSON protocol and sessions.
 //! - [`http`]: the HTTP server: publish, health, CORS, error bodies.
 //! - [`auth`]: the single access check every subscribe and publish passes.
 //! - [`stats`]: counters for everything accepted, delivered or dropped.
@@ -32,6 +33,7 @@ pub mod router;
 pub mod sse;
 pub mod stats;
 pub mod topic;
+pub mod ws;
 
 pub use bridge::{Bridge, StartError};
 pub use config::Config;

@@ -59,6 +59,10 @@ counters! {
     sse_streams_opened,
     /// SSE streams open now.
     sse_streams_open,
+    /// WebSocket sessions opened since start.
+    ws_sessions_opened,
+    /// WebSocket sessions open now.
+    ws_sessions_open,
 }
 
 impl Stats {

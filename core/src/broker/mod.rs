@@ -31,6 +31,7 @@ use crate::router::{IngressRequest, RetainedRequest, Router};
 pub struct BrokerAddrs {
     pub mqtt: SocketAddr,
     pub mqtt_v5: Option<SocketAddr>,
+    pub mqtt_ws: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,10 @@ pub fn start(
         mqtt_v5: config
             .listen_v5
             .map(|a| reserve("mqtt_v5", a))
+            .transpose()?,
+        mqtt_ws: config
+            .websocket_listen
+            .map(|a| reserve("mqtt_websocket", a))
             .transpose()?,
     };
     let mut broker = rumqttd::Broker::new(rumqttd_config(config, &addrs));
@@ -104,6 +109,9 @@ pub fn start(
     if let Some(addr) = addrs.mqtt_v5 {
         wait_listening("mqtt_v5", addr, true)?;
     }
+    if let Some(addr) = addrs.mqtt_ws {
+        wait_accepting("mqtt_websocket", addr)?;
+    }
     Ok(addrs)
 }
 
@@ -127,14 +135,7 @@ fn reserve(listener: &'static str, addr: SocketAddr) -> Result<SocketAddr, Broke
 /// nothing alarming, and it proves the listener is rumqttd's and not
 /// whatever might have taken the port after [`reserve`] released it.
 fn wait_listening(listener: &'static str, addr: SocketAddr, v5: bool) -> Result<(), BrokerError> {
-    let mut probe = addr;
-    if probe.ip().is_unspecified() {
-        probe.set_ip(if addr.is_ipv4() {
-            [127, 0, 0, 1].into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
-    }
+    let probe = loopback(addr);
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if probe_connect(probe, v5).is_ok() {
@@ -143,6 +144,33 @@ fn wait_listening(listener: &'static str, addr: SocketAddr, v5: bool) -> Result<
         thread::sleep(Duration::from_millis(20));
     }
     Err(BrokerError::NotListening { listener, addr })
+}
+
+/// Waits until something accepts TCP connections on `addr` (the MQTT over
+/// WebSocket listener, which a raw MQTT probe cannot talk to).
+fn wait_accepting(listener: &'static str, addr: SocketAddr) -> Result<(), BrokerError> {
+    let probe = loopback(addr);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Err(BrokerError::NotListening { listener, addr })
+}
+
+/// `addr` with an unspecified IP replaced by loopback, for connecting.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    let mut probe = addr;
+    if probe.ip().is_unspecified() {
+        probe.set_ip(if addr.is_ipv4() {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    probe
 }
 
 /// One MQTT session: CONNECT (keep-alive 10 s), expect a successful CONNACK,
@@ -217,6 +245,7 @@ fn rumqttd_config(config: &MqttConfig, addrs: &BrokerAddrs) -> rumqttd::Config {
         },
         v4: Some(server("mqtt-v4", addrs.mqtt)),
         v5: addrs.mqtt_v5.map(|addr| server("mqtt-v5", addr)),
+        ws: addrs.mqtt_ws.map(|addr| server("mqtt-ws", addr)),
         ..Default::default()
     }
 }

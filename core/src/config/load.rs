@@ -93,6 +93,7 @@ pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MqttConfig;
 
     fn shipped_path() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../bridge.toml")
@@ -106,10 +107,20 @@ mod tests {
         let text = std::fs::read_to_string(shipped_path()).expect("bridge.toml at the root");
         let config = from_toml_str(&text).expect("shipped config is valid");
         let defaults = Config::default();
-        assert_eq!(config.mqtt, defaults.mqtt);
+        // MQTT over WebSocket is off by default and on in the shipped file.
+        assert!(config.mqtt.websocket_listen.is_some());
+        let mqtt = MqttConfig {
+            websocket_listen: None,
+            ..config.mqtt.clone()
+        };
+        assert_eq!(mqtt, defaults.mqtt);
         assert_eq!(config.http, defaults.http);
         assert_eq!(config.sse, defaults.sse);
-        let every_key = toml::to_string(&defaults).expect("serialise defaults");
+        assert_eq!(config.websocket, defaults.websocket);
+        let mut documented = defaults.clone();
+        documented.mqtt.listen_v5 = Some(documented.mqtt.listen);
+        documented.mqtt.websocket_listen = Some(documented.mqtt.listen);
+        let every_key = toml::to_string(&documented).expect("serialise defaults");
         // Keys inside sections; the top-level `routes = []` has its own
         // documented `[[routes]]` examples.
         let in_sections = every_key.lines().skip_while(|l| !l.starts_with('['));

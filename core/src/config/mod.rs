@@ -24,6 +24,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub http: HttpConfig,
     pub sse: SseConfig,
+    pub websocket: WebSocketConfig,
     pub routes: Vec<Route>,
 }
 
@@ -36,6 +37,10 @@ pub struct MqttConfig {
     /// MQTT 5 listener; off when absent (rumqttd needs one listener per version).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen_v5: Option<SocketAddr>,
+    /// MQTT over WebSocket (subprotocol `mqtt`, MQTT 3.1.1) for browser MQTT
+    /// clients; off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub websocket_listen: Option<SocketAddr>,
     /// Largest PUBLISH payload a device may send, in bytes.
     pub max_payload_bytes: usize,
     /// Connections the broker accepts at once (devices and the bridge's own links).
@@ -59,6 +64,7 @@ impl Default for MqttConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
             listen_v5: None,
+            websocket_listen: None,
             max_payload_bytes: 256 * 1024,
             max_connections: 10_000,
             connection_timeout_ms: 5_000,
@@ -133,6 +139,52 @@ impl Default for SseConfig {
     }
 }
 
+/// `[websocket]`: JSON-over-WebSocket sessions, both directions on one
+/// connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    pub listen: SocketAddr,
+    /// The only path upgraded to a WebSocket; others get 404.
+    pub path: String,
+    /// Largest frame or message a client may send, in bytes; larger closes
+    /// the session with 1009.
+    pub max_message_bytes: usize,
+    /// Messages queued per session; a session this far behind is closed
+    /// with 1013 (counted) and resumes with `since`.
+    pub queue_capacity: usize,
+    /// Topic filters one session may hold.
+    pub max_filters: usize,
+    /// A WebSocket ping is sent this often.
+    pub ping_interval_secs: u64,
+    /// A session that sends nothing (not even a pong) for this long is
+    /// closed; also the longest a write may wait on a client.
+    pub idle_timeout_secs: u64,
+    /// Origins allowed to open a session; empty allows any.
+    pub allowed_origins: Vec<String>,
+    /// Bytes of outgoing frames gathered before a socket write.
+    pub write_buffer_bytes: usize,
+    /// Bytes read from the socket at a time.
+    pub read_buffer_bytes: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8081)),
+            path: "/ws".into(),
+            max_message_bytes: 64 * 1024,
+            queue_capacity: 1_024,
+            max_filters: 64,
+            ping_interval_secs: 20,
+            idle_timeout_secs: 60,
+            allowed_origins: Vec::new(),
+            write_buffer_bytes: 16 * 1024,
+            read_buffer_bytes: 4 * 1024,
+        }
+    }
+}
+
 /// `[[routes]]`: the SSE event name for topics matching a filter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,7 +197,8 @@ impl Config {
     /// Checks what types alone cannot: capacities above zero, valid filters,
     /// event names that fit on an SSE line. The error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&str, u64); 14] = [
+        let ws = &self.websocket;
+        let positive: [(&str, u64); 21] = [
             ("mqtt.max_payload_bytes", self.mqtt.max_payload_bytes as u64),
             ("mqtt.max_connections", self.mqtt.max_connections as u64),
             (
@@ -163,6 +216,13 @@ impl Config {
             ("sse.replay_capacity", self.sse.replay_capacity as u64),
             ("sse.replay_max_bytes", self.sse.replay_max_bytes as u64),
             ("sse.max_filters", self.sse.max_filters as u64),
+            ("websocket.max_message_bytes", ws.max_message_bytes as u64),
+            ("websocket.queue_capacity", ws.queue_capacity as u64),
+            ("websocket.max_filters", ws.max_filters as u64),
+            ("websocket.ping_interval_secs", ws.ping_interval_secs),
+            ("websocket.idle_timeout_secs", ws.idle_timeout_secs),
+            ("websocket.write_buffer_bytes", ws.write_buffer_bytes as u64),
+            ("websocket.read_buffer_bytes", ws.read_buffer_bytes as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -181,13 +241,26 @@ impl Config {
                 "must be at most 268435456 (MQTT's own limit)",
             ));
         }
-        for origin in &self.http.cors_allowed_origins {
-            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
-                return Err(ConfigError::invalid(
-                    "http.cors_allowed_origins",
-                    format!("`{origin}` is not an origin: use \"*\" or a scheme and host such as \"https://example.com\""),
-                ));
-            }
+        check_origins(
+            "http.cors_allowed_origins",
+            &self.http.cors_allowed_origins,
+            true,
+        )?;
+        check_origins("websocket.allowed_origins", &ws.allowed_origins, false)?;
+        if !ws.path.starts_with('/') || ws.path.contains(['?', '#', ' ']) {
+            return Err(ConfigError::invalid(
+                "websocket.path",
+                format!(
+                    "`{}` is not a path: it must start with / and hold no query",
+                    ws.path
+                ),
+            ));
+        }
+        if ws.ping_interval_secs >= ws.idle_timeout_secs {
+            return Err(ConfigError::invalid(
+                "websocket.ping_interval_secs",
+                "must be shorter than websocket.idle_timeout_secs, or idle clients that answer pings are closed",
+            ));
         }
         for (i, route) in self.routes.iter().enumerate() {
             if let Err(e) = topic::validate_filter(&route.filter, topic::MAX_TOPIC_BYTES) {
@@ -205,6 +278,20 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn check_origins(key: &str, origins: &[String], star: bool) -> Result<(), ConfigError> {
+    for origin in origins {
+        let is_origin = origin.starts_with("http://") || origin.starts_with("https://");
+        if !(is_origin || (star && origin == "*")) {
+            let hint = if star { "\"*\" or " } else { "" };
+            return Err(ConfigError::invalid(
+                key,
+                format!("`{origin}` is not an origin: use {hint}a scheme and host such as \"https://example.com\""),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -60,9 +60,10 @@ impl FromStr for EventId {
 pub enum Encoding {
     SseRaw = 0,
     SseJson = 1,
+    WsJson = 2,
 }
 
-const ENCODINGS: usize = 2;
+const ENCODINGS: usize = 3;
 
 /// A broker message as the router hands it out.
 #[derive(Debug)]

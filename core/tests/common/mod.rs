@@ -22,6 +22,8 @@ pub struct TestBridge {
     pub http: SocketAddr,
     pub mqtt: SocketAddr,
     pub mqtt_v5: Option<SocketAddr>,
+    pub mqtt_ws: Option<SocketAddr>,
+    pub ws: SocketAddr,
     pub router: tidewater::router::Router,
     cancel: CancellationToken,
     stopped: Option<tokio::task::JoinHandle<()>>,
@@ -33,6 +35,7 @@ pub fn test_config() -> Config {
     config.mqtt.listen = "127.0.0.1:0".parse().expect("addr");
     config.http.listen = "127.0.0.1:0".parse().expect("addr");
     config.http.workers = 2;
+    config.websocket.listen = "127.0.0.1:0".parse().expect("addr");
     config
 }
 
@@ -44,12 +47,15 @@ pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestBridge {
         .await
         .expect("bridge starts");
     let (http, mqtt, mqtt_v5) = (bridge.http_addr, bridge.mqtt_addr, bridge.mqtt_v5_addr);
+    let (mqtt_ws, ws) = (bridge.mqtt_ws_addr, bridge.ws_addr);
     let router = bridge.router().clone();
     let stopped = Some(tokio::spawn(bridge.stopped()));
     TestBridge {
         http,
         mqtt,
         mqtt_v5,
+        mqtt_ws,
+        ws,
         router,
         cancel,
         stopped,
@@ -511,5 +517,102 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ----------------------------------------------------------- WebSocket ---
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// Opens a JSON-protocol WebSocket session on `/ws`.
+pub async fn ws_connect(addr: SocketAddr) -> Ws {
+    let (ws, _) = tokio::time::timeout(
+        TIMEOUT,
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
+    )
+    .await
+    .expect("WebSocket connect in time")
+    .expect("WebSocket upgrade");
+    ws
+}
+
+/// Sends one JSON request.
+pub async fn ws_send(ws: &mut Ws, request: serde_json::Value) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        request.to_string().into(),
+    ))
+    .await
+    .expect("send request");
+}
+
+/// The next JSON frame from the server (pings are answered by the library
+/// and skipped here).
+pub async fn ws_next(ws: &mut Ws) -> serde_json::Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let frame = tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .expect("WebSocket frame in time")
+            .expect("session still open")
+            .expect("frame");
+        match frame {
+            Message::Text(text) => return serde_json::from_str(&text).expect("server sends JSON"),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// Sends a request and returns the reply carrying its `ref`; fails if a
+/// message arrives first (use [`ws_request_collecting`] where one may).
+pub async fn ws_request(
+    ws: &mut Ws,
+    request: serde_json::Value,
+    reference: &str,
+) -> serde_json::Value {
+    let mut early = Vec::new();
+    let reply = ws_request_collecting(ws, request, reference, &mut early).await;
+    assert!(
+        early.is_empty(),
+        "unexpected frames before the reply: {early:?}"
+    );
+    reply
+}
+
+/// Sends a request and returns the reply carrying its `ref`; frames that
+/// arrive before it are kept in `early`, in order.
+pub async fn ws_request_collecting(
+    ws: &mut Ws,
+    mut request: serde_json::Value,
+    reference: &str,
+    early: &mut Vec<serde_json::Value>,
+) -> serde_json::Value {
+    request["ref"] = reference.into();
+    ws_send(ws, request).await;
+    loop {
+        let reply = ws_next(ws).await;
+        if reply["ref"] == reference {
+            return reply;
+        }
+        early.push(reply);
+    }
+}
+
+/// Waits for the close frame and returns its code.
+pub async fn ws_close_code(ws: &mut Ws) -> u16 {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(Message::Close(Some(frame)))) => return frame.code.into(),
+            Some(Ok(Message::Close(None))) | None => panic!("closed without a code"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("error instead of a close frame: {e}"),
+        }
     }
 }

@@ -1,0 +1,317 @@
+//! One WebSocket session: requests in, deliveries and replies out, pings
+//! while quiet, and the close codes that say why it ended.
+//!
+//! A session is one router subscriber whose filters grow and shrink with
+//! `subscribe`/`unsubscribe`. Deliveries that are ready together are written
+//! together and flushed once. Every wait on the client is bounded: a write
+//! that cannot finish within the idle timeout ends the session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message as Frame, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{self, ProtocolError, Request};
+use crate::auth::Principal;
+use crate::config::WebSocketConfig;
+use crate::router::{Delivery, EventId, PublishError, Router, SubscribeError, Subscription};
+use crate::stats::Stats;
+
+/// Deliveries written before one flush.
+const MAX_BATCH: usize = 64;
+
+/// Why a session ended, and the close frame it sends (if any).
+struct Ending {
+    code: CloseCode,
+    reason: &'static str,
+}
+
+pub struct Session {
+    ws: WebSocketStream<TcpStream>,
+    subscription: Subscription,
+    router: Router,
+    config: Arc<WebSocketConfig>,
+    principal: Principal,
+}
+
+impl Session {
+    pub fn new(
+        ws: WebSocketStream<TcpStream>,
+        router: Router,
+        config: Arc<WebSocketConfig>,
+    ) -> Self {
+        let subscription = router.open(config.queue_capacity);
+        Self {
+            ws,
+            subscription,
+            router,
+            config,
+            principal: Principal::Anonymous,
+        }
+    }
+
+    /// Serves the session until the client leaves, it misbehaves, it falls
+    /// too far behind, or `cancel` fires.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let ending = self.serve(&cancel).await;
+        if let Some(Ending { code, reason }) = ending {
+            let close = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let idle = self.idle_timeout();
+            // Best effort: the peer may already be gone.
+            let _ = tokio::time::timeout(idle, self.ws.close(Some(close))).await;
+        }
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.idle_timeout_secs)
+    }
+
+    async fn serve(&mut self, cancel: &CancellationToken) -> Option<Ending> {
+        let mut ping = tokio::time::interval(Duration::from_secs(self.config.ping_interval_secs));
+        ping.reset();
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => {
+                    return Some(Ending { code: CloseCode::Away, reason: "server shutting down" });
+                }
+                frame = self.ws.next() => {
+                    last_heard = Instant::now();
+                    match frame {
+                        None => return None,
+                        Some(Ok(frame)) => {
+                            if let Some(ending) = self.on_frame(frame).await {
+                                return ending;
+                            }
+                        }
+                        Some(Err(e)) => return read_error(e),
+                    }
+                }
+                delivery = self.subscription.next() => {
+                    let Some(delivery) = delivery else {
+                        // The router ended the subscription: its queue was full.
+                        return Some(Ending {
+                            code: CloseCode::Again,
+                            reason: "too slow: the session's queue overflowed; reconnect with since",
+                        });
+                    };
+                    if let Err(ending) = self.write_batch(delivery).await {
+                        return ending;
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() >= self.idle_timeout() {
+                        return Some(Ending { code: CloseCode::Policy, reason: "idle timeout" });
+                    }
+                    if let Err(ending) = self.write(Frame::Ping(Default::default())).await {
+                        return ending;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one frame; `Some` ends the session.
+    async fn on_frame(&mut self, frame: Frame) -> Option<Option<Ending>> {
+        let reply = match frame {
+            Frame::Text(text) => self.on_request(&text).await,
+            Frame::Binary(_) => protocol::error(
+                None,
+                ProtocolError::new("binary-not-supported", "send requests as JSON text frames"),
+            ),
+            // tungstenite answers pings itself; a close is answered on the
+            // next write, and the stream then ends.
+            Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_) => return None,
+            Frame::Close(_) => return None,
+        };
+        self.write(Frame::Text(reply.into())).await.err()
+    }
+
+    async fn on_request(&mut self, text: &str) -> String {
+        let (reference, request) = protocol::parse(text);
+        let result = match request {
+            Ok(request) => self.handle(request).await,
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(Reply::Ack) => protocol::ack(reference),
+            Ok(Reply::Pong) => protocol::pong(reference),
+            Err(error) => protocol::error(reference, error),
+        }
+    }
+
+    async fn handle(&mut self, request: Request) -> Result<Reply, ProtocolError> {
+        match request {
+            Request::Subscribe { topics, since } => {
+                let since = since
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse::<EventId>())
+                    .transpose()
+                    .map_err(|e| ProtocolError::new("malformed-id", e.to_string()))?;
+                self.subscription
+                    .add(
+                        &self.principal,
+                        &topics,
+                        since,
+                        self.config.max_filters,
+                        self.config.max_message_bytes,
+                    )
+                    .map_err(subscribe_error)?;
+                Ok(Reply::Ack)
+            }
+            Request::Unsubscribe { topics } => {
+                self.subscription.remove(&topics);
+                Ok(Reply::Ack)
+            }
+            Request::Publish {
+                topic,
+                payload,
+                qos,
+                retain,
+            } => {
+                self.router
+                    .publish(&self.principal, &topic, payload, retain, qos == 1)
+                    .await
+                    .map_err(publish_error)?;
+                Ok(Reply::Ack)
+            }
+            Request::Ping => Ok(Reply::Pong),
+        }
+    }
+
+    /// Writes `first` and whatever else is ready, then flushes once.
+    async fn write_batch(&mut self, first: Delivery) -> Result<(), Option<Ending>> {
+        let mut frames = vec![frame_for(first)];
+        while frames.len() < MAX_BATCH {
+            let Some(next) = self.subscription.try_next() else {
+                break;
+            };
+            frames.push(frame_for(next));
+        }
+        let idle = self.idle_timeout();
+        let ws = &mut self.ws;
+        let write = async move {
+            for frame in frames {
+                ws.feed(frame).await?;
+            }
+            ws.flush().await
+        };
+        match tokio::time::timeout(idle, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(write_error(e)),
+            Err(_) => Err(Some(Ending {
+                code: CloseCode::Policy,
+                reason: "write timeout: the client is not reading",
+            })),
+        }
+    }
+
+    async fn write(&mut self, frame: Frame) -> Result<(), Option<Ending>> {
+        match tokio::time::timeout(self.idle_timeout(), self.ws.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(write_error(e)),
+            Err(_) => Err(Some(Ending {
+                code: CloseCode::Policy,
+                reason: "write timeout: the client is not reading",
+            })),
+        }
+    }
+}
+
+enum Reply {
+    Ack,
+    Pong,
+}
+
+fn frame_for(delivery: Delivery) -> Frame {
+    match delivery {
+        Delivery::Message(message) => {
+            let bytes = protocol::message(&message);
+            // The encoder writes JSON, which is UTF-8; the check is a scan,
+            // not a copy, and the frame shares the encoded bytes.
+            match Utf8Bytes::try_from(bytes) {
+                Ok(text) => Frame::Text(text),
+                Err(_) => Frame::Text(Utf8Bytes::from_static(
+                    "{\"op\":\"error\",\"code\":\"internal\"}",
+                )),
+            }
+        }
+        Delivery::Gap { after } => Frame::Text(protocol::gap(after).into()),
+    }
+}
+
+/// How a read failure ends the session.
+fn read_error(error: tungstenite::Error) -> Option<Ending> {
+    use tungstenite::error::{CapacityError, Error};
+    match error {
+        Error::Capacity(CapacityError::MessageTooLong { .. }) => Some(Ending {
+            code: CloseCode::Size,
+            reason: "message larger than websocket.max_message_bytes",
+        }),
+        Error::Protocol(_) | Error::Utf8(_) | Error::Capacity(_) => Some(Ending {
+            code: CloseCode::Protocol,
+            reason: "WebSocket protocol violation",
+        }),
+        // The connection is gone; there is nobody to tell.
+        _ => None,
+    }
+}
+
+fn write_error(error: tungstenite::Error) -> Option<Ending> {
+    use tungstenite::error::Error;
+    match error {
+        Error::WriteBufferFull(_) => Some(Ending {
+            code: CloseCode::Again,
+            reason: "too slow: the write buffer is full",
+        }),
+        _ => None,
+    }
+}
+
+fn subscribe_error(error: SubscribeError) -> ProtocolError {
+    match &error {
+        SubscribeError::NoFilters => ProtocolError::new("invalid-request", error.to_string()),
+        SubscribeError::TooManyFilters { .. } => {
+            ProtocolError::new("too-many-filters", error.to_string())
+        }
+        SubscribeError::InvalidFilter { filter, source } => {
+            ProtocolError::new("invalid-filter", error.to_string())
+                .with("filter", filter.clone())
+                .with("rule", source.rule())
+        }
+        SubscribeError::Denied(_) => ProtocolError::new("forbidden", error.to_string()),
+        SubscribeError::Ended => ProtocolError::new("subscription-ended", error.to_string()),
+    }
+}
+
+fn publish_error(error: PublishError) -> ProtocolError {
+    let code = match &error {
+        PublishError::InvalidTopic { topic, source } => {
+            return ProtocolError::new("invalid-topic", error.to_string())
+                .with("topic", topic.clone())
+                .with("rule", source.rule())
+        }
+        PublishError::Denied(_) => "forbidden",
+        PublishError::Busy => "busy",
+        PublishError::Unavailable => "broker-unavailable",
+        PublishError::Timeout(_) => "broker-timeout",
+    };
+    ProtocolError::new(code, error.to_string())
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        Stats::decr(&self.router.stats().ws_sessions_open);
+    }
+}
