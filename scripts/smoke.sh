@@ -102,7 +102,7 @@ cd "$WORK"
 # 1. Start the bridge in the temp dir (no bridge.toml there: defaults plus env).
 step "starting $BIN (mqtt 127.0.0.1:$MQTT, http 127.0.0.1:$HTTP)"
 TIDEWATER_MQTT__LISTEN="127.0.0.1:$MQTT" TIDEWATER_HTTP__LISTEN="127.0.0.1:$HTTP" \
-    "$BIN" >bridge.log 2>&1 &
+    TIDEWATER_WEBSOCKET__LISTEN="127.0.0.1:0" "$BIN" >bridge.log 2>&1 &
 BRIDGE_PID=$!
 PIDS+=("$BRIDGE_PID")
 

@@ -115,6 +115,8 @@ impl Running {
         let child = tidewater(dir.path())
             .env("TIDEWATER_MQTT__LISTEN", mqtt.to_string())
             .env("TIDEWATER_HTTP__LISTEN", http.to_string())
+            // Any free port: these tests never connect to it, and several run at once.
+            .env("TIDEWATER_WEBSOCKET__LISTEN", "127.0.0.1:0")
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
