@@ -110,6 +110,7 @@ impl Bridge {
             router: router.clone(),
             config: config.clone(),
             cancel: cancel.clone(),
+            metrics: Arc::new(crate::metrics::registry(router.stats().clone())),
         };
         let server = http::serve(listener, state).map_err(StartError::Http)?;
         let handle = server.handle();

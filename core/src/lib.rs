@@ -17,6 +17,7 @@
 //! - [`http`]: the HTTP server: publish, health, CORS, error bodies.
 //! - [`auth`]: the single access check every subscribe and publish passes.
 //! - [`stats`]: counters for everything accepted, delivered or dropped.
+//! - [`metrics`]: those counters in the Prometheus format, at `/metrics`.
 //! - [`bridge`]: starting and stopping the whole.
 //!
 //! # Errors
@@ -29,6 +30,7 @@ pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod router;
 pub mod sse;
 pub mod stats;

@@ -20,8 +20,18 @@ struct Cli {
     /// Configuration file (default: ./bridge.toml if it exists).
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// Log lines as text for people or JSON for log collectors. RUST_LOG
+    /// sets the filter (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -34,19 +44,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // rumqttd 0.20 logs every ordinary client disconnect as an
-                // ERROR from these two modules; RUST_LOG brings them back.
-                .unwrap_or_else(|_| {
-                    "info,rumqttd=warn,rumqttd::router::routing=off,rumqttd::server::broker=off"
-                        .into()
-                }),
-        )
-        .init();
+    init_logging(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -81,6 +79,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // rumqttd's threads never return; leave without waiting for them.
     runtime.shutdown_background();
     Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    // rumqttd 0.20 logs every ordinary client disconnect as an ERROR from
+    // these two modules; RUST_LOG brings them back.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        "info,rumqttd=warn,rumqttd::router::routing=off,rumqttd::server::broker=off".into()
+    });
+    // A failed log write must never take a thread down: the default reports
+    // it with eprintln!, which panics when stderr itself is a closed pipe
+    // (a crashed log collector, `| head`), killing whichever thread logged.
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 fn describe(source: &ConfigSource) -> String {

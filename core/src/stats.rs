@@ -3,6 +3,7 @@
 //! observations, never used to synchronise.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -12,6 +13,10 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub struct Stats {
             $( $(#[$doc])* pub $name: AtomicU64, )*
+            /// Broker receipt to hand-off to an SSE connection's writer.
+            pub latency_sse: LatencyHistogram,
+            /// Broker receipt to a flushed WebSocket write.
+            pub latency_ws: LatencyHistogram,
         }
 
         /// A point-in-time copy of [`Stats`], for `/healthz` and tests.
@@ -63,6 +68,14 @@ counters! {
     ws_sessions_opened,
     /// WebSocket sessions open now.
     ws_sessions_open,
+    /// Messages written to SSE streams.
+    sse_messages_out,
+    /// Messages written to WebSocket sessions.
+    ws_messages_out,
+    /// Publishes accepted from `POST /publish`.
+    http_publishes,
+    /// Publishes accepted from WebSocket sessions.
+    ws_publishes,
 }
 
 impl Stats {
@@ -76,5 +89,67 @@ impl Stats {
 
     pub fn decr(counter: &AtomicU64) {
         counter.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Upper bounds of the latency buckets, in seconds: 50 µs to 1 s.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0,
+];
+
+/// A histogram updated with three relaxed atomic additions per observation,
+/// so that every delivery can be observed without a lock on the hot path.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Observations per bucket (not cumulative); the last is the overflow.
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// `(sum in seconds, count, [(upper bound, observations in bucket)])`.
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        (sum, count, buckets)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Observations land in the first bucket whose bound holds them, and the
+    /// overflow bucket takes the rest.
+    #[test]
+    fn latency_buckets() {
+        let histogram = LatencyHistogram::default();
+        histogram.observe(Duration::from_micros(40));
+        histogram.observe(Duration::from_micros(300));
+        histogram.observe(Duration::from_secs(3));
+        let (sum, count, buckets) = histogram.snapshot();
+        assert_eq!(count, 3);
+        assert!((sum - 3.000_34).abs() < 1e-9);
+        assert_eq!(buckets[0], (0.000_05, 1));
+        assert_eq!(buckets[3], (0.000_5, 1));
+        assert_eq!(buckets[LATENCY_BUCKETS.len()], (f64::INFINITY, 1));
     }
 }

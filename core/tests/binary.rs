@@ -109,18 +109,29 @@ impl Running {
     /// Spawns `tidewater` (the `run` default) with its MQTT and HTTP
     /// listeners on `mqtt` and `http`.
     fn spawn(mqtt: SocketAddr, http: SocketAddr) -> Self {
+        Self::spawn_with(mqtt, http, false)
+    }
+
+    /// Like [`Running::spawn`]; with `closed_stderr`, stderr is a pipe whose
+    /// reading end is closed at once, as when a log collector has died.
+    fn spawn_with(mqtt: SocketAddr, http: SocketAddr, closed_stderr: bool) -> Self {
         let dir = TempDir::new("run");
         let stdout = File::create(dir.path().join("stdout.log")).expect("create stdout log");
         let stderr = File::create(dir.path().join("stderr.log")).expect("create stderr log");
-        let child = tidewater(dir.path())
+        let mut command = tidewater(dir.path());
+        command
             .env("TIDEWATER_MQTT__LISTEN", mqtt.to_string())
             .env("TIDEWATER_HTTP__LISTEN", http.to_string())
             // Any free port: these tests never connect to it, and several run at once.
             .env("TIDEWATER_WEBSOCKET__LISTEN", "127.0.0.1:0")
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn tidewater");
+            .stdout(stdout);
+        if closed_stderr {
+            command.stderr(std::process::Stdio::piped());
+        } else {
+            command.stderr(stderr);
+        }
+        let mut child = command.spawn().expect("spawn tidewater");
+        drop(child.stderr.take());
         Self { child, dir }
     }
 
@@ -232,8 +243,12 @@ fn send_signal(pid: u32, signal: &str) {
 /// Starts a bridge, waits for it to be healthy, sends `signal`, and expects
 /// exit status 0 within [`EXIT`].
 fn exits_cleanly_on(signal: &str) {
+    exits_cleanly_on_with(signal, false);
+}
+
+fn exits_cleanly_on_with(signal: &str, closed_stderr: bool) {
     let [mqtt, http] = free_addrs();
-    let mut bridge = Running::spawn(mqtt, http);
+    let mut bridge = Running::spawn_with(mqtt, http, closed_stderr);
     bridge.wait_healthy(http);
     send_signal(bridge.pid(), signal);
     match bridge.wait_exit(EXIT) {
@@ -368,4 +383,11 @@ fn busy_mqtt_port_fails_naming_the_listener() {
     let [http] = free_addrs();
     fails_on_busy_port("mqtt", busy, http, busy);
     drop(taken); // held until the bridge has exited
+}
+
+/// A closed stderr (a dead log collector) neither kills threads nor blocks
+/// shutdown: the bridge keeps serving and SIGTERM still exits with 0.
+#[test]
+fn closed_stderr_does_not_break_the_bridge() {
+    exits_cleanly_on_with("TERM", true);
 }

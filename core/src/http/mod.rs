@@ -23,6 +23,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Cancelled on shutdown; long-lived responses end when it is.
     pub cancel: CancellationToken,
+    /// What `/metrics` exposes.
+    pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 /// Builds the server on an already bound listener. Signals are left to the
@@ -43,6 +45,7 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<actix_we
             .route("/publish", web::post().to(publish::publish))
             .route("/publish/{tail:.*}", web::post().to(publish::publish))
             .route("/healthz", web::get().to(health))
+            .route("/metrics", web::get().to(metrics))
             .default_service(web::to(not_found))
     })
     .workers(workers)
@@ -85,10 +88,24 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// Prometheus text exposition of every counter.
+async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let text = crate::metrics::render(&state.metrics).map_err(|_| {
+        ApiError::new(
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics-unavailable",
+            "the metrics could not be encoded",
+        )
+    })?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text))
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(
         actix_web::http::StatusCode::NOT_FOUND,
         "not-found",
-        "no such endpoint: try GET /events?topic=…, POST /publish/{topic} or GET /healthz",
+        "no such endpoint: try GET /events?topic=…, POST /publish/{topic}, GET /healthz or GET /metrics",
     )
 }

@@ -14,6 +14,7 @@ use percent_encoding::percent_decode_str;
 use super::{ApiError, AppState};
 use crate::auth::Principal;
 use crate::router::PublishError;
+use crate::stats::Stats;
 
 #[derive(Debug, PartialEq, Eq)]
 struct PublishQuery {
@@ -64,6 +65,7 @@ pub async fn publish(
         )
         .await
         .map_err(publish_error)?;
+    Stats::incr(&state.router.stats().http_publishes);
     let status = if query.qos == 1 {
         StatusCode::OK
     } else {

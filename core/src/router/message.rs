@@ -10,7 +10,7 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -77,6 +77,8 @@ pub struct Message {
     pub retain: bool,
     /// Milliseconds since the Unix epoch when the router received it.
     pub received_at_ms: u64,
+    /// The same moment on the monotonic clock, for delivery latency.
+    pub received: Instant,
     /// The SSE event name from `[[routes]]`, shared between messages.
     pub event: Arc<str>,
     encoded: [OnceLock<Bytes>; ENCODINGS],
@@ -99,6 +101,7 @@ impl Message {
             qos: 0,
             retain,
             received_at_ms: now_ms(),
+            received: Instant::now(),
             event,
             encoded: Default::default(),
         }

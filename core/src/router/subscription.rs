@@ -84,6 +84,9 @@ pub struct Subscription {
     filters: Vec<String>,
     pending: VecDeque<Pending>,
     live: mpsc::Receiver<Arc<Message>>,
+    /// Whether the last delivery came from the live queue (rather than
+    /// retained values or replay), so its latency means something.
+    last_live: bool,
 }
 
 impl Router {
@@ -107,6 +110,7 @@ impl Router {
             filters: Vec::new(),
             pending: VecDeque::new(),
             live,
+            last_live: false,
         }
     }
 
@@ -136,6 +140,11 @@ impl Router {
 impl Subscription {
     pub fn filters(&self) -> &[String] {
         &self.filters
+    }
+
+    /// Whether the delivery just returned was live (not retained or replayed).
+    pub fn last_was_live(&self) -> bool {
+        self.last_live
     }
 
     /// Adds filters (those already present are ignored). Without `resume`
@@ -248,6 +257,7 @@ impl Subscription {
     /// (its queue overflowed) and everything queued before was delivered.
     pub async fn next(&mut self) -> Option<Delivery> {
         loop {
+            self.last_live = self.pending.is_empty();
             match self.pending.front_mut() {
                 None => return self.live.recv().await.map(Delivery::Message),
                 Some(Pending::Gap(after)) => {
@@ -270,6 +280,7 @@ impl Subscription {
     /// into one write. Never skips ahead of [`Subscription::next`]'s order.
     pub fn try_next(&mut self) -> Option<Delivery> {
         loop {
+            self.last_live = self.pending.is_empty();
             match self.pending.front_mut() {
                 None => return self.live.try_recv().ok().map(Delivery::Message),
                 Some(Pending::Gap(_) | Pending::Retained { .. }) => return None,

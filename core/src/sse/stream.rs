@@ -25,7 +25,7 @@ pub struct SseStream {
     heartbeat: Duration,
     first: Option<Bytes>,
     cancel: CancellationToken,
-    _open: OpenStream,
+    open: OpenStream,
 }
 
 impl std::fmt::Debug for SseStream {
@@ -67,7 +67,7 @@ impl SseStream {
             heartbeat: Duration::from_secs(config.heartbeat_secs),
             first: Some(frame::retry(config.retry_ms)),
             cancel: state.cancel.clone(),
-            _open: OpenStream::new(state.router.stats().clone()),
+            open: OpenStream::new(state.router.stats().clone()),
         }
     }
 
@@ -115,9 +115,18 @@ impl SseStream {
         buffer.freeze()
     }
 
+    /// The frame for a delivery just taken from the subscription, counted,
+    /// and timed if it was live.
     fn encode(&self, delivery: Delivery) -> Bytes {
         match delivery {
-            Delivery::Message(message) => frame::message(&message, self.format),
+            Delivery::Message(message) => {
+                let stats = &self.open.0;
+                Stats::incr(&stats.sse_messages_out);
+                if self.subscription.last_was_live() {
+                    stats.latency_sse.observe(message.received.elapsed());
+                }
+                frame::message(&message, self.format)
+            }
             Delivery::Gap { after } => frame::gap(after),
         }
     }

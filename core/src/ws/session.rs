@@ -184,6 +184,7 @@ impl Session {
                     .publish(&self.principal, &topic, payload, retain, qos == 1)
                     .await
                     .map_err(publish_error)?;
+                Stats::incr(&self.router.stats().ws_publishes);
                 Ok(Reply::Ack)
             }
             Request::Ping => Ok(Reply::Pong),
@@ -192,13 +193,16 @@ impl Session {
 
     /// Writes `first` and whatever else is ready, then flushes once.
     async fn write_batch(&mut self, first: Delivery) -> Result<(), Option<Ending>> {
-        let mut frames = vec![frame_for(first)];
+        // Receipt times of the live messages, timed once the flush is done.
+        let mut live = Vec::new();
+        let mut frames = vec![self.frame_for(first, &mut live)];
         while frames.len() < MAX_BATCH {
             let Some(next) = self.subscription.try_next() else {
                 break;
             };
-            frames.push(frame_for(next));
+            frames.push(self.frame_for(next, &mut live));
         }
+        let count = frames.len() as u64;
         let idle = self.idle_timeout();
         let ws = &mut self.ws;
         let write = async move {
@@ -208,7 +212,14 @@ impl Session {
             ws.flush().await
         };
         match tokio::time::timeout(idle, write).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                let stats = self.router.stats();
+                Stats::add(&stats.ws_messages_out, count);
+                for received in live {
+                    stats.latency_ws.observe(received.elapsed());
+                }
+                Ok(())
+            }
             Ok(Err(e)) => Err(write_error(e)),
             Err(_) => Err(Some(Ending {
                 code: CloseCode::Policy,
@@ -232,6 +243,17 @@ impl Session {
 enum Reply {
     Ack,
     Pong,
+}
+
+impl Session {
+    fn frame_for(&self, delivery: Delivery, live: &mut Vec<Instant>) -> Frame {
+        if let Delivery::Message(message) = &delivery {
+            if self.subscription.last_was_live() {
+                live.push(Instant::from_std(message.received));
+            }
+        }
+        frame_for(delivery)
+    }
 }
 
 fn frame_for(delivery: Delivery) -> Frame {

@@ -1,0 +1,249 @@
+//! `GET /metrics`: the bridge's counters in the Prometheus text format.
+//!
+//! The counters live in [`Stats`] as plain atomics, updated on the hot path
+//! without locks; this module only reads them at scrape time, through a
+//! prometheus-client `Collector`, so the exposition format (names, types,
+//! escaping, cumulative buckets) comes from the library, not from us.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::stats::{LatencyHistogram, Stats};
+
+/// Reads [`Stats`] at every scrape.
+#[derive(Debug)]
+struct StatsCollector(Arc<Stats>);
+
+/// A registry holding the bridge's collector; encode it per scrape.
+pub fn registry(stats: Arc<Stats>) -> Registry {
+    let mut registry = Registry::with_prefix("tidewater");
+    registry.register_collector(Box::new(StatsCollector(stats)));
+    registry
+}
+
+/// The whole exposition, as served at `/metrics`.
+pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut text = String::with_capacity(8 * 1024);
+    prometheus_client::encoding::text::encode(&mut text, registry)?;
+    Ok(text)
+}
+
+fn read(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// One metric with a label whose values are given with their counts.
+fn labelled(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    label: &'static str,
+    values: &[(&'static str, u64)],
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (value, count) in values {
+        let labels = [(label, *value)];
+        let metric = family.encode_family(&labels)?;
+        encode_value(metric, kind, *count)?;
+    }
+    Ok(())
+}
+
+fn encode_value(metric: MetricEncoder<'_>, kind: MetricType, value: u64) -> std::fmt::Result {
+    if matches!(kind, MetricType::Gauge) {
+        ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(metric)
+    } else {
+        ConstCounter::new(value).encode(metric)
+    }
+}
+
+fn latency(
+    family: &mut MetricEncoder<'_>,
+    protocol: &'static str,
+    histogram: &LatencyHistogram,
+) -> std::fmt::Result {
+    let (sum, count, buckets) = histogram.snapshot();
+    let labels = [("protocol", protocol)];
+    family
+        .encode_family(&labels)?
+        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+}
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let s = &self.0;
+        let gauge = MetricType::Gauge;
+        let total = MetricType::Counter;
+        labelled(
+            &mut encoder,
+            "connections",
+            "Web connections open now.",
+            gauge,
+            "protocol",
+            &[
+                ("sse", read(&s.sse_streams_open)),
+                ("websocket", read(&s.ws_sessions_open)),
+            ],
+        )?;
+        labelled(
+            &mut encoder,
+            "connections_opened",
+            "Web connections opened since start.",
+            total,
+            "protocol",
+            &[
+                ("sse", read(&s.sse_streams_opened)),
+                ("websocket", read(&s.ws_sessions_opened)),
+            ],
+        )?;
+        counter(
+            &mut encoder,
+            "messages_routed",
+            "Messages read from the broker and routed.",
+            read(&s.messages_routed),
+        )?;
+        counter(
+            &mut encoder,
+            "messages_invalid",
+            "Broker messages skipped because their topic was not UTF-8.",
+            read(&s.messages_invalid),
+        )?;
+        labelled(
+            &mut encoder,
+            "messages_in",
+            "Publishes accepted from web clients, by protocol.",
+            total,
+            "protocol",
+            &[
+                ("http", read(&s.http_publishes)),
+                ("websocket", read(&s.ws_publishes)),
+            ],
+        )?;
+        labelled(
+            &mut encoder,
+            "messages_out",
+            "Messages written to web clients, by protocol.",
+            total,
+            "protocol",
+            &[
+                ("sse", read(&s.sse_messages_out)),
+                ("websocket", read(&s.ws_messages_out)),
+            ],
+        )?;
+        counter(
+            &mut encoder,
+            "deliveries",
+            "Message copies queued for subscribers.",
+            read(&s.deliveries),
+        )?;
+        counter(
+            &mut encoder,
+            "slow_consumer_disconnects",
+            "Subscribers ended because their queue was full.",
+            read(&s.slow_consumer_disconnects),
+        )?;
+        labelled(
+            &mut encoder,
+            "publishes_rejected",
+            "Publishes not taken into the broker, by reason.",
+            total,
+            "reason",
+            &[
+                ("busy", read(&s.publishes_rejected_busy)),
+                ("failed", read(&s.publishes_failed)),
+            ],
+        )?;
+        labelled(
+            &mut encoder,
+            "replay",
+            "Resume requests, by whether the ring still held their history.",
+            total,
+            "result",
+            &[
+                ("hit", read(&s.replay_hits)),
+                ("miss", read(&s.replay_misses)),
+            ],
+        )?;
+        labelled(
+            &mut encoder,
+            "retained_snapshots",
+            "Reads of the broker's retained values, by outcome.",
+            total,
+            "result",
+            &[
+                ("ok", read(&s.retained_snapshots)),
+                ("failed", read(&s.retained_failures)),
+                ("truncated", read(&s.retained_truncated)),
+            ],
+        )?;
+        counter(
+            &mut encoder,
+            "broker_link_failures",
+            "Broker links that failed.",
+            read(&s.broker_link_failures),
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "delivery_latency_seconds",
+            "From broker receipt to the web client's writer, live messages only.",
+            None,
+            MetricType::Histogram,
+        )?;
+        latency(&mut family, "sse", &s.latency_sse)?;
+        latency(&mut family, "websocket", &s.latency_ws)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exposition parses as Prometheus text and reflects the counters.
+    #[test]
+    fn exposition_reflects_counters() {
+        let stats = Arc::new(Stats::default());
+        Stats::add(&stats.sse_messages_out, 5);
+        stats
+            .latency_sse
+            .observe(std::time::Duration::from_micros(200));
+        let text = render(&registry(stats)).expect("render");
+        assert!(
+            text.contains("tidewater_messages_out_total{protocol=\"sse\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE tidewater_delivery_latency_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tidewater_delivery_latency_seconds_bucket{le=\"0.00025\",protocol=\"sse\"} 1"
+            ) || text.contains(
+                "tidewater_delivery_latency_seconds_bucket{protocol=\"sse\",le=\"0.00025\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("tidewater_connections{protocol=\"websocket\"} 0"),
+            "{text}"
+        );
+    }
+}
