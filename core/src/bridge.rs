@@ -1,5 +1,5 @@
-//! Starting and stopping the whole bridge: broker, router and HTTP server,
-//! wired together from one [`Config`].
+//! Starting and stopping the whole bridge: broker, router, plugins and HTTP
+//! server, wired together from one [`Config`].
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{self, BrokerAddrs, BrokerError};
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::plugin::{PluginError, PluginStatuses, Plugins};
 use crate::router::{Router, RouterSettings};
 use crate::stats::Stats;
 
@@ -28,6 +29,8 @@ pub enum StartError {
     Broker(#[from] BrokerError),
     #[error("cannot start the http server: {0}")]
     Http(std::io::Error),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
 }
 
 /// A running bridge.
@@ -37,6 +40,7 @@ pub struct Bridge {
     pub mqtt_addr: SocketAddr,
     pub mqtt_v5_addr: Option<SocketAddr>,
     router: Router,
+    plugins: Plugins,
     cancel: CancellationToken,
     server: actix_web::dev::ServerHandle,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -82,12 +86,24 @@ impl Bridge {
         .await
         .map_err(|e| StartError::Http(std::io::Error::other(e)))??;
 
+        // Plugins start once the broker is up (their first publishes have
+        // somewhere to go) and before HTTP serves, so a required plugin that
+        // fails stops startup before anyone is served.
+        let plugins = Plugins::start(&config.plugins, &router).await?;
+
         let state = AppState {
             router: router.clone(),
             config: config.clone(),
             cancel: cancel.clone(),
+            plugins: plugins.statuses(),
         };
-        let server = http::serve(listener, state).map_err(StartError::Http)?;
+        let server = match http::serve(listener, state) {
+            Ok(server) => server,
+            Err(e) => {
+                plugins.stop().await;
+                return Err(StartError::Http(e));
+            }
+        };
         let handle = server.handle();
         let server_task = tokio::spawn(server);
 
@@ -101,6 +117,7 @@ impl Bridge {
             mqtt_addr,
             mqtt_v5_addr: mqtt_v5,
             router,
+            plugins,
             cancel,
             server: handle,
             server_task,
@@ -111,14 +128,22 @@ impl Bridge {
         &self.router
     }
 
+    /// Every configured plugin's status, as `GET /plugins` shows it.
+    pub fn plugins(&self) -> PluginStatuses {
+        self.plugins.statuses()
+    }
+
     /// Waits for `cancel`, then stops accepting, ends the SSE streams (they
-    /// watch the same token) and lets in-flight requests finish.
+    /// watch the same token), lets in-flight requests finish, and stops the
+    /// plugins (`stop`, join, `destroy`) while the broker still takes their
+    /// last publishes.
     pub async fn stopped(self) {
         self.cancel.cancelled().await;
         self.server.stop(true).await;
         if let Err(e) = self.server_task.await {
             tracing::warn!(error = %e, "HTTP server task ended abnormally.");
         }
+        self.plugins.stop().await;
         // The embedded broker's threads cannot be stopped (rumqttd 0.20);
         // they end with the process.
         tracing::info!("Bridge stopped.");

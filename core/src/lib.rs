@@ -14,6 +14,8 @@
 //! - [`broker`]: the embedded rumqttd and the links that join it to the router.
 //! - [`sse`]: `GET /events`, the SSE encoder and stream.
 //! - [`http`]: the HTTP server: publish, health, CORS, error bodies.
+//! - [`plugin`]: device-driver plugins: loading shared libraries, the host
+//!   side of the C ABI, one thread and inbox per plugin, `GET /plugins`.
 //! - [`auth`]: the single access check every subscribe and publish passes.
 //! - [`stats`]: counters for everything accepted, delivered or dropped.
 //! - [`bridge`]: starting and stopping the whole.
@@ -28,6 +30,7 @@ pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod http;
+pub mod plugin;
 pub mod router;
 pub mod sse;
 pub mod stats;

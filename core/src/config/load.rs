@@ -165,6 +165,27 @@ mod tests {
         assert!(matches!(err, ConfigError::Missing { .. }));
     }
 
+    /// A `[[plugins]]` entry parses with `required` defaulting to true and
+    /// its `config` table kept as JSON; an unknown key in the entry is named.
+    #[test]
+    fn plugins_parse() {
+        let config = from_toml_str(
+            "[[plugins]]\nname = \"thermo\"\npath = \"libsim_thermo.so\"\n\
+             [plugins.config]\nrooms = [\"kitchen\"]\ninterval_ms = 500\n",
+        )
+        .expect("valid plugin");
+        let plugin = &config.plugins[0];
+        assert!(plugin.required);
+        assert_eq!(
+            serde_json::Value::Object(plugin.config.clone()),
+            serde_json::json!({"rooms": ["kitchen"], "interval_ms": 500})
+        );
+        let err = from_toml_str("[[plugins]]\nname = \"a\"\npath = \"b\"\nrequire = false\n")
+            .expect_err("unknown key refused")
+            .to_string();
+        assert!(err.contains("require"), "{err}");
+    }
+
     /// Routes parse as an array of tables.
     #[test]
     fn routes_parse() {

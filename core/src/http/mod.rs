@@ -1,5 +1,6 @@
 //! The HTTP server (actix-web): SSE streams, `POST /publish/{topic}`,
-//! `GET /healthz`, CORS, and JSON error bodies for every refusal.
+//! `GET /healthz`, `GET /plugins`, CORS, and JSON error bodies for every
+//! refusal.
 
 mod error;
 mod publish;
@@ -14,6 +15,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, HttpConfig};
+use crate::plugin::PluginStatuses;
 use crate::router::Router;
 
 /// What every handler can reach.
@@ -23,6 +25,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Cancelled on shutdown; long-lived responses end when it is.
     pub cancel: CancellationToken,
+    /// Every configured plugin, for `GET /plugins`.
+    pub plugins: PluginStatuses,
 }
 
 /// Builds the server on an already bound listener. Signals are left to the
@@ -43,6 +47,7 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<actix_we
             .route("/publish", web::post().to(publish::publish))
             .route("/publish/{tail:.*}", web::post().to(publish::publish))
             .route("/healthz", web::get().to(health))
+            .route("/plugins", web::get().to(plugins))
             .default_service(web::to(not_found))
     })
     .workers(workers)
@@ -85,10 +90,17 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// `[{"name", "version", "state", "messages_in", "messages_out", ...,
+/// "last_error"}]`, one per configured plugin, in configuration order.
+async fn plugins(state: web::Data<AppState>) -> HttpResponse {
+    let list: Vec<_> = state.plugins.iter().map(|p| p.snapshot()).collect();
+    HttpResponse::Ok().json(list)
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(
         actix_web::http::StatusCode::NOT_FOUND,
         "not-found",
-        "no such endpoint: try GET /events?topic=…, POST /publish/{topic} or GET /healthz",
+        "no such endpoint: try GET /events?topic=…, POST /publish/{topic}, GET /healthz or GET /plugins",
     )
 }
