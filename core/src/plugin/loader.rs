@@ -54,7 +54,9 @@ impl Driver {
         let library = open(&path).map_err(|reason| PluginError::NotALibrary {
             name: name.to_owned(),
             path: path.clone(),
-            reason,
+            // glibc reports another machine's library as "No such file":
+            // say what is really wrong when the header shows it.
+            reason: elf_mismatch(&path).unwrap_or(reason),
         })?;
         // SAFETY: the symbol's type is the ABI's `TwPluginEntry`; a library
         // exporting this name promises that signature.
@@ -269,6 +271,58 @@ fn open(path: &PathBuf) -> Result<libloading::Library, String> {
 fn open(path: &PathBuf) -> Result<libloading::Library, String> {
     // SAFETY: as on unix: the operator trusts the library it configured.
     unsafe { libloading::Library::new(path) }.map_err(|e| describe(&e))
+}
+
+/// The ELF machine numbers of the architectures we name in errors.
+const MACHINES: &[(u16, &str)] = &[
+    (3, "x86"),
+    (40, "arm"),
+    (62, "x86_64"),
+    (183, "aarch64"),
+    (243, "riscv"),
+];
+
+/// Why an ELF file cannot run here, if its header says so: another word
+/// size or another machine than this build's.
+fn elf_mismatch(path: &Path) -> Option<String> {
+    let mut header = [0u8; 20];
+    let mut file = std::fs::File::open(path).ok()?;
+    std::io::Read::read_exact(&mut file, &mut header).ok()?;
+    if header[..4] != *b"\x7fELF" {
+        return None;
+    }
+    let bits = match header[4] {
+        1 => 32,
+        2 => 64,
+        _ => return None,
+    };
+    if bits != usize::BITS {
+        return Some(format!(
+            "it is a {bits}-bit ELF file; this bridge is {}-bit",
+            usize::BITS
+        ));
+    }
+    let machine = match header[5] {
+        1 => u16::from_le_bytes([header[18], header[19]]),
+        _ => u16::from_be_bytes([header[18], header[19]]),
+    };
+    let ours = MACHINES
+        .iter()
+        .find(|(_, arch)| *arch == std::env::consts::ARCH)?;
+    if machine == ours.0 {
+        return None;
+    }
+    let theirs = MACHINES
+        .iter()
+        .find(|(number, _)| *number == machine)
+        .map_or_else(
+            || format!("ELF machine {machine}"),
+            |(_, arch)| (*arch).to_owned(),
+        );
+    Some(format!(
+        "it is built for {theirs}; this bridge runs on {}",
+        ours.1
+    ))
 }
 
 /// libloading's own message is only "dlopen failed"; the system's reason is
