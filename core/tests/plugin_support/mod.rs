@@ -130,3 +130,63 @@ pub fn compile_c(cc: &str, path: &Path, out: &Path) -> PathBuf {
     );
     out.to_path_buf()
 }
+
+/// A running `plugins/modbus-tcp/tests/modbus_server.py` (pymodbus with
+/// known register values), killed by its pid on drop.
+pub struct ModbusServer {
+    child: std::process::Child,
+    pub address: String,
+}
+
+impl ModbusServer {
+    /// `None` (with the reason printed) when python3 cannot import
+    /// pymodbus and `CI` is not set; with `CI` set that fails the test.
+    pub fn start() -> Option<Self> {
+        use std::io::BufRead;
+        let available = Command::new("python3")
+            .args(["-c", "import pymodbus"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !available {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set and python3 cannot import pymodbus (pip install 'pymodbus==3.*')"
+            );
+            println!("SKIPPED: python3 cannot import pymodbus (pip install 'pymodbus==3.*')");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let mut child = Command::new("python3")
+            .arg(workspace_root().join("plugins/modbus-tcp/tests/modbus_server.py"))
+            .arg(port.to_string())
+            .args(["--lifetime", "60"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the pymodbus server");
+        let stdout = child.stdout.take().expect("the server's stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let server = ModbusServer {
+            child,
+            address: format!("127.0.0.1:{port}"),
+        };
+        match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(line) if line.trim() == "ready" => Some(server),
+            other => panic!("the pymodbus server did not start: {other:?}"),
+        }
+    }
+}
+
+impl Drop for ModbusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
