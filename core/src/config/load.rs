@@ -123,6 +123,27 @@ mod tests {
         }
     }
 
+    /// The commented `[[plugins]]` examples of the shipped `bridge.toml`
+    /// are valid once uncommented, so the documentation cannot drift.
+    #[test]
+    fn shipped_plugin_examples_parse() {
+        let text = std::fs::read_to_string(shipped_path()).expect("bridge.toml at the root");
+        let start = text
+            .find("# [[plugins]]")
+            .expect("a commented plugin example");
+        let example: String = text[start..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = from_toml_str(&example).expect("the examples are valid");
+        let names: Vec<&str> = config.plugins.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["thermo", "lights", "boiler"]);
+        assert!(!config.plugins[1].required);
+        // Uncommented, nothing else changes: plugins are off by default.
+        assert!(from_toml_str(&text).expect("shipped").plugins.is_empty());
+    }
+
     /// A misspelt key is an error naming that key.
     #[test]
     fn unknown_key_is_named() {
