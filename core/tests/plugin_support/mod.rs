@@ -167,7 +167,7 @@ impl ModbusServer {
             .spawn()
             .expect("start the pymodbus server");
         let stdout = child.stdout.take().expect("the server's stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         std::thread::spawn(move || {
             let mut line = String::new();
             let _ = std::io::BufReader::new(stdout).read_line(&mut line);

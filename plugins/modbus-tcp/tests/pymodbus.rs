@@ -49,7 +49,7 @@ impl Server {
             .spawn()
             .expect("start the pymodbus server");
         let stdout = child.stdout.take().expect("the server's stdout");
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(1);
         std::thread::spawn(move || {
             let mut line = String::new();
             let _ = BufReader::new(stdout).read_line(&mut line);
