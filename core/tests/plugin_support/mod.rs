@@ -4,6 +4,8 @@
 //! (with `cc`, into a temporary directory).
 #![allow(dead_code)]
 
+pub mod bridge;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
