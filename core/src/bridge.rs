@@ -1,5 +1,5 @@
-//! Starting and stopping the whole bridge: broker, router and HTTP server,
-//! wired together from one [`Config`].
+//! Starting and stopping the whole bridge: broker, router, plugins and HTTP
+//! server, wired together from one [`Config`].
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::broker::{self, BrokerAddrs, BrokerError};
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::plugin::{PluginError, PluginStatuses, Plugins};
 use crate::router::{Router, RouterSettings};
 use crate::stats::Stats;
 use crate::ws;
@@ -39,6 +40,8 @@ pub enum StartError {
     Broker(#[from] BrokerError),
     #[error("cannot start the http server: {0}")]
     Http(std::io::Error),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
 }
 
 /// A running bridge.
@@ -52,6 +55,7 @@ pub struct Bridge {
     router: Router,
     /// Every WebSocket task: the listener and its sessions.
     ws_tasks: TaskTracker,
+    plugins: Plugins,
     cancel: CancellationToken,
     server: actix_web::dev::ServerHandle,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -106,13 +110,25 @@ impl Bridge {
         .await
         .map_err(|e| StartError::Http(std::io::Error::other(e)))??;
 
+        // Plugins start once the broker is up (their first publishes have
+        // somewhere to go) and before HTTP serves, so a required plugin that
+        // fails stops startup before anyone is served.
+        let plugins = Plugins::start(&config.plugins, &router).await?;
+
         let state = AppState {
             router: router.clone(),
             config: config.clone(),
             cancel: cancel.clone(),
             metrics: Arc::new(crate::metrics::registry(router.stats().clone())),
+            plugins: plugins.statuses(),
         };
-        let server = http::serve(listener, state).map_err(StartError::Http)?;
+        let server = match http::serve(listener, state) {
+            Ok(server) => server,
+            Err(e) => {
+                plugins.stop().await;
+                return Err(StartError::Http(e));
+            }
+        };
         let handle = server.handle();
         let server_task = tokio::spawn(server);
         let ws_tasks = TaskTracker::new();
@@ -142,6 +158,7 @@ impl Bridge {
             ws_addr,
             router,
             ws_tasks,
+            plugins,
             cancel,
             server: handle,
             server_task,
@@ -152,9 +169,15 @@ impl Bridge {
         &self.router
     }
 
+    /// Every configured plugin's status, as `GET /plugins` shows it.
+    pub fn plugins(&self) -> PluginStatuses {
+        self.plugins.statuses()
+    }
+
     /// Waits for `cancel`, then stops accepting, ends the SSE streams and
-    /// WebSocket sessions (they watch the same token; sessions send 1001)
-    /// and lets in-flight requests finish.
+    /// WebSocket sessions (they watch the same token; sessions send 1001),
+    /// lets in-flight requests finish, and stops the plugins (`stop`, join,
+    /// `destroy`) while the broker still takes their last publishes.
     pub async fn stopped(self) {
         self.cancel.cancelled().await;
         self.ws_tasks.close();
@@ -168,6 +191,7 @@ impl Bridge {
         if let Err(e) = self.server_task.await {
             tracing::warn!(error = %e, "HTTP server task ended abnormally.");
         }
+        self.plugins.stop().await;
         // The embedded broker's threads cannot be stopped (rumqttd 0.20);
         // they end with the process.
         tracing::info!("Bridge stopped.");

@@ -15,6 +15,8 @@
 //! - [`sse`]: `GET /events`, the SSE encoder and stream.
 //! - [`ws`]: the WebSocket listener, its JSON protocol and sessions.
 //! - [`http`]: the HTTP server: publish, health, CORS, error bodies.
+//! - [`plugin`]: device-driver plugins: loading shared libraries, the host
+//!   side of the C ABI, one thread and inbox per plugin, `GET /plugins`.
 //! - [`auth`]: the single access check every subscribe and publish passes.
 //! - [`stats`]: counters for everything accepted, delivered or dropped.
 //! - [`metrics`]: those counters in the Prometheus format, at `/metrics`.
@@ -31,6 +33,7 @@ pub mod broker;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod plugin;
 pub mod router;
 pub mod sse;
 pub mod stats;

@@ -134,6 +134,27 @@ mod tests {
         }
     }
 
+    /// The commented `[[plugins]]` examples of the shipped `bridge.toml`
+    /// are valid once uncommented, so the documentation cannot drift.
+    #[test]
+    fn shipped_plugin_examples_parse() {
+        let text = std::fs::read_to_string(shipped_path()).expect("bridge.toml at the root");
+        let start = text
+            .find("# [[plugins]]")
+            .expect("a commented plugin example");
+        let example: String = text[start..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = from_toml_str(&example).expect("the examples are valid");
+        let names: Vec<&str> = config.plugins.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["thermo", "lights", "boiler"]);
+        assert!(!config.plugins[1].required);
+        // Uncommented, nothing else changes: plugins are off by default.
+        assert!(from_toml_str(&text).expect("shipped").plugins.is_empty());
+    }
+
     /// A misspelt key is an error naming that key.
     #[test]
     fn unknown_key_is_named() {
@@ -174,6 +195,27 @@ mod tests {
         let err =
             load(Some(Path::new("/nonexistent/tidewater.toml"))).expect_err("missing file refused");
         assert!(matches!(err, ConfigError::Missing { .. }));
+    }
+
+    /// A `[[plugins]]` entry parses with `required` defaulting to true and
+    /// its `config` table kept as JSON; an unknown key in the entry is named.
+    #[test]
+    fn plugins_parse() {
+        let config = from_toml_str(
+            "[[plugins]]\nname = \"thermo\"\npath = \"libsim_thermo.so\"\n\
+             [plugins.config]\nrooms = [\"kitchen\"]\ninterval_ms = 500\n",
+        )
+        .expect("valid plugin");
+        let plugin = &config.plugins[0];
+        assert!(plugin.required);
+        assert_eq!(
+            serde_json::Value::Object(plugin.config.clone()),
+            serde_json::json!({"rooms": ["kitchen"], "interval_ms": 500})
+        );
+        let err = from_toml_str("[[plugins]]\nname = \"a\"\npath = \"b\"\nrequire = false\n")
+            .expect_err("unknown key refused")
+            .to_string();
+        assert!(err.contains("require"), "{err}");
     }
 
     /// Routes parse as an array of tables.

@@ -12,6 +12,7 @@ mod load;
 pub use load::{from_toml_str, load, ConfigError, ConfigSource, DEFAULT_PATH};
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,7 @@ pub struct Config {
     pub sse: SseConfig,
     pub websocket: WebSocketConfig,
     pub routes: Vec<Route>,
+    pub plugins: Vec<PluginConfig>,
 }
 
 /// `[mqtt]`: the embedded broker.
@@ -193,6 +195,40 @@ pub struct Route {
     pub event: String,
 }
 
+/// `[[plugins]]`: a device-driver plugin library loaded at startup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Unique name: in logs, `GET /plugins`, its thread (`plugin-<name>`)
+    /// and its principal. Letters, digits, `-` and `_`, at most 64.
+    pub name: String,
+    /// The shared library (`.so`); a relative path is relative to the
+    /// working directory.
+    pub path: PathBuf,
+    /// A required plugin that fails to load stops startup; an optional one
+    /// is reported (log and `GET /plugins`) and skipped.
+    #[serde(default = "required_default")]
+    pub required: bool,
+    /// Messages queued for the plugin. A plugin that falls this far behind
+    /// is re-subscribed from its last message, replaying from the ring.
+    #[serde(default = "inbox_default")]
+    pub inbox_capacity: usize,
+    /// Passed to the plugin's `create` as a JSON object.
+    #[serde(default)]
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+fn required_default() -> bool {
+    true
+}
+
+fn inbox_default() -> usize {
+    1_024
+}
+
+/// Longest plugin name: it becomes part of a thread name and log fields.
+pub const MAX_PLUGIN_NAME: usize = 64;
+
 impl Config {
     /// Checks what types alone cannot: capacities above zero, valid filters,
     /// event names that fit on an SSE line. The error names the key.
@@ -276,6 +312,42 @@ impl Config {
                 ));
             }
         }
+        self.validate_plugins()
+    }
+
+    fn validate_plugins(&self) -> Result<(), ConfigError> {
+        for (i, plugin) in self.plugins.iter().enumerate() {
+            let name = &plugin.name;
+            if name.is_empty()
+                || name.len() > MAX_PLUGIN_NAME
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(ConfigError::invalid(
+                    format!("plugins[{i}].name"),
+                    format!("`{name}` must be 1 to {MAX_PLUGIN_NAME} letters, digits, `-` or `_`"),
+                ));
+            }
+            if self.plugins[..i].iter().any(|p| &p.name == name) {
+                return Err(ConfigError::invalid(
+                    format!("plugins[{i}].name"),
+                    format!("`{name}` is used by an earlier plugin: names must be unique"),
+                ));
+            }
+            if plugin.path.as_os_str().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("plugins[{i}].path"),
+                    "must name the plugin's shared library",
+                ));
+            }
+            if plugin.inbox_capacity == 0 {
+                return Err(ConfigError::invalid(
+                    format!("plugins[{i}].inbox_capacity"),
+                    "must be greater than 0",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -327,6 +399,44 @@ mod tests {
             .to_string();
         assert!(err.contains("routes[0].filter"), "{err}");
         assert!(err.contains("a/#/b"), "{err}");
+    }
+
+    fn plugin(name: &str) -> PluginConfig {
+        PluginConfig {
+            name: name.into(),
+            path: "libx.so".into(),
+            required: true,
+            inbox_capacity: 1,
+            config: Default::default(),
+        }
+    }
+
+    /// Two plugins with the same name are refused, naming the second.
+    #[test]
+    fn duplicate_plugin_names_are_refused() {
+        let config = Config {
+            plugins: vec![plugin("a"), plugin("a")],
+            ..Config::default()
+        };
+        let err = config
+            .validate()
+            .expect_err("duplicate refused")
+            .to_string();
+        assert!(err.contains("plugins[1].name"), "{err}");
+        assert!(err.contains("unique"), "{err}");
+    }
+
+    /// An empty plugin name, or one with characters that do not fit a
+    /// thread name, is refused.
+    #[test]
+    fn bad_plugin_names_are_refused() {
+        for name in ["", "a b", "x/y", &"n".repeat(65)] {
+            let config = Config {
+                plugins: vec![plugin(name)],
+                ..Config::default()
+            };
+            assert!(config.validate().is_err(), "{name:?} accepted");
+        }
     }
 
     /// An event name with a line break would break the SSE framing.

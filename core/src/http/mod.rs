@@ -1,5 +1,6 @@
 //! The HTTP server (actix-web): SSE streams, `POST /publish/{topic}`,
-//! `GET /healthz`, CORS, and JSON error bodies for every refusal.
+//! `GET /healthz`, `GET /plugins`, CORS, and JSON error bodies for every
+//! refusal.
 
 mod error;
 mod publish;
@@ -14,6 +15,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, HttpConfig};
+use crate::plugin::PluginStatuses;
 use crate::router::Router;
 
 /// What every handler can reach.
@@ -25,6 +27,8 @@ pub struct AppState {
     pub cancel: CancellationToken,
     /// What `/metrics` exposes.
     pub metrics: Arc<prometheus_client::registry::Registry>,
+    /// Every configured plugin, for `GET /plugins`.
+    pub plugins: PluginStatuses,
 }
 
 /// Builds the server on an already bound listener. Signals are left to the
@@ -46,6 +50,7 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<actix_we
             .route("/publish/{tail:.*}", web::post().to(publish::publish))
             .route("/healthz", web::get().to(health))
             .route("/metrics", web::get().to(metrics))
+            .route("/plugins", web::get().to(plugins))
             .default_service(web::to(not_found))
     })
     .workers(workers)
@@ -102,10 +107,17 @@ async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         .body(text))
 }
 
+/// `[{"name", "version", "state", "messages_in", "messages_out", ...,
+/// "last_error"}]`, one per configured plugin, in configuration order.
+async fn plugins(state: web::Data<AppState>) -> HttpResponse {
+    let list: Vec<_> = state.plugins.iter().map(|p| p.snapshot()).collect();
+    HttpResponse::Ok().json(list)
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(
         actix_web::http::StatusCode::NOT_FOUND,
         "not-found",
-        "no such endpoint: try GET /events?topic=…, POST /publish/{topic}, GET /healthz or GET /metrics",
+        "no such endpoint: try GET /events?topic=…, POST /publish/{topic}, GET /healthz, GET /metrics or GET /plugins",
     )
 }

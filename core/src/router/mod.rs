@@ -183,6 +183,9 @@ impl Router {
             seq,
         };
         let message = Arc::new(Message::new(Some(id), topic.into(), payload, false, event));
+        // Counted before any subscriber can see it, so the counters never
+        // lag behind what a client has already received.
+        Stats::incr(&stats.messages_routed);
         state.replay.push(message.clone());
 
         let State {
@@ -220,7 +223,6 @@ impl Router {
             remove_subscriber(&mut state, id);
         }
         drop(state);
-        Stats::incr(&stats.messages_routed);
         Stats::add(&stats.deliveries, delivered);
     }
 
