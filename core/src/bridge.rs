@@ -119,7 +119,10 @@ impl Bridge {
             router: router.clone(),
             config: config.clone(),
             cancel: cancel.clone(),
-            metrics: Arc::new(crate::metrics::registry(router.stats().clone())),
+            metrics: Arc::new(crate::metrics::registry(
+                router.stats().clone(),
+                plugins.statuses(),
+            )),
             plugins: plugins.statuses(),
         };
         let server = match http::serve(listener, state) {

@@ -15,16 +15,22 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::plugin::{PluginState, PluginStatuses};
 use crate::stats::{LatencyHistogram, Stats};
 
 /// Reads [`Stats`] at every scrape.
 #[derive(Debug)]
 struct StatsCollector(Arc<Stats>);
 
-/// A registry holding the bridge's collector; encode it per scrape.
-pub fn registry(stats: Arc<Stats>) -> Registry {
+/// Reads each plugin's status at every scrape.
+#[derive(Debug)]
+struct PluginCollector(PluginStatuses);
+
+/// A registry holding the bridge's collectors; encode it per scrape.
+pub fn registry(stats: Arc<Stats>, plugins: PluginStatuses) -> Registry {
     let mut registry = Registry::with_prefix("tidewater");
     registry.register_collector(Box::new(StatsCollector(stats)));
+    registry.register_collector(Box::new(PluginCollector(plugins)));
     registry
 }
 
@@ -212,6 +218,70 @@ impl Collector for StatsCollector {
     }
 }
 
+/// Reads one counter from a plugin's status.
+type PluginCounter = fn(&crate::plugin::PluginStatusSnapshot) -> u64;
+
+impl Collector for PluginCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let snapshots: Vec<_> = self.0.iter().map(|p| p.snapshot()).collect();
+        let mut states = encoder.encode_descriptor(
+            "plugin_state",
+            "1 for each plugin's current state, 0 for the others.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for plugin in &snapshots {
+            for (state, word) in [
+                (PluginState::Loaded, "loaded"),
+                (PluginState::Running, "running"),
+                (PluginState::Failed, "failed"),
+                (PluginState::Stopped, "stopped"),
+            ] {
+                let labels = [("plugin", plugin.name.as_str()), ("state", word)];
+                let value = u64::from(plugin.state == state);
+                encode_value(states.encode_family(&labels)?, MetricType::Gauge, value)?;
+            }
+        }
+        let series: [(&str, &str, PluginCounter); 5] = [
+            (
+                "plugin_messages_in",
+                "Messages a plugin accepted from the bridge.",
+                |p| p.messages_in,
+            ),
+            ("plugin_messages_out", "Messages a plugin published.", |p| {
+                p.messages_out
+            }),
+            (
+                "plugin_errors",
+                "Messages a plugin refused with an error status.",
+                |p| p.errors,
+            ),
+            (
+                "plugin_publishes_busy",
+                "Plugin publishes refused because the broker queue was full.",
+                |p| p.publishes_busy,
+            ),
+            (
+                "plugin_gaps",
+                "Times a plugin lost messages that had left the replay ring.",
+                |p| p.gaps,
+            ),
+        ];
+        for (name, help, value) in series {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for plugin in &snapshots {
+                let labels = [("plugin", plugin.name.as_str())];
+                encode_value(
+                    family.encode_family(&labels)?,
+                    MetricType::Counter,
+                    value(plugin),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,7 +294,9 @@ mod tests {
         stats
             .latency_sse
             .observe(std::time::Duration::from_micros(200));
-        let text = render(&registry(stats)).expect("render");
+        let plugins: PluginStatuses =
+            Arc::new([Arc::new(crate::plugin::PluginStatus::new("thermo"))]);
+        let text = render(&registry(stats, plugins)).expect("render");
         assert!(
             text.contains("tidewater_messages_out_total{protocol=\"sse\"} 5"),
             "{text}"

@@ -1,13 +1,9 @@
 //! A plugin's inbox: its router subscription, grown one filter at a time,
 //! delivering every matching message once and in order.
 //!
-//! The router's subscriptions have a fixed set of filters, so adding one
-//! means subscribing again with the union. The switch loses nothing and
-//! repeats nothing: the new subscription is registered first, then what the
-//! old one had already queued is taken from it, and the new one's live
-//! messages up to the last one taken are skipped (ids are ordered). The new
-//! subscription starts with the current retained values of *all* its
-//! filters, so a driver sees them again: they are state, not events.
+//! A filter the plugin adds later joins the same router subscription, so
+//! nothing already queued is disturbed and only the new filter's retained
+//! values are delivered, as for any new subscriber.
 //!
 //! An inbox whose queue overflowed (the router ends such a subscription
 //! instead of waiting for it) is re-subscribed from its last message, which
@@ -16,11 +12,11 @@
 
 use std::sync::Arc;
 
-use futures_util::FutureExt;
-
 use super::status::PluginStatus;
 use crate::auth::Principal;
-use crate::router::{Delivery, EventId, Message, Router, SubscribeRequest, Subscription};
+use crate::router::{
+    Delivery, EventId, Message, Router, SubscribeError, SubscribeRequest, Subscription,
+};
 use crate::stats::Stats;
 use crate::topic;
 
@@ -51,16 +47,15 @@ impl Inbox {
         }
     }
 
-    /// Adds filters (known ones are ignored) and returns the messages the
-    /// previous subscription had queued, to be delivered before anything
-    /// [`Inbox::next`] yields.
-    pub(super) fn add(&mut self, filters: impl IntoIterator<Item = String>) -> Vec<Arc<Message>> {
-        let before = self.filters.len();
+    /// Adds filters (known ones are ignored). Their retained values come
+    /// next; messages already queued for older filters are not disturbed.
+    pub(super) fn add(&mut self, filters: impl IntoIterator<Item = String>) {
+        let mut added = Vec::new();
         for filter in filters {
-            if self.filters.contains(&filter) {
+            if self.filters.contains(&filter) || added.contains(&filter) {
                 continue;
             }
-            if self.filters.len() >= MAX_FILTERS {
+            if self.filters.len() + added.len() >= MAX_FILTERS {
                 tracing::warn!(
                     plugin = self.status.name(),
                     filter,
@@ -68,30 +63,35 @@ impl Inbox {
                 );
                 continue;
             }
-            self.filters.push(filter);
+            added.push(filter);
         }
-        if self.filters.len() == before {
-            return Vec::new();
+        if added.is_empty() {
+            return;
         }
-        let Some(next) = self.subscribe(None) else {
-            return Vec::new();
-        };
-        let mut carried = Vec::new();
-        if let Some(mut old) = self.subscription.replace(next) {
-            // Poll once so a subscription still waiting for its retained
-            // values lets go of them (the new one brings fresher ones),
-            // then take everything already queued.
-            let first = old.next().now_or_never().flatten();
-            let queued = std::iter::from_fn(|| old.try_next());
-            for delivery in first.into_iter().chain(queued) {
-                if let Delivery::Message(message) = delivery {
-                    if message.id.is_some() && self.fresh(&message) {
-                        carried.push(message);
-                    }
-                }
+        let principal = Principal::Plugin(self.status.name().to_owned());
+        let subscription = self
+            .subscription
+            .get_or_insert_with(|| self.router.open(self.capacity));
+        let result = subscription.add(
+            &principal,
+            &added,
+            None,
+            MAX_FILTERS,
+            topic::MAX_TOPIC_BYTES,
+        );
+        self.filters.extend(added);
+        match result {
+            Ok(()) => {}
+            // The queue overflowed just now: the re-subscription that
+            // `next` makes from the last message includes the new filters.
+            Err(SubscribeError::Ended) => {}
+            Err(e) => {
+                // Filters were validated by the host callback; this is the
+                // access check, or a bug: say so rather than go quiet.
+                self.status.set_last_error(format!("cannot subscribe: {e}"));
+                tracing::error!(plugin = self.status.name(), error = %e, "Plugin subscription refused.");
             }
         }
-        carried
     }
 
     /// The next message for the plugin; waits forever while it has no filter.

@@ -172,7 +172,7 @@ impl Job {
         // Filters given during `create` form one subscription, whose
         // retained values come before anything else.
         let early: Vec<String> = std::iter::from_fn(|| self.subscribe_rx.try_recv().ok()).collect();
-        let carried = self.inbox.add(early);
+        self.inbox.add(early);
 
         let logged = self.status.errors_logged.load(Ordering::Relaxed);
         let started = instance.start();
@@ -194,7 +194,7 @@ impl Job {
             self.cancel.cancel();
         }
 
-        runtime.block_on(self.deliver(&mut instance, carried.into()));
+        runtime.block_on(self.deliver(&mut instance, VecDeque::new()));
 
         let stopped = instance.stop();
         if !stopped.is_ok() {
@@ -225,7 +225,7 @@ impl Job {
                 Some(filter) = self.subscribe_rx.recv() => {
                     let more = std::iter::from_fn(|| self.subscribe_rx.try_recv().ok());
                     let filters: Vec<String> = std::iter::once(filter).chain(more).collect();
-                    pending.extend(self.inbox.add(filters));
+                    self.inbox.add(filters);
                 }
                 message = self.inbox.next() => pending.push_back(message),
             }
