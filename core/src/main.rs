@@ -40,6 +40,19 @@ enum Command {
     Run,
     /// Validate the configuration and print the effective values.
     Check,
+    /// Work with device-driver plugins.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsCommand {
+    /// Load a plugin library and print its descriptor, or the exact reason
+    /// it cannot be loaded.
+    Inspect {
+        /// The shared library (e.g. target/release/libsim_thermo.so).
+        path: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +68,18 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Plugins(PluginsCommand::Inspect { path })) = &cli.command {
+        let info = tidewater::plugin::inspect(path)?;
+        println!("driver       {}", info.driver);
+        println!("version      {}", info.version);
+        println!(
+            "abi version  {} (this bridge speaks {})",
+            info.abi_version,
+            tidewater_plugin_api::ABI_VERSION
+        );
+        println!("descriptor   {} bytes", info.descriptor_size);
+        return Ok(());
+    }
     let (config, source) = config::load(cli.config.as_deref())?;
     if let Some(Command::Check) = cli.command {
         print!(
@@ -72,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         // signal during startup is a clean stop, not the default action.
         let signals = Signals::install()?;
         let bridge = Bridge::start(config, cancel.clone()).await?;
+        summarise(&bridge, &source);
         tokio::spawn(signals.cancel_on_signal(cancel));
         bridge.stopped().await;
         anyhow::Ok(())
@@ -100,6 +126,31 @@ fn init_logging(format: LogFormat) {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
     }
+}
+
+/// One line an operator can read at a glance once everything is up.
+fn summarise(bridge: &Bridge, source: &ConfigSource) {
+    let plugins: Vec<String> = bridge
+        .plugins()
+        .iter()
+        .map(|p| {
+            let p = p.snapshot();
+            format!("{} ({:?})", p.name, p.state).to_lowercase()
+        })
+        .collect();
+    let optional = |addr: Option<std::net::SocketAddr>| {
+        addr.map_or_else(|| "off".to_owned(), |a| a.to_string())
+    };
+    tracing::info!(
+        config = %describe(source),
+        mqtt = %bridge.mqtt_addr,
+        mqtt_v5 = %optional(bridge.mqtt_v5_addr),
+        mqtt_websocket = %optional(bridge.mqtt_ws_addr),
+        http = %bridge.http_addr,
+        websocket = %bridge.ws_addr,
+        plugins = %if plugins.is_empty() { "none".to_owned() } else { plugins.join(", ") },
+        "Tidewater is ready."
+    );
 }
 
 fn describe(source: &ConfigSource) -> String {

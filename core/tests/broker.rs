@@ -242,3 +242,23 @@ async fn cors_follows_the_configured_origins() {
     assert_eq!(other.header("access-control-allow-origin"), None);
     bridge.shutdown().await;
 }
+
+/// With `http.static_dir` set, files are served at `/` while the API keeps
+/// its paths, and a missing file is a JSON 404.
+#[tokio::test]
+async fn static_dir_is_served_beside_the_api() {
+    let dir = std::env::temp_dir().join(format!("tidewater-static-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create dir");
+    std::fs::write(dir.join("index.html"), "<h1>dashboard</h1>").expect("write index");
+    let static_dir = dir.clone();
+    let bridge = start_with(move |c| c.http.static_dir = Some(static_dir)).await;
+    let index = get(bridge.http, "/").await;
+    assert_eq!(index.status, 200);
+    assert_eq!(index.body, b"<h1>dashboard</h1>");
+    assert_eq!(get(bridge.http, "/healthz").await.status, 200);
+    let missing = get(bridge.http, "/nope.js").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["error"], "not-found");
+    bridge.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -155,6 +155,7 @@ fn required_plugin_failure_fails_the_binary() {
     std::fs::write(
         &config,
         "[mqtt]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+         [websocket]\nlisten = \"127.0.0.1:0\"\n\
          [[plugins]]\nname = \"ghost\"\npath = \"/nonexistent/libghost.so\"\n",
     )
     .expect("write the config");
@@ -174,4 +175,31 @@ fn required_plugin_failure_fails_the_binary() {
         stderr.contains("error: plugin `ghost`: library `/nonexistent/libghost.so` not found"),
         "{stderr}"
     );
+}
+
+/// `tidewater plugins inspect` prints a good library's descriptor, and the
+/// loader's own error (exit status non-zero) for one that is not a plugin.
+#[test]
+fn inspect_prints_the_descriptor_or_the_reason() {
+    let inspect = |path: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tidewater"))
+            .args(["plugins", "inspect"])
+            .arg(path)
+            .output()
+            .expect("run tidewater plugins inspect")
+    };
+    let good = inspect(&rust_plugin("sim-thermo"));
+    let stdout = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{stdout}");
+    assert!(stdout.contains("driver       sim-thermo"), "{stdout}");
+    assert!(stdout.contains("abi version  1"), "{stdout}");
+
+    let not_a_library = inspect(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("Cargo.toml")
+            .as_path(),
+    );
+    assert!(!not_a_library.status.success());
+    let stderr = String::from_utf8_lossy(&not_a_library.stderr);
+    assert!(stderr.contains("is not a loadable library"), "{stderr}");
 }

@@ -120,6 +120,7 @@ mod tests {
         let mut documented = defaults.clone();
         documented.mqtt.listen_v5 = Some(documented.mqtt.listen);
         documented.mqtt.websocket_listen = Some(documented.mqtt.listen);
+        documented.http.static_dir = Some("dashboard".into());
         let every_key = toml::to_string(&documented).expect("serialise defaults");
         // Keys inside sections; the top-level `routes = []` has its own
         // documented `[[routes]]` examples.

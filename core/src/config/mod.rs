@@ -92,6 +92,10 @@ pub struct HttpConfig {
     /// Publishes waiting to enter the broker; when full, `POST /publish`
     /// answers 503 instead of queueing without bound.
     pub ingress_capacity: usize,
+    /// A directory served as static files at `/` (e.g. the dashboard);
+    /// relative to the working directory. Off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub static_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -102,6 +106,7 @@ impl Default for HttpConfig {
             max_publish_bytes: 256 * 1024,
             workers: 0,
             ingress_capacity: 4_096,
+            static_dir: None,
         }
     }
 }

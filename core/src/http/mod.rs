@@ -41,8 +41,9 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<actix_we
         http.workers
     };
     let data = web::Data::new(state);
+    let static_dir = http.static_dir.clone();
     let server = HttpServer::new(move || {
-        App::new()
+        let app = App::new()
             .app_data(data.clone())
             .wrap(cors(&http))
             .route("/events", web::get().to(crate::sse::events))
@@ -50,8 +51,16 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<actix_we
             .route("/publish/{tail:.*}", web::post().to(publish::publish))
             .route("/healthz", web::get().to(health))
             .route("/metrics", web::get().to(metrics))
-            .route("/plugins", web::get().to(plugins))
-            .default_service(web::to(not_found))
+            .route("/plugins", web::get().to(plugins));
+        // Static files last, so the API's paths always win.
+        match &static_dir {
+            Some(dir) => app.service(
+                actix_files::Files::new("/", dir)
+                    .index_file("index.html")
+                    .default_handler(web::to(not_found)),
+            ),
+            None => app.default_service(web::to(not_found)),
+        }
     })
     .workers(workers)
     .disable_signals()

@@ -140,6 +140,11 @@ impl Driver {
         self.label(self.descriptor.version).unwrap_or_default()
     }
 
+    /// The ABI version and descriptor size the library declares.
+    pub fn abi(&self) -> (u32, u32) {
+        (self.descriptor.abi_version, self.descriptor.struct_size)
+    }
+
     fn label(&self, text: TwStr) -> Option<String> {
         if text.len > MAX_LABEL {
             return None;

@@ -34,6 +34,31 @@ use crate::router::Router;
 use loader::Driver;
 use runtime::RunningPlugin;
 
+/// What a plugin library says about itself, for `tidewater plugins inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PluginInfo {
+    pub driver: String,
+    pub version: String,
+    pub abi_version: u32,
+    pub descriptor_size: u32,
+}
+
+/// Loads `path` and reads its descriptor, with the same checks (and the same
+/// errors) as at startup, without creating an instance.
+pub fn inspect(path: &std::path::Path) -> Result<PluginInfo, PluginError> {
+    let name = path
+        .file_stem()
+        .map_or_else(|| "plugin".to_owned(), |s| s.to_string_lossy().into_owned());
+    let driver = Driver::load(&name, path)?;
+    let (abi_version, descriptor_size) = driver.abi();
+    Ok(PluginInfo {
+        driver: driver.name(),
+        version: driver.version(),
+        abi_version,
+        descriptor_size,
+    })
+}
+
 /// Why a plugin could not be started. Every message names the plugin as
 /// configured, and what to fix.
 #[derive(Debug, thiserror::Error)]
