@@ -26,7 +26,7 @@ function element(tag, className, text) {
   return node;
 }
 
-export function ago(ms) {
+function ago(ms) {
   const s = Math.max(0, Math.round(ms / 1000));
   if (s < 60) return `${s} s ago`;
   const m = Math.floor(s / 60);
@@ -108,8 +108,17 @@ class Room {
 
   tick(now) {
     this.age.textContent = this.updated ? `updated ${ago(now - this.updated)}` : '';
-    // A room silent for a while is shown as stale rather than as current.
-    this.root.classList.toggle('stale', this.updated > 0 && now - this.updated > 30000);
+    // A room silent for three of its usual intervals (at least 30 s) is
+    // shown as stale rather than as current.
+    const silent = now - this.updated;
+    this.root.classList.toggle('stale', this.updated > 0 && silent > Math.max(30000, 3 * this.interval()));
+  }
+
+  // The usual time between readings, from the last few.
+  interval() {
+    const points = this.series.temperature.points;
+    const n = Math.min(points.length - 1, 5);
+    return n > 0 ? (points[points.length - 1].t - points[points.length - 1 - n].t) / n : 0;
   }
 }
 

@@ -10,7 +10,7 @@ export const ROUTED_EVENTS = ['temperature', 'humidity', 'light'];
 
 // Backoff for the streams we reopen ourselves after the browser gave up.
 const RETRY_MIN_MS = 1000;
-const RETRY_MAX_MS = 30000;
+const RETRY_MAX_MS = 10000;
 
 // `+` is the MQTT wildcard and must reach the bridge as %2B: encodeURIComponent
 // does that (URLSearchParams would turn a space into `+`, a wildcard).
