@@ -1,0 +1,140 @@
+// Light tiles: each light's reported state (home/light/<id>/state, JSON
+// {"on", "brightness"}) and a switch that publishes on/off to
+// home/light/<id>/set. The switch shows what the light reports, never what
+// was asked: a command is only a request until the light answers.
+
+const PREFIX = 'home/light';
+// How long a command may go unanswered before the tile says so.
+const ANSWER_TIMEOUT_MS = 5000;
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// Why a publish failed, in the bridge's words when it gave a JSON error.
+async function failure(response) {
+  try {
+    const body = await response.json();
+    if (body && body.message) return body.message;
+  } catch {
+    // Not JSON (a proxy's error page, say): the status says enough.
+  }
+  return `HTTP ${response.status}`;
+}
+
+class Light {
+  constructor(id) {
+    this.id = id;
+    this.state = null; // {on, brightness} as last reported
+    this.pending = null; // {wanted, timer} while a command awaits its answer
+    this.root = element('article', 'card light');
+    this.root.dataset.light = id;
+    const text = element('div', 'light-text');
+    text.append(element('h3', null, `Light ${id}`));
+    this.status = element('p', 'light-status', 'Unknown');
+    text.append(this.status);
+    this.switch = element('button', 'switch');
+    this.switch.type = 'button';
+    this.switch.setAttribute('role', 'switch');
+    this.switch.setAttribute('aria-checked', 'false');
+    this.switch.setAttribute('aria-label', `Light ${id}`);
+    this.switch.disabled = true;
+    this.switch.append(element('span', 'knob'));
+    this.switch.addEventListener('click', () => this.toggle());
+    this.root.append(text, this.switch);
+  }
+
+  report(state) {
+    this.state = state;
+    if (this.pending) {
+      clearTimeout(this.pending.timer);
+      this.pending = null;
+    }
+    this.render();
+  }
+
+  async toggle() {
+    if (!this.state || this.pending) return;
+    const wanted = !this.state.on;
+    this.pending = {
+      wanted,
+      timer: setTimeout(() => {
+        this.pending = null;
+        this.render(`No answer from light ${this.id}`);
+      }, ANSWER_TIMEOUT_MS),
+    };
+    this.render();
+    const url = `/publish/${PREFIX}/${encodeURIComponent(this.id)}/set?qos=1`;
+    let problem = null;
+    try {
+      // qos=1: the answer comes once the broker holds the command.
+      const response = await fetch(url, { method: 'POST', body: wanted ? 'on' : 'off' });
+      if (!response.ok) problem = await failure(response);
+    } catch (e) {
+      problem = `cannot reach the bridge (${e.message})`;
+    }
+    if (problem && this.pending) {
+      clearTimeout(this.pending.timer);
+      this.pending = null;
+      this.render(`Not sent: ${problem}`);
+    }
+  }
+
+  render(note) {
+    const on = Boolean(this.state && this.state.on);
+    this.switch.setAttribute('aria-checked', String(on));
+    this.switch.disabled = !this.state;
+    this.switch.setAttribute('aria-busy', String(Boolean(this.pending)));
+    this.root.classList.toggle('on', on);
+    this.status.classList.toggle('problem', Boolean(note));
+    if (note) {
+      this.status.textContent = note;
+    } else if (this.pending) {
+      this.status.textContent = `Switching ${this.pending.wanted ? 'on' : 'off'}…`;
+    } else if (!this.state) {
+      this.status.textContent = 'Unknown';
+    } else if (on) {
+      const level = Number.isFinite(this.state.brightness) ? ` · ${this.state.brightness} %` : '';
+      this.status.textContent = `On${level}`;
+    } else {
+      this.status.textContent = 'Off';
+    }
+  }
+}
+
+export class Lights {
+  constructor(container, placeholder) {
+    this.container = container;
+    this.placeholder = placeholder;
+    this.lights = new Map();
+  }
+
+  // message: the bridge's JSON for home/light/<id>/state.
+  add(message) {
+    const parts = message.topic.split('/');
+    const id = parts[parts.length - 2];
+    let state;
+    try {
+      state = JSON.parse(message.payload);
+    } catch {
+      return; // not a state this page understands
+    }
+    if (typeof state !== 'object' || state === null || typeof state.on !== 'boolean') return;
+    this.light(id).report(state);
+  }
+
+  light(id) {
+    let light = this.lights.get(id);
+    if (light) return light;
+    light = new Light(id);
+    this.lights.set(id, light);
+    this.placeholder.hidden = true;
+    const order = (a, b) => a.localeCompare(b, undefined, { numeric: true });
+    const after = [...this.lights.keys()].sort(order).find((other) => order(other, id) > 0);
+    this.container.insertBefore(light.root, after ? this.lights.get(after).root : null);
+    return light;
+  }
+}
