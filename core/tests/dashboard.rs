@@ -166,16 +166,29 @@ async fn between_rounds(last: &mut watch::Receiver<Instant>) {
     .expect("a round of readings, then a quiet moment");
 }
 
-/// The script's next line of output, by `deadline`.
-async fn next_line(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+/// The browser script's stdout, and the task printing its stderr.
+struct Script {
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    progress: tokio::task::JoinHandle<()>,
     deadline: tokio::time::Instant,
-) -> String {
-    tokio::time::timeout_at(deadline, lines.next_line())
-        .await
-        .expect("the browser script answers in time")
-        .expect("read the script's output")
-        .expect("the script ended early (its reason is printed above)")
+}
+
+impl Script {
+    /// The next line of output; if the script ends instead, fails once its
+    /// last words (what it expected and saw) are printed.
+    async fn line(&mut self) -> String {
+        let line = tokio::time::timeout_at(self.deadline, self.lines.next_line())
+            .await
+            .expect("the browser script answers in time")
+            .expect("read the script's output");
+        match line {
+            Some(line) => line,
+            None => {
+                let _ = tokio::time::timeout(common::TIMEOUT, &mut self.progress).await;
+                panic!("the browser script ended early (its reason is printed above)");
+            }
+        }
+    }
 }
 
 /// The sequence number of an `epoch-seq` id.
@@ -221,14 +234,27 @@ async fn the_dashboard_follows_the_bridge_through_a_restart() {
         .current_dir(&js)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("start node");
+    // The script's progress and failure reasons, through the test's own
+    // output: shown when the test fails (or with --nocapture).
+    let mut progress = BufReader::new(node.stderr.take().expect("node's stderr")).lines();
+    let progress = tokio::spawn(async move {
+        while let Ok(Some(line)) = progress.next_line().await {
+            eprintln!("{line}");
+        }
+    });
     let mut stdin = node.stdin.take().expect("node's stdin");
-    let mut lines = BufReader::new(node.stdout.take().expect("node's stdout")).lines();
-    let deadline = tokio::time::Instant::now() + BROWSER_TIMEOUT;
+    let mut script = Script {
+        lines: BufReader::new(node.stdout.take().expect("node's stdout")).lines(),
+        progress,
+        deadline: tokio::time::Instant::now() + BROWSER_TIMEOUT,
+    };
+    let deadline = script.deadline;
 
-    assert_eq!(next_line(&mut lines, deadline).await, "ready-for-restart");
+    assert_eq!(script.line().await, "ready-for-restart");
     between_rounds(&mut last_event).await;
     let before_restart = started.elapsed();
     first.shutdown().await;
@@ -242,11 +268,12 @@ async fn the_dashboard_follows_the_bridge_through_a_restart() {
         .write_all(b"restarted\n")
         .await
         .expect("tell the script");
-    let result = next_line(&mut lines, deadline).await;
+    let result = script.line().await;
     let status = tokio::time::timeout_at(deadline, node.wait())
         .await
         .expect("the script exits in time")
         .expect("the script's status");
+    let _ = tokio::time::timeout(common::TIMEOUT, &mut script.progress).await;
     assert!(status.success(), "the browser script failed: {status}");
     let result: Value = serde_json::from_str(
         result
