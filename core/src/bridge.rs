@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Policy;
 use crate::broker::{self, BrokerAddrs, BrokerError};
 use crate::config::Config;
 use crate::http::{self, AppState};
@@ -42,6 +43,8 @@ pub enum StartError {
     Http(std::io::Error),
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// A running bridge.
@@ -67,6 +70,10 @@ impl Bridge {
     pub async fn start(config: Config, cancel: CancellationToken) -> Result<Self, StartError> {
         let config = Arc::new(config);
         let stats = Arc::new(Stats::default());
+        let policy = Arc::new(Policy::from_config(&config.auth)?);
+        if policy.is_enforced() && !policy.has_rules() {
+            tracing::warn!("[auth] is configured without [[auth.acl]] rules: every web and plugin subscribe and publish will be refused.");
+        }
         let (ingress_tx, ingress_rx) = mpsc::channel(config.http.ingress_capacity);
         let (retained_tx, retained_rx) = mpsc::channel(RETAINED_REQUESTS);
         let router = Router::new(
@@ -74,6 +81,7 @@ impl Bridge {
                 replay_capacity: config.sse.replay_capacity,
                 replay_max_bytes: config.sse.replay_max_bytes,
                 routes: config.routes.clone(),
+                policy,
             },
             stats,
             ingress_tx,

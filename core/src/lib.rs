@@ -17,7 +17,9 @@
 //! - [`http`]: the HTTP server: publish, health, CORS, error bodies.
 //! - [`plugin`]: device-driver plugins: loading shared libraries, the host
 //!   side of the C ABI, one thread and inbox per plugin, `GET /plugins`.
-//! - [`auth`]: the single access check every subscribe and publish passes.
+//! - [`auth`]: who may connect, read and write: identities (MQTT users with
+//!   argon2 password hashes, web clients with JSON Web Tokens), the access
+//!   rules, and the single check every subscribe and publish passes.
 //! - [`stats`]: counters for everything accepted, delivered or dropped.
 //! - [`metrics`]: those counters in the Prometheus format, at `/metrics`.
 //! - [`bridge`]: starting and stopping the whole.

@@ -43,6 +43,10 @@ enum Command {
     /// Work with device-driver plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Read a password on standard input and print its argon2 hash, for an
+    /// `[[auth.users]]` entry's `password_hash`. One trailing newline is
+    /// dropped: `printf %s "$PASSWORD" | tidewater hash-password`.
+    HashPassword,
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +72,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::HashPassword) = &cli.command {
+        return hash_password();
+    }
     if let Some(Command::Plugins(PluginsCommand::Inspect { path })) = &cli.command {
         let info = tidewater::plugin::inspect(path)?;
         println!("driver       {}", info.driver);
@@ -104,6 +111,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })?;
     // rumqttd's threads never return; leave without waiting for them.
     runtime.shutdown_background();
+    Ok(())
+}
+
+/// `tidewater hash-password`: the password from standard input, its hash to
+/// standard output, nothing else (so it can be captured by a script).
+fn hash_password() -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Read};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("Password (shown as you type; pipe it in to hide it): ");
+    }
+    let mut input = String::new();
+    stdin
+        .lock()
+        .read_to_string(&mut input)
+        .context("cannot read the password from standard input (it must be UTF-8)")?;
+    let password = input
+        .strip_suffix("\r\n")
+        .or_else(|| input.strip_suffix('\n'))
+        .unwrap_or(&input);
+    let hash = tidewater::auth::password::hash(password)?;
+    println!("{hash}");
     Ok(())
 }
 
