@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::token::WebAuth;
 use crate::auth::Policy;
 use crate::broker::{self, BrokerAddrs, BrokerError};
 use crate::config::Config;
@@ -45,6 +46,8 @@ pub enum StartError {
     Plugin(#[from] PluginError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Key(#[from] crate::auth::token::KeyError),
 }
 
 /// A running bridge.
@@ -73,6 +76,13 @@ impl Bridge {
         let policy = Arc::new(Policy::from_config(&config.auth)?);
         if policy.is_enforced() && !policy.has_rules() {
             tracing::warn!("[auth] is configured without [[auth.acl]] rules: every web and plugin subscribe and publish will be refused.");
+        }
+        let web_auth = Arc::new(WebAuth::new(
+            config.auth.anonymous_web,
+            config.auth.jwt.as_ref(),
+        )?);
+        if !config.auth.anonymous_web && config.auth.jwt.is_none() {
+            tracing::warn!("Neither auth.anonymous_web nor [auth.jwt] is set: every web client will be refused.");
         }
         let (ingress_tx, ingress_rx) = mpsc::channel(config.http.ingress_capacity);
         let (retained_tx, retained_rx) = mpsc::channel(RETAINED_REQUESTS);
@@ -132,6 +142,7 @@ impl Bridge {
                 plugins.statuses(),
             )),
             plugins: plugins.statuses(),
+            auth: web_auth.clone(),
         };
         let server = match http::serve(listener, state) {
             Ok(server) => server,
@@ -145,8 +156,11 @@ impl Bridge {
         let ws_tasks = TaskTracker::new();
         ws_tasks.spawn(ws::serve(
             ws_listener,
-            router.clone(),
-            Arc::new(config.websocket.clone()),
+            ws::Context {
+                router: router.clone(),
+                config: Arc::new(config.websocket.clone()),
+                auth: web_auth,
+            },
             config.mqtt.max_payload_bytes,
             cancel.clone(),
             ws_tasks.clone(),

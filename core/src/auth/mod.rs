@@ -44,6 +44,22 @@ pub enum Principal {
     Plugin(String),
 }
 
+impl Principal {
+    /// When this principal's credential stops being accepted, for sessions
+    /// that outlive a request; `None` if it does not expire.
+    pub fn valid_until(&self) -> Option<std::time::Instant> {
+        let Self::User(identity) = self else {
+            return None;
+        };
+        let expires_at = identity.expires_at?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let left = std::time::Duration::from_secs(expires_at.saturating_sub(now));
+        std::time::Instant::now().checked_add(left)
+    }
+}
+
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -224,6 +224,21 @@ pub fn extract(
     Ok(None)
 }
 
+/// Whether a request that carried its token in a cookie may change state
+/// (publish, open a WebSocket). Browsers attach cookies to requests that
+/// other sites make, so such a request must come from the bridge's own
+/// origin (its `Host`) or an origin listed in `allowed`, or carry no
+/// `Origin` at all (not a browser). `*` in `allowed` does not count.
+pub fn cookie_origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(origin) = origin else {
+        return true;
+    };
+    let same_origin = origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| Some(authority) == host);
+    same_origin || allowed.iter().any(|a| a != "*" && a == origin)
+}
+
 fn checked(token: &str) -> Result<String, TokenError> {
     if token.is_empty() {
         return Err(TokenError::Malformed("the token is empty".into()));
@@ -339,7 +354,12 @@ impl Verifier {
             None | Some(Value::Null) => None,
             Some(value) => Some(grants(value)?),
         };
-        let expires_at = claims.get("exp").and_then(Value::as_u64);
+        // The moment the token stops being accepted: a session that ended
+        // earlier would be refused nothing on reconnecting, and loop.
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .map(|exp| exp.saturating_add(self.leeway));
         Ok(Identity {
             name,
             roles,

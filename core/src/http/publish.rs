@@ -11,10 +11,10 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use percent_encoding::percent_decode_str;
 
-use super::{ApiError, AppState};
-use crate::auth::Principal;
+use super::{identity, ApiError, AppState};
+use crate::auth::Action;
 use crate::router::PublishError;
-use crate::stats::Stats;
+use crate::stats::{Protocol, Stats};
 
 #[derive(Debug, PartialEq, Eq)]
 struct PublishQuery {
@@ -27,6 +27,7 @@ pub async fn publish(
     mut body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let principal = identity::principal(&req, &state, Protocol::Http, true)?;
     let topic = topic_from_path(req.uri().path())?;
     let query = parse_query(req.query_string())?;
     let limit = state.config.http.max_publish_bytes;
@@ -57,14 +58,19 @@ pub async fn publish(
     state
         .router
         .publish(
-            &Principal::Anonymous,
+            &principal,
             &topic,
             payload.freeze(),
             query.retain,
             query.qos == 1,
         )
         .await
-        .map_err(publish_error)?;
+        .map_err(|e| {
+            if matches!(e, PublishError::Denied(_)) {
+                state.router.stats().deny(Protocol::Http, Action::Publish);
+            }
+            publish_error(e)
+        })?;
     Stats::incr(&state.router.stats().http_publishes);
     let status = if query.qos == 1 {
         StatusCode::OK
@@ -114,10 +120,12 @@ fn parse_query(query: &str) -> Result<PublishQuery, ApiError> {
                     format!("retain must be true or false, not `{other}`"),
                 ))
             }
+            // Read by the authentication that ran first.
+            (crate::auth::token::QUERY_PARAMETER, _) => {}
             (other, _) => {
                 return Err(ApiError::bad_request(
                     "unknown-parameter",
-                    format!("unknown query parameter `{other}`: use qos or retain"),
+                    format!("unknown query parameter `{other}`: use qos, retain or access_token"),
                 ))
             }
         }

@@ -14,9 +14,10 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use percent_encoding::percent_decode_str;
 
-use crate::auth::Principal;
-use crate::http::{ApiError, AppState};
+use crate::auth::Action;
+use crate::http::{identity, ApiError, AppState};
 use crate::router::{EventId, SubscribeError, SubscribeRequest};
+use crate::stats::Protocol;
 pub use frame::Format;
 
 /// What a client asked for in the query string.
@@ -31,6 +32,7 @@ pub async fn events(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let principal = identity::principal(&req, &state, Protocol::Sse, false)?;
     let query = parse_query(req.query_string())?;
     let format = query.format.unwrap_or(Format::Raw);
     let header_id = req
@@ -49,19 +51,25 @@ pub async fn events(
         .map_err(|e| ApiError::bad_request("malformed-id", e.to_string()))?;
 
     let sse = &state.config.sse;
+    let valid_until = principal.valid_until();
     let subscription = state
         .router
         .subscribe(SubscribeRequest {
-            principal: Principal::Anonymous,
+            principal,
             filters: query.topics,
             resume,
             queue_capacity: sse.queue_capacity,
             max_filters: sse.max_filters,
             max_filter_bytes: sse.max_filter_bytes,
         })
-        .map_err(subscribe_error)?;
+        .map_err(|e| {
+            if matches!(e, SubscribeError::Denied(_)) {
+                state.router.stats().deny(Protocol::Sse, Action::Subscribe);
+            }
+            subscribe_error(e)
+        })?;
 
-    let body = stream::SseStream::new(subscription, format, sse, &state);
+    let body = stream::SseStream::new(subscription, format, sse, &state, valid_until);
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
@@ -118,10 +126,12 @@ fn parse_query(query: &str) -> Result<EventsQuery, ApiError> {
                 })
             }
             "lastEventId" => parsed.last_event_id = Some(value.into_owned()),
+            // Read by the authentication that ran first.
+            crate::auth::token::QUERY_PARAMETER => {}
             other => {
                 return Err(ApiError::bad_request(
                     "unknown-parameter",
-                    format!("unknown query parameter `{other}`: use topic, format or lastEventId"),
+                    format!("unknown query parameter `{other}`: use topic, format, lastEventId or access_token"),
                 ))
             }
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -19,10 +19,10 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, ProtocolError, Request};
-use crate::auth::Principal;
+use crate::auth::{Action, Principal};
 use crate::config::WebSocketConfig;
 use crate::router::{Delivery, EventId, PublishError, Router, SubscribeError, Subscription};
-use crate::stats::Stats;
+use crate::stats::{Protocol, Stats};
 
 /// Deliveries written before one flush.
 const MAX_BATCH: usize = 64;
@@ -33,19 +33,22 @@ struct Ending {
     reason: &'static str,
 }
 
-pub struct Session {
-    ws: WebSocketStream<TcpStream>,
+pub struct Session<S> {
+    ws: WebSocketStream<S>,
     subscription: Subscription,
     router: Router,
     config: Arc<WebSocketConfig>,
     principal: Principal,
+    /// When the client's token stops being accepted; the session ends then.
+    valid_until: Option<Instant>,
 }
 
-impl Session {
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub fn new(
-        ws: WebSocketStream<TcpStream>,
+        ws: WebSocketStream<S>,
         router: Router,
         config: Arc<WebSocketConfig>,
+        principal: Principal,
     ) -> Self {
         let subscription = router.open(config.queue_capacity);
         Self {
@@ -53,7 +56,8 @@ impl Session {
             subscription,
             router,
             config,
-            principal: Principal::Anonymous,
+            valid_until: principal.valid_until().map(Instant::from_std),
+            principal,
         }
     }
 
@@ -80,11 +84,25 @@ impl Session {
         let mut ping = tokio::time::interval(Duration::from_secs(self.config.ping_interval_secs));
         ping.reset();
         let mut last_heard = Instant::now();
+        let valid_until = self.valid_until;
+        let expiry = async move {
+            match valid_until {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
         loop {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
                     return Some(Ending { code: CloseCode::Away, reason: "server shutting down" });
+                }
+                () = &mut expiry => {
+                    return Some(Ending {
+                        code: CloseCode::Policy,
+                        reason: "token expired: reconnect with a fresh token",
+                    });
                 }
                 frame = self.ws.next() => {
                     last_heard = Instant::now();
@@ -167,7 +185,7 @@ impl Session {
                         self.config.max_filters,
                         self.config.max_message_bytes,
                     )
-                    .map_err(subscribe_error)?;
+                    .map_err(|e| self.subscribe_error(e))?;
                 Ok(Reply::Ack)
             }
             Request::Unsubscribe { topics } => {
@@ -183,7 +201,7 @@ impl Session {
                 self.router
                     .publish(&self.principal, &topic, payload, retain, qos == 1)
                     .await
-                    .map_err(publish_error)?;
+                    .map_err(|e| self.publish_error(e))?;
                 Stats::incr(&self.router.stats().ws_publishes);
                 Ok(Reply::Ack)
             }
@@ -245,7 +263,27 @@ enum Reply {
     Pong,
 }
 
-impl Session {
+impl<S> Session<S> {
+    /// The error for a refused subscribe, counted if the rules refused it.
+    fn subscribe_error(&self, error: SubscribeError) -> ProtocolError {
+        if matches!(error, SubscribeError::Denied(_)) {
+            self.router
+                .stats()
+                .deny(Protocol::WebSocket, Action::Subscribe);
+        }
+        subscribe_error(error)
+    }
+
+    /// The error for a refused publish, counted if the rules refused it.
+    fn publish_error(&self, error: PublishError) -> ProtocolError {
+        if matches!(error, PublishError::Denied(_)) {
+            self.router
+                .stats()
+                .deny(Protocol::WebSocket, Action::Publish);
+        }
+        publish_error(error)
+    }
+
     fn frame_for(&self, delivery: Delivery, live: &mut Vec<Instant>) -> Frame {
         if let Delivery::Message(message) = &delivery {
             if self.subscription.last_was_live() {
@@ -332,7 +370,7 @@ fn publish_error(error: PublishError) -> ProtocolError {
     ProtocolError::new(code, error.to_string())
 }
 
-impl Drop for Session {
+impl<S> Drop for Session<S> {
     fn drop(&mut self) {
         Stats::decr(&self.router.stats().ws_sessions_open);
     }

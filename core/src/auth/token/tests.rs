@@ -72,7 +72,11 @@ fn valid_token_gives_an_identity() {
             publish: vec![],
         })
     );
-    assert_eq!(identity.expires_at, claims["exp"].as_u64());
+    assert_eq!(
+        identity.expires_at,
+        claims["exp"].as_u64().map(|exp| exp + config().leeway_secs),
+        "valid until exp plus the leeway"
+    );
 }
 
 /// Signature, expiry, not-before and audience are each checked.
@@ -278,6 +282,31 @@ fn extraction_order_and_errors() {
         ..Carriers::default()
     };
     assert!(extract(twice, None, true).is_err());
+}
+
+/// A cookie token may change state only from the bridge's own origin, a
+/// listed origin, or a client that sends no `Origin` (not a browser).
+#[test]
+fn cookie_origins() {
+    let allowed = ["https://dash.example".to_owned(), "*".to_owned()];
+    let host = Some("bridge.example:8080");
+    assert!(cookie_origin_allowed(None, host, &allowed));
+    assert!(cookie_origin_allowed(
+        Some("https://bridge.example:8080"),
+        host,
+        &allowed
+    ));
+    assert!(cookie_origin_allowed(
+        Some("https://dash.example"),
+        host,
+        &allowed
+    ));
+    assert!(!cookie_origin_allowed(
+        Some("https://evil.example"),
+        host,
+        &allowed
+    ));
+    assert!(!cookie_origin_allowed(Some("null"), host, &allowed));
 }
 
 /// Anonymous access admits requests without a token, never with a bad one.

@@ -1,0 +1,463 @@
+//! Who may connect, read and write, end to end against a real bridge: every
+//! protocol against every kind of credential, and no message reaching a
+//! subscriber it should not.
+
+mod common;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use tidewater::auth::acl::{Actions, Effect};
+use tidewater::config::{AclRuleConfig, JwtConfig};
+use tidewater::Config;
+
+use common::{
+    request, start_with, ws_connect_with, ws_next, ws_request, Device, SseClient, TestBridge,
+    TIMEOUT,
+};
+
+const SECRET: &str = "a test secret that is 32 bytes or more";
+
+fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+fn rule(principal: &str, effect: Effect, action: Actions, filter: &str) -> AclRuleConfig {
+    AclRuleConfig {
+        principal: principal.into(),
+        effect,
+        action,
+        filter: filter.into(),
+    }
+}
+
+/// Tokens required, no anonymous access, and rules: nobody reads or writes
+/// `home/secret/#`; residents read and write the rest of `home/#`; every
+/// user has `users/%u/#`.
+fn secure(config: &mut Config) {
+    config.auth.anonymous_web = false;
+    config.auth.jwt = Some(JwtConfig {
+        secret: SECRET.into(),
+        audience: "tidewater".into(),
+        leeway_secs: 0,
+        ..JwtConfig::default()
+    });
+    config.auth.acl = vec![
+        rule("any", Effect::Deny, Actions::Both, "home/secret/#"),
+        rule("role:resident", Effect::Allow, Actions::Both, "home/#"),
+        rule("authenticated", Effect::Allow, Actions::Both, "users/%u/#"),
+    ];
+}
+
+async fn start_secure() -> TestBridge {
+    start_with(secure).await
+}
+
+fn sign(claims: &Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode a token")
+}
+
+/// A resident's token, valid for ten minutes.
+fn resident() -> String {
+    sign(
+        &json!({"sub": "ann", "aud": "tidewater", "exp": now() + 600, "roles": ["resident"]}),
+        SECRET,
+    )
+}
+
+/// Kinds of credentials a client may present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Credential {
+    /// Nothing at all.
+    None,
+    /// A token signed with another secret.
+    BadSignature,
+    /// A resident's token whose `exp` has passed.
+    Expired,
+    /// A resident's valid token, asking for what residents may do.
+    Allowed,
+    /// A resident's valid token, asking for `home/secret/#`.
+    Denied,
+}
+
+const ALL: [Credential; 5] = [
+    Credential::None,
+    Credential::BadSignature,
+    Credential::Expired,
+    Credential::Allowed,
+    Credential::Denied,
+];
+
+impl Credential {
+    fn token(self) -> Option<String> {
+        let claims =
+            |exp: u64| json!({"sub": "ann", "aud": "tidewater", "exp": exp, "roles": ["resident"]});
+        match self {
+            Self::None => None,
+            Self::BadSignature => Some(sign(
+                &claims(now() + 600),
+                "some other secret, 32 bytes long",
+            )),
+            Self::Expired => Some(sign(&claims(now() - 60), SECRET)),
+            Self::Allowed | Self::Denied => Some(resident()),
+        }
+    }
+
+    fn authorization(self) -> Option<String> {
+        self.token().map(|t| format!("Bearer {t}"))
+    }
+
+    /// The topic this column asks for.
+    fn topic(self) -> &'static str {
+        match self {
+            Self::Denied => "home/secret/door",
+            _ => "home/kitchen/temperature",
+        }
+    }
+
+    /// The refusal expected for it, if any: status and `error` code.
+    fn refusal(self) -> Option<(u16, &'static str)> {
+        match self {
+            Self::None => Some((401, "missing-token")),
+            Self::BadSignature => Some((401, "invalid-token")),
+            Self::Expired => Some((401, "token-expired")),
+            Self::Allowed => None,
+            Self::Denied => Some((403, "forbidden")),
+        }
+    }
+}
+
+fn headers(authorization: &Option<String>) -> Vec<(&str, &str)> {
+    authorization
+        .as_deref()
+        .map(|a| vec![("Authorization", a)])
+        .unwrap_or_default()
+}
+
+/// SSE: no token, a bad signature and an expired token are 401 with their
+/// codes; a denied filter is 403; an allowed one streams the device's message.
+#[tokio::test]
+async fn sse_matrix() {
+    let bridge = start_secure().await;
+    let device = Device::connect(bridge.mqtt, "sse-matrix").await;
+    for credential in ALL {
+        let authorization = credential.authorization();
+        let path = format!("/events?topic={}", credential.topic());
+        match credential.refusal() {
+            Some((status, code)) => {
+                let response =
+                    request(bridge.http, "GET", &path, &headers(&authorization), b"").await;
+                assert_eq!(response.status, status, "{credential:?}");
+                assert_eq!(response.json()["error"], code, "{credential:?}");
+                if status == 401 {
+                    assert!(response
+                        .header("www-authenticate")
+                        .is_some_and(|c| c.starts_with("Bearer")));
+                }
+            }
+            None => {
+                let mut sse =
+                    SseClient::connect(bridge.http, &path, &headers(&authorization)).await;
+                device.publish(credential.topic(), "21", false).await;
+                assert_eq!(sse.expect_event().await.data, "21");
+            }
+        }
+    }
+    let stats = bridge.stats();
+    assert_eq!(stats.auth_failures, 3);
+    assert_eq!(stats.access_denied, 1);
+    bridge.shutdown().await;
+}
+
+/// WebSocket: credentials are checked at the upgrade (401 with a JSON
+/// body); a denied subscription is an `error` and the session stays open.
+#[tokio::test]
+async fn websocket_matrix() {
+    let bridge = start_secure().await;
+    let device = Device::connect(bridge.mqtt, "ws-matrix").await;
+    for credential in ALL {
+        let authorization = credential.authorization();
+        let connected = ws_connect_with(bridge.ws, "/ws", &headers(&authorization)).await;
+        match (credential.refusal(), connected) {
+            (Some((401, code)), Err((status, body))) => {
+                assert_eq!(status, 401, "{credential:?}");
+                assert_eq!(body["error"], code, "{credential:?}");
+            }
+            (Some((403, code)), Ok(mut ws)) => {
+                let subscribe = json!({"op": "subscribe", "topics": [credential.topic()]});
+                let reply = ws_request(&mut ws, subscribe, "s").await;
+                assert_eq!(reply["op"], "error");
+                assert_eq!(reply["code"], code);
+                let pong = ws_request(&mut ws, json!({"op": "ping"}), "p").await;
+                assert_eq!(pong["op"], "pong", "the session stays open");
+            }
+            (None, Ok(mut ws)) => {
+                let subscribe = json!({"op": "subscribe", "topics": [credential.topic()]});
+                assert_eq!(ws_request(&mut ws, subscribe, "s").await["op"], "ack");
+                device.publish(credential.topic(), "22", false).await;
+                assert_eq!(ws_next(&mut ws).await["payload"], "22");
+            }
+            (expected, got) => panic!(
+                "{credential:?}: expected {expected:?}, got {:?}",
+                got.map(|_| "a session")
+            ),
+        }
+    }
+    let stats = bridge.stats();
+    assert_eq!(stats.auth_failures, 3);
+    assert_eq!(stats.access_denied, 1);
+    bridge.shutdown().await;
+}
+
+/// HTTP publish: 401 and 403 as for SSE; an allowed publish reaches a
+/// subscriber, and a refused one reaches nobody.
+#[tokio::test]
+async fn http_publish_matrix() {
+    let bridge = start_secure().await;
+    let mut device = Device::connect(bridge.mqtt, "publish-matrix").await;
+    device.subscribe("home/#").await;
+    for credential in ALL {
+        let authorization = credential.authorization();
+        let path = format!("/publish/{}", credential.topic());
+        let response = request(bridge.http, "POST", &path, &headers(&authorization), b"x").await;
+        match credential.refusal() {
+            Some((status, code)) => {
+                assert_eq!(response.status, status, "{credential:?}");
+                assert_eq!(response.json()["error"], code, "{credential:?}");
+            }
+            None => assert_eq!(response.status, 202, "{credential:?}"),
+        }
+    }
+    let received = device.next().await;
+    assert_eq!(received.topic, Credential::Allowed.topic());
+    // Nothing else arrives: the refused publishes never entered the broker.
+    let post = request(
+        bridge.http,
+        "POST",
+        "/publish/home/last",
+        &headers(&Credential::Allowed.authorization()),
+        b"end",
+    )
+    .await;
+    assert_eq!(post.status, 202);
+    assert_eq!(device.next().await.topic, "home/last");
+    bridge.shutdown().await;
+}
+
+/// A subscription that overlaps a denied area gets the allowed topics only:
+/// the denied ones are withheld (and counted), whoever published them.
+#[tokio::test]
+async fn overlapping_subscriptions_are_filtered_per_message() {
+    let bridge = start_secure().await;
+    let token = format!("Bearer {}", resident());
+    let mut sse = SseClient::connect(
+        bridge.http,
+        "/events?topic=home/%2B/temperature",
+        &[("Authorization", &token)],
+    )
+    .await;
+    let mut ws = ws_connect_with(bridge.ws, "/ws", &[("Authorization", &token)])
+        .await
+        .expect("session");
+    let ack = ws_request(
+        &mut ws,
+        json!({"op": "subscribe", "topics": ["home/#"]}),
+        "s",
+    )
+    .await;
+    assert_eq!(ack["op"], "ack");
+    let device = Device::connect(bridge.mqtt, "filtered").await;
+    device
+        .publish("home/secret/temperature", "hidden", false)
+        .await;
+    device
+        .publish("home/hall/temperature", "visible", false)
+        .await;
+    assert_eq!(sse.expect_event().await.data, "visible");
+    let message = ws_next(&mut ws).await;
+    assert_eq!(message["topic"], "home/hall/temperature");
+    assert!(bridge.stats().deliveries_withheld >= 2);
+    bridge.shutdown().await;
+}
+
+/// A session ends when its token expires: the SSE stream closes and the
+/// WebSocket session closes with 1008.
+#[tokio::test]
+async fn sessions_end_when_the_token_expires() {
+    let bridge = start_secure().await;
+    let short = sign(
+        &json!({"sub": "ann", "aud": "tidewater", "exp": now() + 2, "roles": ["resident"]}),
+        SECRET,
+    );
+    let authorization = format!("Bearer {short}");
+    let mut sse = SseClient::connect(
+        bridge.http,
+        "/events?topic=home/%23",
+        &[("Authorization", &authorization)],
+    )
+    .await;
+    let mut ws = ws_connect_with(bridge.ws, "/ws", &[("Authorization", &authorization)])
+        .await
+        .expect("session");
+    let started = std::time::Instant::now();
+    assert_eq!(sse.next_event().await, None, "the stream ends");
+    assert!(started.elapsed() <= TIMEOUT);
+    assert_eq!(common::ws_close_code(&mut ws).await, 1008);
+    bridge.shutdown().await;
+}
+
+/// A first `EventSource` cannot set headers: the token may come in the
+/// `access_token` query parameter, or a cookie, instead.
+#[tokio::test]
+async fn tokens_in_the_query_or_a_cookie() {
+    let bridge = start_secure().await;
+    let path = format!("/events?topic=home/%23&access_token={}", resident());
+    let sse = SseClient::open(bridge.http, &path, &[]).await;
+    assert_eq!(sse.status(), 200);
+    let cookie = format!("tidewater_token={}", resident());
+    let sse = SseClient::open(
+        bridge.http,
+        "/events?topic=home/%23",
+        &[("Cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(sse.status(), 200);
+    bridge.shutdown().await;
+}
+
+/// A token in a cookie cannot be used by another site to publish or to
+/// open a WebSocket (browsers attach cookies to cross-site requests).
+#[tokio::test]
+async fn cookie_tokens_need_a_trusted_origin() {
+    let bridge = start_with(|c| {
+        secure(c);
+        c.http.cors_allowed_origins = vec!["https://dash.example".into()];
+        c.http.cors_allow_credentials = true;
+        c.websocket.allowed_origins = vec!["https://dash.example".into()];
+    })
+    .await;
+    let cookie = format!("tidewater_token={}", resident());
+    for (origin, expected) in [("https://evil.example", 403), ("https://dash.example", 202)] {
+        let response = request(
+            bridge.http,
+            "POST",
+            "/publish/home/light/1/set",
+            &[("Cookie", &cookie), ("Origin", origin)],
+            b"on",
+        )
+        .await;
+        assert_eq!(response.status, expected, "{origin}");
+    }
+    let listed = ws_connect_with(
+        bridge.ws,
+        "/ws",
+        &[("Cookie", &cookie), ("Origin", "https://dash.example")],
+    )
+    .await;
+    assert!(listed.is_ok());
+    // Without an origin list, a cookie works from the bridge's own origin only.
+    let other = start_with(secure).await;
+    let refused = ws_connect_with(
+        other.ws,
+        "/ws",
+        &[("Cookie", &cookie), ("Origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(refused.err().map(|(status, _)| status), Some(403));
+    let own_origin = format!("http://{}", other.ws);
+    let own = ws_connect_with(
+        other.ws,
+        "/ws",
+        &[("Cookie", &cookie), ("Origin", &own_origin)],
+    )
+    .await;
+    assert!(own.is_ok());
+    bridge.shutdown().await;
+    other.shutdown().await;
+}
+
+/// A token's own `tidewater` grants narrow what the rules allow.
+#[tokio::test]
+async fn token_grants_narrow_access() {
+    let bridge = start_secure().await;
+    let narrow = sign(
+        &json!({"sub": "kiosk", "aud": "tidewater", "exp": now() + 600, "roles": ["resident"],
+                "tidewater": {"subscribe": ["home/hall/#"], "publish": []}}),
+        SECRET,
+    );
+    let authorization = format!("Bearer {narrow}");
+    let allowed = SseClient::open(
+        bridge.http,
+        "/events?topic=home/hall/%23",
+        &[("Authorization", &authorization)],
+    )
+    .await;
+    assert_eq!(allowed.status(), 200);
+    let wider = request(
+        bridge.http,
+        "GET",
+        "/events?topic=home/%23",
+        &[("Authorization", &authorization)],
+        b"",
+    )
+    .await;
+    assert_eq!(wider.status, 403);
+    let publish = request(
+        bridge.http,
+        "POST",
+        "/publish/home/hall/light",
+        &[("Authorization", &authorization)],
+        b"on",
+    )
+    .await;
+    assert_eq!(publish.status, 403);
+    bridge.shutdown().await;
+}
+
+/// `%u` gives every user its own space, and only its own.
+#[tokio::test]
+async fn users_have_their_own_space() {
+    let bridge = start_secure().await;
+    let bob = sign(
+        &json!({"sub": "bob", "aud": "tidewater", "exp": now() + 600}),
+        SECRET,
+    );
+    let authorization = format!("Bearer {bob}");
+    let own = request(
+        bridge.http,
+        "POST",
+        "/publish/users/bob/note",
+        &[("Authorization", &authorization)],
+        b"hi",
+    )
+    .await;
+    assert_eq!(own.status, 202);
+    let other = request(
+        bridge.http,
+        "POST",
+        "/publish/users/ann/note",
+        &[("Authorization", &authorization)],
+        b"hi",
+    )
+    .await;
+    assert_eq!(other.status, 403);
+    bridge.shutdown().await;
+}
+
+/// Built-in defaults let no anonymous web client in.
+#[tokio::test]
+async fn anonymous_web_access_is_off_by_default() {
+    let bridge = start_with(|c| c.auth = Default::default()).await;
+    let response = request(bridge.http, "GET", "/events?topic=a", &[], b"").await;
+    assert_eq!(response.status, 401);
+    assert_eq!(response.json()["error"], "missing-token");
+    let ws = ws_connect_with(bridge.ws, "/ws", &[]).await;
+    assert_eq!(ws.err().map(|(status, _)| status), Some(401));
+    let publish = request(bridge.http, "POST", "/publish/a", &[], b"x").await;
+    assert_eq!(publish.status, 401);
+    bridge.shutdown().await;
+}
