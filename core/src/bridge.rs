@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::password::MqttAuth;
 use crate::auth::token::WebAuth;
 use crate::auth::Policy;
 use crate::broker::{self, BrokerAddrs, BrokerError};
@@ -84,6 +85,14 @@ impl Bridge {
         if !config.auth.anonymous_web && config.auth.jwt.is_none() {
             tracing::warn!("Neither auth.anonymous_web nor [auth.jwt] is set: every web client will be refused.");
         }
+        let mqtt_auth = Arc::new(MqttAuth::new(
+            &config.auth.users,
+            config.auth.anonymous_mqtt,
+            stats.clone(),
+        ));
+        if !config.auth.anonymous_mqtt && config.auth.users.is_empty() {
+            tracing::warn!("Neither auth.anonymous_mqtt nor [[auth.users]] is set: every MQTT client will be refused.");
+        }
         let (ingress_tx, ingress_rx) = mpsc::channel(config.http.ingress_capacity);
         let (retained_tx, retained_rx) = mpsc::channel(RETAINED_REQUESTS);
         let router = Router::new(
@@ -123,7 +132,7 @@ impl Bridge {
             mqtt_v5,
             mqtt_ws,
         } = tokio::task::spawn_blocking(move || {
-            broker::start(&mqtt, &broker_router, ingress_rx, retained_rx)
+            broker::start(&mqtt, &mqtt_auth, &broker_router, ingress_rx, retained_rx)
         })
         .await
         .map_err(|e| StartError::Http(std::io::Error::other(e)))??;
