@@ -152,6 +152,8 @@ impl Bridge {
             )),
             plugins: plugins.statuses(),
             auth: web_auth.clone(),
+            publish_limiter: Arc::new(crate::limits::RateLimiter::new(config.limits.clone())),
+            sse_slots: Arc::new(tokio::sync::Semaphore::new(config.sse.max_streams)),
         };
         let server = match http::serve(listener, state) {
             Ok(server) => server,
@@ -169,8 +171,9 @@ impl Bridge {
                 router: router.clone(),
                 config: Arc::new(config.websocket.clone()),
                 auth: web_auth,
+                limits: config.limits.clone(),
+                max_payload_bytes: config.mqtt.max_payload_bytes,
             },
-            config.mqtt.max_payload_bytes,
             cancel.clone(),
             ws_tasks.clone(),
         ));

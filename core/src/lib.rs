@@ -20,7 +20,9 @@
 //! - [`auth`]: who may connect, read and write: identities (MQTT users with
 //!   argon2 password hashes, web clients with JSON Web Tokens), the access
 //!   rules, and the single check every subscribe and publish passes.
-//! - [`stats`]: counters for everything accepted, delivered or dropped.
+//! - [`limits`]: publish rates, a token bucket per web client.
+//! - [`stats`]: counters for everything accepted, delivered, refused or
+//!   dropped.
 //! - [`metrics`]: those counters in the Prometheus format, at `/metrics`.
 //! - [`bridge`]: starting and stopping the whole.
 //!
@@ -34,6 +36,7 @@ pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod plugin;
 pub mod router;

@@ -33,6 +33,10 @@ pub struct AppState {
     pub plugins: PluginStatuses,
     /// How web clients prove who they are.
     pub auth: Arc<WebAuth>,
+    /// Publish rates of HTTP clients, by user or address.
+    pub publish_limiter: Arc<crate::limits::RateLimiter>,
+    /// One permit per SSE stream open (`sse.max_streams`).
+    pub sse_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Builds the server on an already bound listener. Signals are left to the

@@ -12,9 +12,9 @@ use futures_util::StreamExt;
 use percent_encoding::percent_decode_str;
 
 use super::{identity, ApiError, AppState};
-use crate::auth::Action;
+use crate::auth::{Action, Principal};
 use crate::router::PublishError;
-use crate::stats::{Protocol, Stats};
+use crate::stats::{Limit, Protocol, Stats};
 
 #[derive(Debug, PartialEq, Eq)]
 struct PublishQuery {
@@ -30,8 +30,38 @@ pub async fn publish(
     let principal = identity::principal(&req, &state, Protocol::Http, true)?;
     let topic = topic_from_path(req.uri().path())?;
     let query = parse_query(req.query_string())?;
+    let stats = state.router.stats();
+    // Keyed by user; anonymous clients by address (behind a proxy, they
+    // share the proxy's).
+    let client = match &principal {
+        Principal::User(identity) => format!("user:{}", identity.name),
+        _ => format!(
+            "addr:{}",
+            req.peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default()
+        ),
+    };
+    if let Err(wait) = state.publish_limiter.check(&client) {
+        stats.limit(Protocol::Http, Limit::Rate);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            format!(
+                "more than limits.publish_rate ({}/s) publishes; retry in {} ms",
+                state.config.limits.publish_rate,
+                wait.as_millis()
+            ),
+        )
+        .with(
+            "retry_after_ms",
+            u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        )
+        .retry_after(crate::limits::retry_after_secs(wait)));
+    }
     let limit = state.config.http.max_publish_bytes;
     let too_large = || {
+        stats.limit(Protocol::Http, Limit::Payload);
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload-too-large",

@@ -17,7 +17,7 @@ use percent_encoding::percent_decode_str;
 use crate::auth::Action;
 use crate::http::{identity, ApiError, AppState};
 use crate::router::{EventId, SubscribeError, SubscribeRequest};
-use crate::stats::Protocol;
+use crate::stats::{Limit, Protocol};
 pub use frame::Format;
 
 /// What a client asked for in the query string.
@@ -34,6 +34,19 @@ pub async fn events(
 ) -> Result<HttpResponse, ApiError> {
     let principal = identity::principal(&req, &state, Protocol::Sse, false)?;
     let query = parse_query(req.query_string())?;
+    let stats = state.router.stats();
+    let Ok(slot) = state.sse_slots.clone().try_acquire_owned() else {
+        stats.limit(Protocol::Sse, Limit::Connections);
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too-many-connections",
+            format!(
+                "the bridge serves at most {} SSE streams (sse.max_streams); retry later",
+                state.config.sse.max_streams
+            ),
+        )
+        .retry_after(5));
+    };
     let format = query.format.unwrap_or(Format::Raw);
     let header_id = req
         .headers()
@@ -63,13 +76,17 @@ pub async fn events(
             max_filter_bytes: sse.max_filter_bytes,
         })
         .map_err(|e| {
-            if matches!(e, SubscribeError::Denied(_)) {
-                state.router.stats().deny(Protocol::Sse, Action::Subscribe);
+            match e {
+                SubscribeError::Denied(_) => stats.deny(Protocol::Sse, Action::Subscribe),
+                SubscribeError::TooManyFilters { .. } => {
+                    stats.limit(Protocol::Sse, Limit::Subscriptions)
+                }
+                _ => {}
             }
             subscribe_error(e)
         })?;
 
-    let body = stream::SseStream::new(subscription, format, sse, &state, valid_until);
+    let body = stream::SseStream::new(subscription, format, sse, &state, valid_until, slot);
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))

@@ -29,6 +29,8 @@ pub struct SseStream {
     /// When the client's token stops being accepted; the stream ends then,
     /// and the browser reconnects with a fresh one.
     valid_until: Option<tokio::time::Instant>,
+    /// The stream's place under `sse.max_streams`, freed when it ends.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl std::fmt::Debug for SseStream {
@@ -64,6 +66,7 @@ impl SseStream {
         config: &SseConfig,
         state: &AppState,
         valid_until: Option<std::time::Instant>,
+        slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Self {
         Self {
             subscription,
@@ -73,6 +76,7 @@ impl SseStream {
             cancel: state.cancel.clone(),
             open: OpenStream::new(state.router.stats().clone()),
             valid_until: valid_until.map(tokio::time::Instant::from_std),
+            _slot: slot,
         }
     }
 

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::token::{self, Carriers, Source, TokenError, WebAuth};
 use crate::auth::Principal;
-use crate::config::WebSocketConfig;
+use crate::config::{LimitsConfig, WebSocketConfig};
 use crate::router::Router;
 use crate::stats::{Limit, Protocol, Stats};
 
@@ -39,6 +39,11 @@ pub struct Context {
     pub router: Router,
     pub config: Arc<WebSocketConfig>,
     pub auth: Arc<WebAuth>,
+    /// Each session's publish rate.
+    pub limits: LimitsConfig,
+    /// The broker's largest payload (`mqtt.max_payload_bytes`): larger
+    /// publishes are refused here rather than by the broker.
+    pub max_payload_bytes: usize,
 }
 
 /// Accepts connections until `cancel` fires; sessions are spawned on
@@ -46,11 +51,10 @@ pub struct Context {
 pub async fn serve(
     listener: TcpListener,
     context: Context,
-    max_payload_bytes: usize,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let limits = frame_limits(&context.config, max_payload_bytes);
+    let limits = frame_limits(&context.config, context.max_payload_bytes);
     let slots = Arc::new(Semaphore::new(context.config.max_connections));
     loop {
         let accepted = tokio::select! {
@@ -92,7 +96,7 @@ async fn run<S>(
     let stats = context.router.stats().clone();
     Stats::incr(&stats.ws_sessions_opened);
     Stats::incr(&stats.ws_sessions_open);
-    session::Session::new(ws, context.router, context.config, principal)
+    session::Session::new(ws, &context, principal)
         .run(cancel)
         .await;
     drop(slot);

@@ -19,10 +19,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, ProtocolError, Request};
+use super::Context;
 use crate::auth::{Action, Principal};
 use crate::config::WebSocketConfig;
+use crate::limits::TokenBucket;
 use crate::router::{Delivery, EventId, PublishError, Router, SubscribeError, Subscription};
-use crate::stats::{Protocol, Stats};
+use crate::stats::{Limit, Protocol, Stats};
 
 /// Deliveries written before one flush.
 const MAX_BATCH: usize = 64;
@@ -41,15 +43,15 @@ pub struct Session<S> {
     principal: Principal,
     /// When the client's token stops being accepted; the session ends then.
     valid_until: Option<Instant>,
+    /// The session's publish allowance; `None` when unlimited.
+    bucket: Option<TokenBucket>,
+    max_payload_bytes: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    pub fn new(
-        ws: WebSocketStream<S>,
-        router: Router,
-        config: Arc<WebSocketConfig>,
-        principal: Principal,
-    ) -> Self {
+    pub fn new(ws: WebSocketStream<S>, context: &Context, principal: Principal) -> Self {
+        let router = context.router.clone();
+        let config = context.config.clone();
         let subscription = router.open(config.queue_capacity);
         Self {
             ws,
@@ -58,6 +60,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             config,
             valid_until: principal.valid_until().map(Instant::from_std),
             principal,
+            bucket: TokenBucket::new(&context.limits, std::time::Instant::now()),
+            max_payload_bytes: context.max_payload_bytes,
         }
     }
 
@@ -113,7 +117,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                                 return ending;
                             }
                         }
-                        Some(Err(e)) => return read_error(e),
+                        Some(Err(e)) => {
+                            let ending = read_error(e);
+                            if ending.as_ref().is_some_and(|e| e.code == CloseCode::Size) {
+                                self.router.stats().limit(Protocol::WebSocket, Limit::Payload);
+                            }
+                            return ending;
+                        }
                     }
                 }
                 delivery = self.subscription.next() => {
@@ -198,6 +208,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 qos,
                 retain,
             } => {
+                let stats = self.router.stats();
+                if payload.len() > self.max_payload_bytes {
+                    stats.limit(Protocol::WebSocket, Limit::Payload);
+                    return Err(ProtocolError::new(
+                        "payload-too-large",
+                        format!(
+                            "the payload is {} bytes; the broker takes at most {} (mqtt.max_payload_bytes)",
+                            payload.len(),
+                            self.max_payload_bytes
+                        ),
+                    ));
+                }
+                if let Some(bucket) = &mut self.bucket {
+                    if let Err(wait) = bucket.take(std::time::Instant::now()) {
+                        stats.limit(Protocol::WebSocket, Limit::Rate);
+                        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                        return Err(ProtocolError::new(
+                            "rate-limited",
+                            format!("more publishes than limits.publish_rate allows; retry in {wait_ms} ms"),
+                        )
+                        .with("retry_after_ms", wait_ms));
+                    }
+                }
                 self.router
                     .publish(&self.principal, &topic, payload, retain, qos == 1)
                     .await
@@ -266,10 +299,13 @@ enum Reply {
 impl<S> Session<S> {
     /// The error for a refused subscribe, counted if the rules refused it.
     fn subscribe_error(&self, error: SubscribeError) -> ProtocolError {
-        if matches!(error, SubscribeError::Denied(_)) {
-            self.router
-                .stats()
-                .deny(Protocol::WebSocket, Action::Subscribe);
+        let stats = self.router.stats();
+        match error {
+            SubscribeError::Denied(_) => stats.deny(Protocol::WebSocket, Action::Subscribe),
+            SubscribeError::TooManyFilters { .. } => {
+                stats.limit(Protocol::WebSocket, Limit::Subscriptions)
+            }
+            _ => {}
         }
         subscribe_error(error)
     }
