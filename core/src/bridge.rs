@@ -49,6 +49,13 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Key(#[from] crate::auth::token::KeyError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("mqtt TLS listener cannot bind {addr}")]
+    MqttTlsBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running bridge.
@@ -58,6 +65,8 @@ pub struct Bridge {
     pub mqtt_addr: SocketAddr,
     pub mqtt_v5_addr: Option<SocketAddr>,
     pub mqtt_ws_addr: Option<SocketAddr>,
+    /// MQTT 3.1.1 over TLS, when `mqtt.tls_listen` is set.
+    pub mqtt_tls_addr: Option<SocketAddr>,
     pub ws_addr: SocketAddr,
     router: Router,
     /// Every WebSocket task: the listener and its sessions.
@@ -122,6 +131,20 @@ impl Bridge {
         ws_listener.set_nonblocking(true).map_err(ws_bind)?;
         let ws_listener = tokio::net::TcpListener::from_std(ws_listener).map_err(ws_bind)?;
         let ws_addr = ws_listener.local_addr().map_err(ws_bind)?;
+        let tls = if config.uses_tls() {
+            Some(crate::tls::server_config(&config.tls)?)
+        } else {
+            None
+        };
+        let mqtt_tls_listener = match config.mqtt.tls_listen {
+            Some(addr) => {
+                let bind = |source| StartError::MqttTlsBind { addr, source };
+                let listener = TcpListener::bind(addr).map_err(bind)?;
+                listener.set_nonblocking(true).map_err(bind)?;
+                Some(tokio::net::TcpListener::from_std(listener).map_err(bind)?)
+            }
+            None => None,
+        };
 
         // Starting the broker waits for its listeners: keep that off the
         // async workers.
@@ -155,7 +178,8 @@ impl Bridge {
             publish_limiter: Arc::new(crate::limits::RateLimiter::new(config.limits.clone())),
             sse_slots: Arc::new(tokio::sync::Semaphore::new(config.sse.max_streams)),
         };
-        let server = match http::serve(listener, state) {
+        let http_tls = tls.clone().filter(|_| config.http.tls);
+        let server = match http::serve(listener, state, http_tls) {
             Ok(server) => server,
             Err(e) => {
                 plugins.stop().await;
@@ -173,11 +197,31 @@ impl Bridge {
                 auth: web_auth,
                 limits: config.limits.clone(),
                 max_payload_bytes: config.mqtt.max_payload_bytes,
+                tls: tls.clone().filter(|_| config.websocket.tls),
             },
             cancel.clone(),
             ws_tasks.clone(),
         ));
 
+        let mut mqtt_tls_addr = None;
+        if let (Some(listener), Some(tls)) = (mqtt_tls_listener, &tls) {
+            let addr = listener
+                .local_addr()
+                .map_err(|source| StartError::MqttTlsBind {
+                    addr: config.mqtt.tls_listen.unwrap_or(mqtt_addr),
+                    source,
+                })?;
+            mqtt_tls_addr = Some(addr);
+            ws_tasks.spawn(crate::tls::serve_mqtt(
+                listener,
+                broker::loopback(mqtt_addr),
+                tokio_rustls::TlsAcceptor::from(tls.clone()),
+                config.mqtt.max_connections,
+                router.stats().clone(),
+                cancel.clone(),
+            ));
+            tracing::info!(addr = %addr, "MQTT 3.1.1 over TLS listener ready.");
+        }
         tracing::info!(addr = %mqtt_addr, "MQTT 3.1.1 listener ready.");
         if let Some(addr) = mqtt_v5 {
             tracing::info!(addr = %addr, "MQTT 5 listener ready.");
@@ -192,6 +236,7 @@ impl Bridge {
             mqtt_addr,
             mqtt_v5_addr: mqtt_v5,
             mqtt_ws_addr: mqtt_ws,
+            mqtt_tls_addr,
             ws_addr,
             router,
             ws_tasks,

@@ -24,6 +24,8 @@
 //! - [`stats`]: counters for everything accepted, delivered, refused or
 //!   dropped.
 //! - [`metrics`]: those counters in the Prometheus format, at `/metrics`.
+//! - [`tls`]: the certificate every TLS listener presents, and the MQTT TLS
+//!   listener in front of the broker.
 //! - [`bridge`]: starting and stopping the whole.
 //!
 //! # Errors
@@ -42,6 +44,7 @@ pub mod plugin;
 pub mod router;
 pub mod sse;
 pub mod stats;
+pub mod tls;
 pub mod topic;
 pub mod ws;
 

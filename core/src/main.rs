@@ -38,7 +38,8 @@ enum LogFormat {
 enum Command {
     /// Run the bridge (the default).
     Run,
-    /// Validate the configuration and print the effective values.
+    /// Validate the configuration (and the key and certificate files it
+    /// names) and print the effective values.
     Check,
     /// Work with device-driver plugins.
     #[command(subcommand)]
@@ -89,6 +90,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let (config, source) = config::load(cli.config.as_deref())?;
     if let Some(Command::Check) = cli.command {
+        // The files the configuration names: token keys and certificates.
+        tidewater::auth::token::WebAuth::new(config.auth.anonymous_web, config.auth.jwt.as_ref())?;
+        if config.uses_tls() {
+            tidewater::tls::server_config(&config.tls)?;
+        }
         print!(
             "{}",
             toml::to_string(&config).context("cannot print the configuration")?
@@ -175,6 +181,7 @@ fn summarise(bridge: &Bridge, source: &ConfigSource) {
         mqtt = %bridge.mqtt_addr,
         mqtt_v5 = %optional(bridge.mqtt_v5_addr),
         mqtt_websocket = %optional(bridge.mqtt_ws_addr),
+        mqtt_tls = %optional(bridge.mqtt_tls_addr),
         http = %bridge.http_addr,
         websocket = %bridge.ws_addr,
         plugins = %if plugins.is_empty() { "none".to_owned() } else { plugins.join(", ") },

@@ -176,7 +176,7 @@ fn wait_accepting(listener: &'static str, addr: SocketAddr) -> Result<(), Broker
 }
 
 /// `addr` with an unspecified IP replaced by loopback, for connecting.
-fn loopback(addr: SocketAddr) -> SocketAddr {
+pub fn loopback(addr: SocketAddr) -> SocketAddr {
     let mut probe = addr;
     if probe.ip().is_unspecified() {
         probe.set_ip(if addr.is_ipv4() {

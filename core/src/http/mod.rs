@@ -39,9 +39,14 @@ pub struct AppState {
     pub sse_slots: Arc<tokio::sync::Semaphore>,
 }
 
-/// Builds the server on an already bound listener. Signals are left to the
-/// caller, which owns shutdown through the cancellation token.
-pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<actix_web::dev::Server> {
+/// Builds the server on an already bound listener, serving HTTPS with `tls`
+/// if given. Signals are left to the caller, which owns shutdown through
+/// the cancellation token.
+pub fn serve(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<actix_web::dev::Server> {
     let http = state.config.http.clone();
     let workers = if http.workers == 0 {
         std::thread::available_parallelism().map_or(1, usize::from)
@@ -72,10 +77,12 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<actix_we
     })
     .workers(workers)
     .disable_signals()
-    .shutdown_timeout(3)
-    .listen(listener)?
-    .run();
-    Ok(server)
+    .shutdown_timeout(3);
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, (*tls).clone())?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
 }
 
 /// CORS for the listed origins. With credentials, the origins are exact

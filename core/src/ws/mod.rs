@@ -44,6 +44,8 @@ pub struct Context {
     /// The broker's largest payload (`mqtt.max_payload_bytes`): larger
     /// publishes are refused here rather than by the broker.
     pub max_payload_bytes: usize,
+    /// Serves `wss://` when set.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Accepts connections until `cancel` fires; sessions are spawned on
@@ -75,7 +77,15 @@ pub async fn serve(
         let slot = slots.clone().try_acquire_owned().ok();
         tracker.spawn(async move {
             let _ = stream.set_nodelay(true);
-            run(stream, context, limits, slot, cancel).await;
+            let Some(acceptor) = context.tls.clone().map(tokio_rustls::TlsAcceptor::from) else {
+                return run(stream, context, limits, slot, cancel).await;
+            };
+            match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+            {
+                Ok(Ok(tls)) => run(tls, context, limits, slot, cancel).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "WebSocket TLS handshake failed."),
+                Err(_) => tracing::debug!("WebSocket TLS handshake timed out."),
+            }
         });
     }
 }

@@ -23,6 +23,7 @@ pub struct TestBridge {
     pub mqtt: SocketAddr,
     pub mqtt_v5: Option<SocketAddr>,
     pub mqtt_ws: Option<SocketAddr>,
+    pub mqtt_tls: Option<SocketAddr>,
     pub ws: SocketAddr,
     pub router: tidewater::router::Router,
     cancel: CancellationToken,
@@ -51,6 +52,7 @@ pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestBridge {
         .expect("bridge starts");
     let (http, mqtt, mqtt_v5) = (bridge.http_addr, bridge.mqtt_addr, bridge.mqtt_v5_addr);
     let (mqtt_ws, ws) = (bridge.mqtt_ws_addr, bridge.ws_addr);
+    let mqtt_tls = bridge.mqtt_tls_addr;
     let router = bridge.router().clone();
     let stopped = Some(tokio::spawn(bridge.stopped()));
     TestBridge {
@@ -58,6 +60,7 @@ pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestBridge {
         mqtt,
         mqtt_v5,
         mqtt_ws,
+        mqtt_tls,
         ws,
         router,
         cancel,
