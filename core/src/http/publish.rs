@@ -219,5 +219,21 @@ mod tests {
         assert!(parse_query("qos=2").is_err());
         assert!(parse_query("retain=yes").is_err());
         assert!(parse_query("ttl=5").is_err());
+        assert!(parse_query("qos=1&access_token=x.y.z").is_ok());
+    }
+
+    proptest::proptest! {
+        /// Any query string and path is parsed or refused, never a panic;
+        /// what parses has a documented QoS.
+        #[test]
+        fn any_query_and_path_are_answered(
+            query in "[a-z=&%0-9.]{0,60}",
+            path in "/publish[a-zA-Z/%0-9+#\u{e9}]{0,40}",
+        ) {
+            if let Ok(parsed) = parse_query(&query) {
+                proptest::prop_assert!(parsed.qos <= 1);
+            }
+            let _ = topic_from_path(&path);
+        }
     }
 }

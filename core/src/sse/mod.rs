@@ -177,4 +177,34 @@ mod tests {
         assert!(parse_query("topics=a").is_err());
         assert!(parse_query("topic=a&format=xml").is_err());
     }
+
+    /// The token parameter is accepted here (authentication reads it).
+    #[test]
+    fn access_token_is_a_known_parameter() {
+        let q = parse_query("topic=a&access_token=x.y.z").expect("valid query");
+        assert_eq!(q.topics, vec!["a"]);
+    }
+
+    proptest::proptest! {
+        /// Any query string is parsed or refused with a code, never a panic.
+        #[test]
+        fn any_query_is_answered(query in "[a-zA-Z=&%+#/0-9.\\-_\u{e9}]{0,80}") {
+            if let Err(error) = parse_query(&query) {
+                proptest::prop_assert!(error.to_string().contains('('));
+            }
+        }
+
+        /// Filters percent-encoded into the query come back exactly, in
+        /// order, whatever they contain.
+        #[test]
+        fn encoded_filters_round_trip(filters in proptest::collection::vec("\\PC{1,16}", 1..5)) {
+            use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+            let query: Vec<String> = filters
+                .iter()
+                .map(|f| format!("topic={}", utf8_percent_encode(f, NON_ALPHANUMERIC)))
+                .collect();
+            let parsed = parse_query(&query.join("&")).expect("valid query");
+            proptest::prop_assert_eq!(parsed.topics, filters);
+        }
+    }
 }
