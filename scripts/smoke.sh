@@ -99,10 +99,14 @@ read -r MQTT HTTP < <(free_ports) || true
 BASE="http://127.0.0.1:$HTTP"
 cd "$WORK"
 
-# 1. Start the bridge in the temp dir (no bridge.toml there: defaults plus env).
+# 1. Start the bridge in the temp dir (no bridge.toml there: defaults plus
+#    env). Anonymous access is off by default; these clients have no
+#    credentials, so it is turned on, as the shipped bridge.toml does.
 step "starting $BIN (mqtt 127.0.0.1:$MQTT, http 127.0.0.1:$HTTP)"
 TIDEWATER_MQTT__LISTEN="127.0.0.1:$MQTT" TIDEWATER_HTTP__LISTEN="127.0.0.1:$HTTP" \
-    TIDEWATER_WEBSOCKET__LISTEN="127.0.0.1:0" "$BIN" >bridge.log 2>&1 &
+    TIDEWATER_WEBSOCKET__LISTEN="127.0.0.1:0" \
+    TIDEWATER_AUTH__ANONYMOUS_WEB=true TIDEWATER_AUTH__ANONYMOUS_MQTT=true \
+    "$BIN" >bridge.log 2>&1 &
 BRIDGE_PID=$!
 PIDS+=("$BRIDGE_PID")
 

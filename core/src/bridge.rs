@@ -9,6 +9,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::password::MqttAuth;
+use crate::auth::token::WebAuth;
+use crate::auth::Policy;
 use crate::broker::{self, BrokerAddrs, BrokerError};
 use crate::config::Config;
 use crate::http::{self, AppState};
@@ -42,6 +45,17 @@ pub enum StartError {
     Http(std::io::Error),
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Key(#[from] crate::auth::token::KeyError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("mqtt TLS listener cannot bind {addr}")]
+    MqttTlsBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running bridge.
@@ -51,6 +65,8 @@ pub struct Bridge {
     pub mqtt_addr: SocketAddr,
     pub mqtt_v5_addr: Option<SocketAddr>,
     pub mqtt_ws_addr: Option<SocketAddr>,
+    /// MQTT 3.1.1 over TLS, when `mqtt.tls_listen` is set.
+    pub mqtt_tls_addr: Option<SocketAddr>,
     pub ws_addr: SocketAddr,
     router: Router,
     /// Every WebSocket task: the listener and its sessions.
@@ -67,6 +83,25 @@ impl Bridge {
     pub async fn start(config: Config, cancel: CancellationToken) -> Result<Self, StartError> {
         let config = Arc::new(config);
         let stats = Arc::new(Stats::default());
+        let policy = Arc::new(Policy::from_config(&config.auth)?);
+        if policy.is_enforced() && !policy.has_rules() {
+            tracing::warn!("[auth] is configured without [[auth.acl]] rules: every web and plugin subscribe and publish will be refused.");
+        }
+        let web_auth = Arc::new(WebAuth::new(
+            config.auth.anonymous_web,
+            config.auth.jwt.as_ref(),
+        )?);
+        if !config.auth.anonymous_web && config.auth.jwt.is_none() {
+            tracing::warn!("Neither auth.anonymous_web nor [auth.jwt] is set: every web client will be refused.");
+        }
+        let mqtt_auth = Arc::new(MqttAuth::new(
+            &config.auth.users,
+            config.auth.anonymous_mqtt,
+            stats.clone(),
+        ));
+        if !config.auth.anonymous_mqtt && config.auth.users.is_empty() {
+            tracing::warn!("Neither auth.anonymous_mqtt nor [[auth.users]] is set: every MQTT client will be refused.");
+        }
         let (ingress_tx, ingress_rx) = mpsc::channel(config.http.ingress_capacity);
         let (retained_tx, retained_rx) = mpsc::channel(RETAINED_REQUESTS);
         let router = Router::new(
@@ -74,6 +109,7 @@ impl Bridge {
                 replay_capacity: config.sse.replay_capacity,
                 replay_max_bytes: config.sse.replay_max_bytes,
                 routes: config.routes.clone(),
+                policy,
             },
             stats,
             ingress_tx,
@@ -95,6 +131,20 @@ impl Bridge {
         ws_listener.set_nonblocking(true).map_err(ws_bind)?;
         let ws_listener = tokio::net::TcpListener::from_std(ws_listener).map_err(ws_bind)?;
         let ws_addr = ws_listener.local_addr().map_err(ws_bind)?;
+        let tls = if config.uses_tls() {
+            Some(crate::tls::server_config(&config.tls)?)
+        } else {
+            None
+        };
+        let mqtt_tls_listener = match config.mqtt.tls_listen {
+            Some(addr) => {
+                let bind = |source| StartError::MqttTlsBind { addr, source };
+                let listener = TcpListener::bind(addr).map_err(bind)?;
+                listener.set_nonblocking(true).map_err(bind)?;
+                Some(tokio::net::TcpListener::from_std(listener).map_err(bind)?)
+            }
+            None => None,
+        };
 
         // Starting the broker waits for its listeners: keep that off the
         // async workers.
@@ -105,7 +155,7 @@ impl Bridge {
             mqtt_v5,
             mqtt_ws,
         } = tokio::task::spawn_blocking(move || {
-            broker::start(&mqtt, &broker_router, ingress_rx, retained_rx)
+            broker::start(&mqtt, &mqtt_auth, &broker_router, ingress_rx, retained_rx)
         })
         .await
         .map_err(|e| StartError::Http(std::io::Error::other(e)))??;
@@ -124,8 +174,12 @@ impl Bridge {
                 plugins.statuses(),
             )),
             plugins: plugins.statuses(),
+            auth: web_auth.clone(),
+            publish_limiter: Arc::new(crate::limits::RateLimiter::new(config.limits.clone())),
+            sse_slots: Arc::new(tokio::sync::Semaphore::new(config.sse.max_streams)),
         };
-        let server = match http::serve(listener, state) {
+        let http_tls = tls.clone().filter(|_| config.http.tls);
+        let server = match http::serve(listener, state, http_tls) {
             Ok(server) => server,
             Err(e) => {
                 plugins.stop().await;
@@ -137,13 +191,37 @@ impl Bridge {
         let ws_tasks = TaskTracker::new();
         ws_tasks.spawn(ws::serve(
             ws_listener,
-            router.clone(),
-            Arc::new(config.websocket.clone()),
-            config.mqtt.max_payload_bytes,
+            ws::Context {
+                router: router.clone(),
+                config: Arc::new(config.websocket.clone()),
+                auth: web_auth,
+                limits: config.limits.clone(),
+                max_payload_bytes: config.mqtt.max_payload_bytes,
+                tls: tls.clone().filter(|_| config.websocket.tls),
+            },
             cancel.clone(),
             ws_tasks.clone(),
         ));
 
+        let mut mqtt_tls_addr = None;
+        if let (Some(listener), Some(tls)) = (mqtt_tls_listener, &tls) {
+            let addr = listener
+                .local_addr()
+                .map_err(|source| StartError::MqttTlsBind {
+                    addr: config.mqtt.tls_listen.unwrap_or(mqtt_addr),
+                    source,
+                })?;
+            mqtt_tls_addr = Some(addr);
+            ws_tasks.spawn(crate::tls::serve_mqtt(
+                listener,
+                broker::loopback(mqtt_addr),
+                tokio_rustls::TlsAcceptor::from(tls.clone()),
+                config.mqtt.max_connections,
+                router.stats().clone(),
+                cancel.clone(),
+            ));
+            tracing::info!(addr = %addr, "MQTT 3.1.1 over TLS listener ready.");
+        }
         tracing::info!(addr = %mqtt_addr, "MQTT 3.1.1 listener ready.");
         if let Some(addr) = mqtt_v5 {
             tracing::info!(addr = %addr, "MQTT 5 listener ready.");
@@ -158,6 +236,7 @@ impl Bridge {
             mqtt_addr,
             mqtt_v5_addr: mqtt_v5,
             mqtt_ws_addr: mqtt_ws,
+            mqtt_tls_addr,
             ws_addr,
             router,
             ws_tasks,

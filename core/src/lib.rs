@@ -17,9 +17,15 @@
 //! - [`http`]: the HTTP server: publish, health, CORS, error bodies.
 //! - [`plugin`]: device-driver plugins: loading shared libraries, the host
 //!   side of the C ABI, one thread and inbox per plugin, `GET /plugins`.
-//! - [`auth`]: the single access check every subscribe and publish passes.
-//! - [`stats`]: counters for everything accepted, delivered or dropped.
+//! - [`auth`]: who may connect, read and write: identities (MQTT users with
+//!   argon2 password hashes, web clients with JSON Web Tokens), the access
+//!   rules, and the single check every subscribe and publish passes.
+//! - [`limits`]: publish rates, a token bucket per web client.
+//! - [`stats`]: counters for everything accepted, delivered, refused or
+//!   dropped.
 //! - [`metrics`]: those counters in the Prometheus format, at `/metrics`.
+//! - [`tls`]: the certificate every TLS listener presents, and the MQTT TLS
+//!   listener in front of the broker.
 //! - [`bridge`]: starting and stopping the whole.
 //!
 //! # Errors
@@ -32,11 +38,13 @@ pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod plugin;
 pub mod router;
 pub mod sse;
 pub mod stats;
+pub mod tls;
 pub mod topic;
 pub mod ws;
 

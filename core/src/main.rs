@@ -38,11 +38,16 @@ enum LogFormat {
 enum Command {
     /// Run the bridge (the default).
     Run,
-    /// Validate the configuration and print the effective values.
+    /// Validate the configuration (and the key and certificate files it
+    /// names) and print the effective values.
     Check,
     /// Work with device-driver plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Read a password on standard input and print its argon2 hash, for an
+    /// `[[auth.users]]` entry's `password_hash`. One trailing newline is
+    /// dropped: `printf %s "$PASSWORD" | tidewater hash-password`.
+    HashPassword,
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +73,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::HashPassword) = &cli.command {
+        return hash_password();
+    }
     if let Some(Command::Plugins(PluginsCommand::Inspect { path })) = &cli.command {
         let info = tidewater::plugin::inspect(path)?;
         println!("driver       {}", info.driver);
@@ -82,6 +90,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let (config, source) = config::load(cli.config.as_deref())?;
     if let Some(Command::Check) = cli.command {
+        // The files the configuration names: token keys and certificates.
+        tidewater::auth::token::WebAuth::new(config.auth.anonymous_web, config.auth.jwt.as_ref())?;
+        if config.uses_tls() {
+            tidewater::tls::server_config(&config.tls)?;
+        }
         print!(
             "{}",
             toml::to_string(&config).context("cannot print the configuration")?
@@ -104,6 +117,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })?;
     // rumqttd's threads never return; leave without waiting for them.
     runtime.shutdown_background();
+    Ok(())
+}
+
+/// `tidewater hash-password`: the password from standard input, its hash to
+/// standard output, nothing else (so it can be captured by a script).
+fn hash_password() -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Read};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("Password (shown as you type; pipe it in to hide it): ");
+    }
+    let mut input = String::new();
+    stdin
+        .lock()
+        .read_to_string(&mut input)
+        .context("cannot read the password from standard input (it must be UTF-8)")?;
+    let password = input
+        .strip_suffix("\r\n")
+        .or_else(|| input.strip_suffix('\n'))
+        .unwrap_or(&input);
+    let hash = tidewater::auth::password::hash(password)?;
+    println!("{hash}");
     Ok(())
 }
 
@@ -146,6 +181,7 @@ fn summarise(bridge: &Bridge, source: &ConfigSource) {
         mqtt = %bridge.mqtt_addr,
         mqtt_v5 = %optional(bridge.mqtt_v5_addr),
         mqtt_websocket = %optional(bridge.mqtt_ws_addr),
+        mqtt_tls = %optional(bridge.mqtt_tls_addr),
         http = %bridge.http_addr,
         websocket = %bridge.ws_addr,
         plugins = %if plugins.is_empty() { "none".to_owned() } else { plugins.join(", ") },

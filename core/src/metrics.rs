@@ -15,8 +15,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::auth::Action;
 use crate::plugin::{PluginState, PluginStatuses};
-use crate::stats::{LatencyHistogram, Stats};
+use crate::stats::{AuthFailure, LatencyHistogram, Limit, Protocol, Stats};
 
 /// Reads [`Stats`] at every scrape.
 #[derive(Debug)]
@@ -69,6 +70,22 @@ fn labelled(
         let labels = [(label, *value)];
         let metric = family.encode_family(&labels)?;
         encode_value(metric, kind, *count)?;
+    }
+    Ok(())
+}
+
+/// A counter with two labels, one series per `(a, b, count)`.
+fn counter_by_two(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    labels: (&'static str, &'static str),
+    values: impl Iterator<Item = (&'static str, &'static str, u64)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (a, b, count) in values {
+        let pairs = [(labels.0, a), (labels.1, b)];
+        encode_value(family.encode_family(&pairs)?, MetricType::Counter, count)?;
     }
     Ok(())
 }
@@ -206,6 +223,49 @@ impl Collector for StatsCollector {
             "Broker links that failed.",
             read(&s.broker_link_failures),
         )?;
+        let r = &s.refusals;
+        counter_by_two(
+            &mut encoder,
+            "auth_failures",
+            "Clients refused for missing, invalid or expired credentials.",
+            ("protocol", "reason"),
+            Protocol::ALL.into_iter().flat_map(|p| {
+                AuthFailure::ALL
+                    .into_iter()
+                    .map(move |f| (p.label(), f.label(), r.auth(p, f)))
+            }),
+        )?;
+        counter_by_two(
+            &mut encoder,
+            "access_denied",
+            "Subscribes and publishes refused by the access rules.",
+            ("protocol", "action"),
+            Protocol::ALL.into_iter().flat_map(|p| {
+                [
+                    (Action::Subscribe, "subscribe"),
+                    (Action::Publish, "publish"),
+                ]
+                .into_iter()
+                .map(move |(a, label)| (p.label(), label, r.denied(p, a)))
+            }),
+        )?;
+        counter_by_two(
+            &mut encoder,
+            "limit_refusals",
+            "Requests refused by a limit: connections, subscriptions, rate, payload.",
+            ("protocol", "limit"),
+            Protocol::ALL.into_iter().flat_map(|p| {
+                Limit::ALL
+                    .into_iter()
+                    .map(move |l| (p.label(), l.label(), r.limited(p, l)))
+            }),
+        )?;
+        counter(
+            &mut encoder,
+            "deliveries_withheld",
+            "Messages withheld from subscribers the access rules deny their topic.",
+            read(&s.deliveries_withheld),
+        )?;
         let mut family = encoder.encode_descriptor(
             "delivery_latency_seconds",
             "From broker receipt to the web client's writer, live messages only.",
@@ -317,5 +377,24 @@ mod tests {
             text.contains("tidewater_connections{protocol=\"websocket\"} 0"),
             "{text}"
         );
+    }
+
+    /// Refusals are exposed by protocol and reason.
+    #[test]
+    fn refusals_are_labelled() {
+        let stats = Arc::new(Stats::default());
+        stats.refuse_auth(Protocol::Sse, AuthFailure::Expired);
+        stats.deny(Protocol::WebSocket, Action::Publish);
+        stats.limit(Protocol::Http, Limit::Rate);
+        let text = render(&registry(stats, Arc::new([]))).expect("render");
+        for series in [
+            "tidewater_auth_failures_total{protocol=\"sse\",reason=\"expired\"} 1",
+            "tidewater_auth_failures_total{protocol=\"mqtt\",reason=\"invalid\"} 0",
+            "tidewater_access_denied_total{protocol=\"websocket\",action=\"publish\"} 1",
+            "tidewater_limit_refusals_total{protocol=\"http\",limit=\"rate\"} 1",
+            "tidewater_deliveries_withheld_total 0",
+        ] {
+            assert!(text.contains(series), "{series} in:\n{text}");
+        }
     }
 }

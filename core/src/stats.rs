@@ -17,6 +17,8 @@ macro_rules! counters {
             pub latency_sse: LatencyHistogram,
             /// Broker receipt to a flushed WebSocket write.
             pub latency_ws: LatencyHistogram,
+            /// Refusals by protocol and reason, for `/metrics`.
+            pub refusals: Refusals,
         }
 
         /// A point-in-time copy of [`Stats`], for `/healthz` and tests.
@@ -76,6 +78,136 @@ counters! {
     http_publishes,
     /// Publishes accepted from WebSocket sessions.
     ws_publishes,
+    /// Clients refused for missing, invalid or expired credentials (by
+    /// protocol and reason in [`Refusals`]).
+    auth_failures,
+    /// Subscribes and publishes refused by the access rules.
+    access_denied,
+    /// Requests refused by a limit: connections, subscriptions, publish
+    /// rate, payload size.
+    limit_refusals,
+    /// Messages withheld from a subscriber because the access rules deny
+    /// it that topic (subscriptions checked per message).
+    deliveries_withheld,
+}
+
+/// Where a refusal happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Mqtt,
+    Sse,
+    WebSocket,
+    Http,
+    Plugin,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 5] = [
+        Protocol::Mqtt,
+        Protocol::Sse,
+        Protocol::WebSocket,
+        Protocol::Http,
+        Protocol::Plugin,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Mqtt => "mqtt",
+            Protocol::Sse => "sse",
+            Protocol::WebSocket => "websocket",
+            Protocol::Http => "http",
+            Protocol::Plugin => "plugin",
+        }
+    }
+}
+
+/// Why credentials were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// None given where they are required.
+    Missing,
+    /// Wrong password, bad signature, unusable claims.
+    Invalid,
+    /// A token past its `exp`.
+    Expired,
+}
+
+impl AuthFailure {
+    pub const ALL: [AuthFailure; 3] = [
+        AuthFailure::Missing,
+        AuthFailure::Invalid,
+        AuthFailure::Expired,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Invalid => "invalid",
+            AuthFailure::Expired => "expired",
+        }
+    }
+}
+
+/// Which limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Connections or streams open at once on a listener.
+    Connections,
+    /// Topic filters one session may hold.
+    Subscriptions,
+    /// Publishes per second per client.
+    Rate,
+    /// Size of one payload or message.
+    Payload,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 4] = [
+        Limit::Connections,
+        Limit::Subscriptions,
+        Limit::Rate,
+        Limit::Payload,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::Connections => "connections",
+            Limit::Subscriptions => "subscriptions",
+            Limit::Rate => "rate",
+            Limit::Payload => "payload",
+        }
+    }
+}
+
+/// The access action a denial was about, as a metric label.
+fn action_index(action: crate::auth::Action) -> usize {
+    match action {
+        crate::auth::Action::Subscribe => 0,
+        crate::auth::Action::Publish => 1,
+    }
+}
+
+/// Refusals by protocol and reason; the totals are plain counters of
+/// [`Stats`] so `/healthz` shows them too.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    auth: [[AtomicU64; 3]; 5],
+    denied: [[AtomicU64; 2]; 5],
+    limited: [[AtomicU64; 4]; 5],
+}
+
+impl Refusals {
+    pub fn auth(&self, protocol: Protocol, failure: AuthFailure) -> u64 {
+        self.auth[protocol as usize][failure as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn denied(&self, protocol: Protocol, action: crate::auth::Action) -> u64 {
+        self.denied[protocol as usize][action_index(action)].load(Ordering::Relaxed)
+    }
+
+    pub fn limited(&self, protocol: Protocol, limit: Limit) -> u64 {
+        self.limited[protocol as usize][limit as usize].load(Ordering::Relaxed)
+    }
 }
 
 impl Stats {
@@ -89,6 +221,24 @@ impl Stats {
 
     pub fn decr(counter: &AtomicU64) {
         counter.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts credentials refused on `protocol`.
+    pub fn refuse_auth(&self, protocol: Protocol, failure: AuthFailure) {
+        Self::incr(&self.auth_failures);
+        Self::incr(&self.refusals.auth[protocol as usize][failure as usize]);
+    }
+
+    /// Counts a subscribe or publish the access rules refused.
+    pub fn deny(&self, protocol: Protocol, action: crate::auth::Action) {
+        Self::incr(&self.access_denied);
+        Self::incr(&self.refusals.denied[protocol as usize][action_index(action)]);
+    }
+
+    /// Counts a request a limit refused.
+    pub fn limit(&self, protocol: Protocol, limit: Limit) {
+        Self::incr(&self.limit_refusals);
+        Self::incr(&self.refusals.limited[protocol as usize][limit as usize]);
     }
 }
 

@@ -262,3 +262,60 @@ async fn static_dir_is_served_beside_the_api() {
     bridge.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Known limit: rumqttd performs each MQTT-over-WebSocket handshake inside
+/// its accept loop, without a timeout, so one connection that sends nothing
+/// holds up every later client of that listener until it goes away. (Its
+/// TLS handshakes would behave the same, which is why the bridge terminates
+/// MQTT over TLS itself.)
+#[tokio::test]
+async fn a_silent_client_stalls_the_mqtt_websocket_listener() {
+    let bridge =
+        start_with(|c| c.mqtt.websocket_listen = Some("127.0.0.1:0".parse().expect("addr"))).await;
+    let addr = bridge.mqtt_ws.expect("MQTT over WebSocket listener");
+    let upgrade = || async move {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://{addr}/mqtt")
+            .into_client_request()
+            .expect("request");
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("header"));
+        tokio_tungstenite::connect_async(request).await
+    };
+    let silent = TcpStream::connect(addr).await.expect("connect");
+    let stalled = tokio::time::timeout(Duration::from_secs(1), upgrade()).await;
+    assert!(
+        stalled.is_err(),
+        "the upgrade waits behind the silent client"
+    );
+    drop(silent);
+    let upgraded = tokio::time::timeout(TIMEOUT, upgrade())
+        .await
+        .expect("upgrade in time once the silent client left");
+    assert!(upgraded.is_ok());
+    bridge.shutdown().await;
+}
+
+/// Known limit: past `mqtt.max_connections` (which counts the bridge's own
+/// three links), rumqttd closes a new connection without a CONNACK, so the
+/// client cannot tell the limit from any other failure.
+#[tokio::test]
+async fn past_the_connection_limit_rumqttd_closes_without_connack() {
+    let bridge = start_with(|c| c.mqtt.max_connections = 4).await;
+    let _first = Device::connect(bridge.mqtt, "first").await;
+    let mut stream = TcpStream::connect(bridge.mqtt).await.expect("connect");
+    stream
+        .write_all(&connect_packet("second", 30))
+        .await
+        .expect("send CONNECT");
+    let mut answer = [0u8; 4];
+    let read = tokio::time::timeout(TIMEOUT, stream.read(&mut answer))
+        .await
+        .expect("an answer or a close in time");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "closed, no CONNACK: {answer:?}"
+    );
+    bridge.shutdown().await;
+}

@@ -10,6 +10,11 @@
 //!   and plugin) publishers, and confirms a publish once the broker has it;
 //! - **retained** ([`retained`]) reads the broker's retained store on demand,
 //!   because the egress stream carries no retain flag.
+//!
+//! Every listener asks [`MqttAuth`] about each CONNECT that carries a
+//! username (rumqttd's `external_auth` hook), unless anonymous access is on
+//! and no user is configured. That hook is all rumqttd 0.20 offers: it has
+//! none for SUBSCRIBE or PUBLISH (see `docs/security.md`).
 
 mod egress;
 mod ingress;
@@ -18,11 +23,13 @@ mod retained;
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::auth::password::MqttAuth;
 use crate::config::MqttConfig;
 use crate::router::{IngressRequest, RetainedRequest, Router};
 
@@ -57,6 +64,7 @@ pub enum BrokerError {
 /// the process: rumqttd 0.20 has no way to stop them.
 pub fn start(
     config: &MqttConfig,
+    auth: &Arc<MqttAuth>,
     router: &Router,
     ingress: mpsc::Receiver<IngressRequest>,
     retained: mpsc::Receiver<RetainedRequest>,
@@ -72,7 +80,7 @@ pub fn start(
             .map(|a| reserve("mqtt_websocket", a))
             .transpose()?,
     };
-    let mut broker = rumqttd::Broker::new(rumqttd_config(config, &addrs));
+    let mut broker = rumqttd::Broker::new(rumqttd_config(config, auth, &addrs));
 
     let link = |name: &'static str| {
         broker
@@ -105,13 +113,15 @@ pub fn start(
         })
         .map_err(|e| BrokerError::Thread("broker", e))?;
 
-    wait_listening("mqtt", addrs.mqtt, false)?;
+    let login = auth.probe_login();
+    wait_listening("mqtt", addrs.mqtt, false, login)?;
     if let Some(addr) = addrs.mqtt_v5 {
-        wait_listening("mqtt_v5", addr, true)?;
+        wait_listening("mqtt_v5", addr, true, login)?;
     }
     if let Some(addr) = addrs.mqtt_ws {
         wait_accepting("mqtt_websocket", addr)?;
     }
+    auth.close_probe();
     Ok(addrs)
 }
 
@@ -134,11 +144,16 @@ fn reserve(listener: &'static str, addr: SocketAddr) -> Result<SocketAddr, Broke
 /// well-behaved client (CONNECT, CONNACK, DISCONNECT), so the broker logs
 /// nothing alarming, and it proves the listener is rumqttd's and not
 /// whatever might have taken the port after [`reserve`] released it.
-fn wait_listening(listener: &'static str, addr: SocketAddr, v5: bool) -> Result<(), BrokerError> {
+fn wait_listening(
+    listener: &'static str,
+    addr: SocketAddr,
+    v5: bool,
+    login: Option<(&str, &str)>,
+) -> Result<(), BrokerError> {
     let probe = loopback(addr);
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if probe_connect(probe, v5).is_ok() {
+        if probe_connect(probe, v5, login).is_ok() {
             return Ok(());
         }
         thread::sleep(Duration::from_millis(20));
@@ -161,7 +176,7 @@ fn wait_accepting(listener: &'static str, addr: SocketAddr) -> Result<(), Broker
 }
 
 /// `addr` with an unspecified IP replaced by loopback, for connecting.
-fn loopback(addr: SocketAddr) -> SocketAddr {
+pub fn loopback(addr: SocketAddr) -> SocketAddr {
     let mut probe = addr;
     if probe.ip().is_unspecified() {
         probe.set_ip(if addr.is_ipv4() {
@@ -173,13 +188,15 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
     probe
 }
 
-/// One MQTT session: CONNECT (keep-alive 10 s), expect a successful CONNACK,
-/// DISCONNECT.
-fn probe_connect(addr: SocketAddr, v5: bool) -> io::Result<()> {
+/// One MQTT session: CONNECT (keep-alive 10 s, with the probe's login when
+/// passwords are checked), expect a successful CONNACK, DISCONNECT.
+fn probe_connect(addr: SocketAddr, v5: bool, login: Option<(&str, &str)>) -> io::Result<()> {
     use std::io::{Read, Write};
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;
-    let client_id = b"tidewater-probe";
+    let client_id = "tidewater-probe";
+    // Clean session, plus the username and password flags with a login.
+    let flags = if login.is_some() { 0xc2 } else { 0x02 };
     let mut body = vec![
         0,
         4,
@@ -188,16 +205,36 @@ fn probe_connect(addr: SocketAddr, v5: bool) -> io::Result<()> {
         b'T',
         b'T',
         if v5 { 5 } else { 4 },
-        0x02,
+        flags,
         0,
         10,
     ];
     if v5 {
         body.push(0); // no CONNECT properties
     }
-    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    body.extend_from_slice(client_id);
-    let mut packet = vec![0x10, body.len() as u8];
+    let mut string = |s: &str| {
+        body.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        body.extend_from_slice(s.as_bytes());
+    };
+    string(client_id);
+    if let Some((username, password)) = login {
+        string(username);
+        string(password);
+    }
+    // Remaining length as MQTT's variable-length integer.
+    let mut packet = vec![0x10];
+    let mut length = body.len();
+    loop {
+        let mut byte = (length % 128) as u8;
+        length /= 128;
+        if length > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if length == 0 {
+            break;
+        }
+    }
     packet.extend(body);
     stream.write_all(&packet)?;
     let mut connack = [0u8; 4];
@@ -213,8 +250,12 @@ fn probe_connect(addr: SocketAddr, v5: bool) -> io::Result<()> {
     stream.write_all(disconnect)
 }
 
-fn rumqttd_config(config: &MqttConfig, addrs: &BrokerAddrs) -> rumqttd::Config {
-    let connections = rumqttd::ConnectionSettings {
+fn rumqttd_config(
+    config: &MqttConfig,
+    auth: &Arc<MqttAuth>,
+    addrs: &BrokerAddrs,
+) -> rumqttd::Config {
+    let mut connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: config.connection_timeout_ms,
         max_payload_size: config.max_payload_bytes,
         max_inflight_count: config.max_inflight,
@@ -222,6 +263,12 @@ fn rumqttd_config(config: &MqttConfig, addrs: &BrokerAddrs) -> rumqttd::Config {
         external_auth: None,
         dynamic_filters: true,
     };
+    if auth.enabled() {
+        let auth = auth.clone();
+        connections.set_auth_handler(move |client_id, username, password| {
+            auth.clone().check(client_id, username, password)
+        });
+    }
     let server = |name: &str, listen: SocketAddr| {
         HashMap::from([(
             name.to_owned(),

@@ -117,10 +117,29 @@ mod tests {
         assert_eq!(config.http, defaults.http);
         assert_eq!(config.sse, defaults.sse);
         assert_eq!(config.websocket, defaults.websocket);
+        assert_eq!(config.tls, defaults.tls);
+        assert_eq!(config.limits, defaults.limits);
+        // Anonymous access is off by default and explicitly on in the
+        // shipped file, for the README's tour; nothing else in [auth].
+        assert!(!defaults.auth.anonymous_web && !defaults.auth.anonymous_mqtt);
+        let auth = crate::config::AuthConfig {
+            anonymous_web: false,
+            anonymous_mqtt: false,
+            ..config.auth.clone()
+        };
+        assert_eq!(auth, defaults.auth);
+        assert!(config.auth.anonymous_web && config.auth.anonymous_mqtt);
         let mut documented = defaults.clone();
         documented.mqtt.listen_v5 = Some(documented.mqtt.listen);
         documented.mqtt.websocket_listen = Some(documented.mqtt.listen);
+        documented.mqtt.tls_listen = Some(documented.mqtt.listen);
         documented.http.static_dir = Some("dashboard".into());
+        documented.tls.cert_path = Some("bridge.crt".into());
+        documented.tls.key_path = Some("bridge.key".into());
+        documented.auth.jwt = Some(crate::config::JwtConfig {
+            issuer: Some("https://id.example".into()),
+            ..Default::default()
+        });
         let every_key = toml::to_string(&documented).expect("serialise defaults");
         // Keys inside sections; the top-level `routes = []` has its own
         // documented `[[routes]]` examples.
@@ -154,6 +173,32 @@ mod tests {
         assert!(!config.plugins[1].required);
         // Uncommented, nothing else changes: plugins are off by default.
         assert!(from_toml_str(&text).expect("shipped").plugins.is_empty());
+    }
+
+    /// The commented secure setup of the shipped `bridge.toml` is valid once
+    /// uncommented, and locks the bridge down: no anonymous access, users
+    /// with hashed passwords, tokens, and rules.
+    #[test]
+    fn shipped_secure_example_parses() {
+        let text = std::fs::read_to_string(shipped_path()).expect("bridge.toml at the root");
+        let start = text
+            .find("# ---- A secure setup")
+            .expect("a secure example");
+        let end = text[start..]
+            .find("# ---- End of the secure setup.")
+            .map(|e| start + e)
+            .expect("its end");
+        let example: String = text[start..end]
+            .lines()
+            .filter(|l| !l.starts_with("# ----") && !l.starts_with("# (") && !l.starts_with("# #"))
+            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = from_toml_str(&example).expect("the secure example is valid");
+        assert!(!config.auth.anonymous_web && !config.auth.anonymous_mqtt);
+        assert_eq!(config.auth.users.len(), 1);
+        assert!(config.auth.jwt.is_some());
+        assert_eq!(config.auth.acl.len(), 4);
     }
 
     /// A misspelt key is an error naming that key.

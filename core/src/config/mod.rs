@@ -8,8 +8,10 @@
 //! express (no zero capacities, valid filters) live in [`Config::validate`].
 
 mod load;
+mod security;
 
 pub use load::{from_toml_str, load, ConfigError, ConfigSource, DEFAULT_PATH};
+pub use security::{AclRuleConfig, AuthConfig, JwtConfig, LimitsConfig, TlsConfig, UserConfig};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +30,9 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     pub routes: Vec<Route>,
     pub plugins: Vec<PluginConfig>,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
+    pub limits: LimitsConfig,
 }
 
 /// `[mqtt]`: the embedded broker.
@@ -43,6 +48,9 @@ pub struct MqttConfig {
     /// clients; off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub websocket_listen: Option<SocketAddr>,
+    /// MQTT 3.1.1 over TLS (the `[tls]` certificate); off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<SocketAddr>,
     /// Largest PUBLISH payload a device may send, in bytes.
     pub max_payload_bytes: usize,
     /// Connections the broker accepts at once (devices and the bridge's own links).
@@ -67,6 +75,7 @@ impl Default for MqttConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
             listen_v5: None,
             websocket_listen: None,
+            tls_listen: None,
             max_payload_bytes: 256 * 1024,
             max_connections: 10_000,
             connection_timeout_ms: 5_000,
@@ -83,8 +92,13 @@ impl Default for MqttConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// Serve HTTPS with the `[tls]` certificate instead of plain HTTP.
+    pub tls: bool,
     /// Origins allowed to call the API from a browser; `["*"]` allows any.
     pub cors_allowed_origins: Vec<String>,
+    /// Let those origins send credentials (cookies, `Authorization`); the
+    /// origins must then be exact, never `*`.
+    pub cors_allow_credentials: bool,
     /// Largest `POST /publish` body, in bytes.
     pub max_publish_bytes: usize,
     /// HTTP worker threads; 0 means one per CPU core.
@@ -102,7 +116,9 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            tls: false,
             cors_allowed_origins: Vec::new(),
+            cors_allow_credentials: false,
             max_publish_bytes: 256 * 1024,
             workers: 0,
             ingress_capacity: 4_096,
@@ -130,6 +146,8 @@ pub struct SseConfig {
     pub max_filters: usize,
     /// Longest topic filter accepted, in bytes.
     pub max_filter_bytes: usize,
+    /// Streams open at once; past this a new one gets 503.
+    pub max_streams: usize,
 }
 
 impl Default for SseConfig {
@@ -142,6 +160,7 @@ impl Default for SseConfig {
             replay_max_bytes: 16 * 1024 * 1024,
             max_filters: 16,
             max_filter_bytes: 1_024,
+            max_streams: 10_000,
         }
     }
 }
@@ -152,6 +171,10 @@ impl Default for SseConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocketConfig {
     pub listen: SocketAddr,
+    /// Serve `wss://` with the `[tls]` certificate instead of `ws://`.
+    pub tls: bool,
+    /// Sessions open at once; past this an upgrade gets 503.
+    pub max_connections: usize,
     /// The only path upgraded to a WebSocket; others get 404.
     pub path: String,
     /// Largest frame or message a client may send, in bytes; larger closes
@@ -179,6 +202,8 @@ impl Default for WebSocketConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8081)),
+            tls: false,
+            max_connections: 10_000,
             path: "/ws".into(),
             max_message_bytes: 64 * 1024,
             queue_capacity: 1_024,
@@ -239,7 +264,7 @@ impl Config {
     /// event names that fit on an SSE line. The error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ws = &self.websocket;
-        let positive: [(&str, u64); 21] = [
+        let positive: [(&str, u64); 23] = [
             ("mqtt.max_payload_bytes", self.mqtt.max_payload_bytes as u64),
             ("mqtt.max_connections", self.mqtt.max_connections as u64),
             (
@@ -257,6 +282,8 @@ impl Config {
             ("sse.replay_capacity", self.sse.replay_capacity as u64),
             ("sse.replay_max_bytes", self.sse.replay_max_bytes as u64),
             ("sse.max_filters", self.sse.max_filters as u64),
+            ("sse.max_streams", self.sse.max_streams as u64),
+            ("websocket.max_connections", ws.max_connections as u64),
             ("websocket.max_message_bytes", ws.max_message_bytes as u64),
             ("websocket.queue_capacity", ws.queue_capacity as u64),
             ("websocket.max_filters", ws.max_filters as u64),
@@ -287,6 +314,14 @@ impl Config {
             &self.http.cors_allowed_origins,
             true,
         )?;
+        if self.http.cors_allow_credentials
+            && self.http.cors_allowed_origins.iter().any(|o| o == "*")
+        {
+            return Err(ConfigError::invalid(
+                "http.cors_allowed_origins",
+                "cannot hold \"*\" while http.cors_allow_credentials is on: list the exact origins allowed to send credentials",
+            ));
+        }
         check_origins("websocket.allowed_origins", &ws.allowed_origins, false)?;
         if !ws.path.starts_with('/') || ws.path.contains(['?', '#', ' ']) {
             return Err(ConfigError::invalid(
@@ -317,7 +352,39 @@ impl Config {
                 ));
             }
         }
-        self.validate_plugins()
+        self.validate_plugins()?;
+        self.auth.validate()?;
+        self.validate_tls()
+    }
+
+    /// Whether any listener serves TLS, and so needs `[tls]`.
+    pub fn uses_tls(&self) -> bool {
+        self.http.tls || self.websocket.tls || self.mqtt.tls_listen.is_some()
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        if !self.uses_tls() {
+            return Ok(());
+        }
+        let using = if self.http.tls {
+            "http.tls"
+        } else if self.websocket.tls {
+            "websocket.tls"
+        } else {
+            "mqtt.tls_listen"
+        };
+        for (key, value) in [
+            ("tls.cert_path", &self.tls.cert_path),
+            ("tls.key_path", &self.tls.key_path),
+        ] {
+            if value.as_ref().is_none_or(|p| p.as_os_str().is_empty()) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("is required: {using} serves TLS"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_plugins(&self) -> Result<(), ConfigError> {

@@ -13,7 +13,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     details: Map<String, Value>,
-    retry_after: Option<u32>,
+    headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
@@ -23,7 +23,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: Map::new(),
-            retry_after: None,
+            headers: Vec::new(),
         }
     }
 
@@ -35,6 +35,28 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
+    /// 401 for missing, invalid or expired credentials, with the
+    /// `WWW-Authenticate` challenge of RFC 6750 (`invalid_token` when a
+    /// token was presented).
+    pub fn unauthorized(error: &crate::auth::token::TokenError) -> Self {
+        use crate::auth::token::TokenError;
+        let challenge = match error {
+            TokenError::Missing => r#"Bearer realm="tidewater""#.to_owned(),
+            other => format!(
+                r#"Bearer realm="tidewater", error="invalid_token", error_description="{}""#,
+                other.to_string().replace(['"', '\\'], "'")
+            ),
+        };
+        Self::new(StatusCode::UNAUTHORIZED, error.code(), error.to_string())
+            .header("WWW-Authenticate", challenge)
+    }
+
+    /// Adds a response header.
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
     /// Adds a field to the body, e.g. the filter that was refused.
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.details.insert(key.to_owned(), value.into());
@@ -42,9 +64,8 @@ impl ApiError {
     }
 
     /// Asks the client to retry after `seconds` (503 on a full queue).
-    pub fn retry_after(mut self, seconds: u32) -> Self {
-        self.retry_after = Some(seconds);
-        self
+    pub fn retry_after(self, seconds: u32) -> Self {
+        self.header("Retry-After", seconds.to_string())
     }
 }
 
@@ -65,8 +86,8 @@ impl ResponseError for ApiError {
         body.insert("message".into(), self.message.clone().into());
         body.extend(self.details.clone());
         let mut response = HttpResponse::build(self.status);
-        if let Some(seconds) = self.retry_after {
-            response.insert_header(("Retry-After", seconds.to_string()));
+        for (name, value) in &self.headers {
+            response.insert_header((*name, value.as_str()));
         }
         response.json(Value::Object(body))
     }

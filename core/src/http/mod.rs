@@ -1,8 +1,9 @@
 //! The HTTP server (actix-web): SSE streams, `POST /publish/{topic}`,
-//! `GET /healthz`, `GET /plugins`, CORS, and JSON error bodies for every
-//! refusal.
+//! `GET /healthz`, `GET /plugins`, CORS, who a request is from, and JSON
+//! error bodies for every refusal.
 
 mod error;
+pub mod identity;
 mod publish;
 
 pub use error::ApiError;
@@ -14,6 +15,7 @@ use actix_cors::Cors;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::token::WebAuth;
 use crate::config::{Config, HttpConfig};
 use crate::plugin::PluginStatuses;
 use crate::router::Router;
@@ -29,11 +31,22 @@ pub struct AppState {
     pub metrics: Arc<prometheus_client::registry::Registry>,
     /// Every configured plugin, for `GET /plugins`.
     pub plugins: PluginStatuses,
+    /// How web clients prove who they are.
+    pub auth: Arc<WebAuth>,
+    /// Publish rates of HTTP clients, by user or address.
+    pub publish_limiter: Arc<crate::limits::RateLimiter>,
+    /// One permit per SSE stream open (`sse.max_streams`).
+    pub sse_slots: Arc<tokio::sync::Semaphore>,
 }
 
-/// Builds the server on an already bound listener. Signals are left to the
-/// caller, which owns shutdown through the cancellation token.
-pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<actix_web::dev::Server> {
+/// Builds the server on an already bound listener, serving HTTPS with `tls`
+/// if given. Signals are left to the caller, which owns shutdown through
+/// the cancellation token.
+pub fn serve(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<actix_web::dev::Server> {
     let http = state.config.http.clone();
     let workers = if http.workers == 0 {
         std::thread::available_parallelism().map_or(1, usize::from)
@@ -64,17 +77,25 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<actix_we
     })
     .workers(workers)
     .disable_signals()
-    .shutdown_timeout(3)
-    .listen(listener)?
-    .run();
-    Ok(server)
+    .shutdown_timeout(3);
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, (*tls).clone())?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
 }
 
+/// CORS for the listed origins. With credentials, the origins are exact
+/// (configuration refuses `*` then), and a browser may send the token's
+/// cookie and `Authorization` header.
 fn cors(config: &HttpConfig) -> Cors {
     let mut cors = Cors::default()
         .allowed_methods(["GET", "POST"])
-        .allowed_headers(["content-type", "last-event-id"])
+        .allowed_headers(["content-type", "last-event-id", "authorization"])
         .max_age(3600);
+    if config.cors_allow_credentials {
+        cors = cors.supports_credentials();
+    }
     for origin in &config.cors_allowed_origins {
         cors = if origin == "*" {
             cors.allow_any_origin()

@@ -11,10 +11,10 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use percent_encoding::percent_decode_str;
 
-use super::{ApiError, AppState};
-use crate::auth::Principal;
+use super::{identity, ApiError, AppState};
+use crate::auth::{Action, Principal};
 use crate::router::PublishError;
-use crate::stats::Stats;
+use crate::stats::{Limit, Protocol, Stats};
 
 #[derive(Debug, PartialEq, Eq)]
 struct PublishQuery {
@@ -27,10 +27,41 @@ pub async fn publish(
     mut body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let principal = identity::principal(&req, &state, Protocol::Http, true)?;
     let topic = topic_from_path(req.uri().path())?;
     let query = parse_query(req.query_string())?;
+    let stats = state.router.stats();
+    // Keyed by user; anonymous clients by address (behind a proxy, they
+    // share the proxy's).
+    let client = match &principal {
+        Principal::User(identity) => format!("user:{}", identity.name),
+        _ => format!(
+            "addr:{}",
+            req.peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default()
+        ),
+    };
+    if let Err(wait) = state.publish_limiter.check(&client) {
+        stats.limit(Protocol::Http, Limit::Rate);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            format!(
+                "more than limits.publish_rate ({}/s) publishes; retry in {} ms",
+                state.config.limits.publish_rate,
+                wait.as_millis()
+            ),
+        )
+        .with(
+            "retry_after_ms",
+            u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        )
+        .retry_after(crate::limits::retry_after_secs(wait)));
+    }
     let limit = state.config.http.max_publish_bytes;
     let too_large = || {
+        stats.limit(Protocol::Http, Limit::Payload);
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload-too-large",
@@ -57,14 +88,19 @@ pub async fn publish(
     state
         .router
         .publish(
-            &Principal::Anonymous,
+            &principal,
             &topic,
             payload.freeze(),
             query.retain,
             query.qos == 1,
         )
         .await
-        .map_err(publish_error)?;
+        .map_err(|e| {
+            if matches!(e, PublishError::Denied(_)) {
+                state.router.stats().deny(Protocol::Http, Action::Publish);
+            }
+            publish_error(e)
+        })?;
     Stats::incr(&state.router.stats().http_publishes);
     let status = if query.qos == 1 {
         StatusCode::OK
@@ -114,10 +150,12 @@ fn parse_query(query: &str) -> Result<PublishQuery, ApiError> {
                     format!("retain must be true or false, not `{other}`"),
                 ))
             }
+            // Read by the authentication that ran first.
+            (crate::auth::token::QUERY_PARAMETER, _) => {}
             (other, _) => {
                 return Err(ApiError::bad_request(
                     "unknown-parameter",
-                    format!("unknown query parameter `{other}`: use qos or retain"),
+                    format!("unknown query parameter `{other}`: use qos, retain or access_token"),
                 ))
             }
         }
@@ -181,5 +219,21 @@ mod tests {
         assert!(parse_query("qos=2").is_err());
         assert!(parse_query("retain=yes").is_err());
         assert!(parse_query("ttl=5").is_err());
+        assert!(parse_query("qos=1&access_token=x.y.z").is_ok());
+    }
+
+    proptest::proptest! {
+        /// Any query string and path is parsed or refused, never a panic;
+        /// what parses has a documented QoS.
+        #[test]
+        fn any_query_and_path_are_answered(
+            query in "[a-z=&%0-9.]{0,60}",
+            path in "/publish[a-zA-Z/%0-9+#\u{e9}]{0,40}",
+        ) {
+            if let Ok(parsed) = parse_query(&query) {
+                proptest::prop_assert!(parsed.qos <= 1);
+            }
+            let _ = topic_from_path(&path);
+        }
     }
 }

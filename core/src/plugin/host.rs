@@ -25,9 +25,9 @@ use tokio::sync::mpsc;
 
 use super::loader::borrowed;
 use super::status::PluginStatus;
-use crate::auth::{self, Action, Principal};
+use crate::auth::{Action, Principal};
 use crate::router::{PublishError, Router};
-use crate::stats::Stats;
+use crate::stats::{Protocol, Stats};
 use crate::topic;
 
 /// Longest log line kept from a plugin, in bytes; the rest is cut.
@@ -109,7 +109,10 @@ impl HostContext {
                     TwStatus::BUSY
                 }
                 Err(PublishError::InvalidTopic { .. }) => TwStatus::INVALID_ARGUMENT,
-                Err(PublishError::Denied(_)) => TwStatus::DENIED,
+                Err(PublishError::Denied(_)) => {
+                    live.router.stats().deny(Protocol::Plugin, Action::Publish);
+                    TwStatus::DENIED
+                }
                 Err(_) => TwStatus::CLOSED,
             }
         })
@@ -122,13 +125,22 @@ impl HostContext {
         if topic::validate_filter(filter, topic::MAX_TOPIC_BYTES).is_err() {
             return TwStatus::INVALID_ARGUMENT;
         }
-        if auth::authorize(&self.principal, Action::Subscribe, filter).is_err() {
-            return TwStatus::DENIED;
-        }
-        self.with_live(|live| match live.subscribe.try_send(filter.to_owned()) {
-            Ok(()) => TwStatus::OK,
-            Err(mpsc::error::TrySendError::Full(_)) => TwStatus::BUSY,
-            Err(mpsc::error::TrySendError::Closed(_)) => TwStatus::CLOSED,
+        self.with_live(|live| {
+            let policy = live.router.policy();
+            if policy
+                .authorize(&self.principal, Action::Subscribe, filter)
+                .is_err()
+            {
+                live.router
+                    .stats()
+                    .deny(Protocol::Plugin, Action::Subscribe);
+                return TwStatus::DENIED;
+            }
+            match live.subscribe.try_send(filter.to_owned()) {
+                Ok(()) => TwStatus::OK,
+                Err(mpsc::error::TrySendError::Full(_)) => TwStatus::BUSY,
+                Err(mpsc::error::TrySendError::Closed(_)) => TwStatus::CLOSED,
+            }
         })
     }
 

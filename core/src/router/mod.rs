@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::Policy;
 use crate::config::Route;
 use crate::stats::Stats;
 use crate::topic;
@@ -62,6 +63,8 @@ pub struct RouterSettings {
     pub replay_capacity: usize,
     pub replay_max_bytes: usize,
     pub routes: Vec<Route>,
+    /// The access rules every subscribe and publish is checked against.
+    pub policy: Arc<Policy>,
 }
 
 /// A cheap, cloneable handle to the router.
@@ -75,6 +78,7 @@ struct Shared {
     epoch: u64,
     routes: Vec<(String, Arc<str>)>,
     default_event: Arc<str>,
+    policy: Arc<Policy>,
     stats: Arc<Stats>,
     ingress: mpsc::Sender<IngressRequest>,
     retained: mpsc::Sender<RetainedRequest>,
@@ -119,6 +123,7 @@ impl Router {
                 epoch: now_ms(),
                 routes,
                 default_event: Arc::from("message"),
+                policy: settings.policy,
                 stats,
                 ingress,
                 retained,
@@ -136,6 +141,11 @@ impl Router {
 
     pub fn stats(&self) -> &Arc<Stats> {
         &self.shared.stats
+    }
+
+    /// The access rules in force.
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.shared.policy
     }
 
     /// This router's epoch: the first half of every id it issues.

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{IngressRequest, Router};
-use crate::auth::{self, Action, Denied, Principal};
+use crate::auth::{Action, Denied, Principal};
 use crate::stats::Stats;
 use crate::topic::{self, TopicError};
 
@@ -81,7 +81,7 @@ impl Router {
             topic: topic.chars().take(256).collect(),
             source,
         })?;
-        auth::authorize(principal, Action::Publish, topic)?;
+        self.policy().authorize(principal, Action::Publish, topic)?;
         let request = IngressRequest {
             topic: topic.to_owned(),
             payload,

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::replay::Resume;
 use super::{EventId, Message, RetainedSnapshot, Router, Subscriber, SubscriberId};
-use crate::auth::{self, Action, Denied, Principal};
+use crate::auth::{Access, Action, Denied, Principal};
 use crate::stats::Stats;
 use crate::topic::{self, TopicError};
 
@@ -87,6 +87,9 @@ pub struct Subscription {
     /// Whether the last delivery came from the live queue (rather than
     /// retained values or replay), so its latency means something.
     last_live: bool,
+    /// Set once a filter was allowed only per message: whose access every
+    /// message is checked against before delivery.
+    reader: Option<Principal>,
 }
 
 impl Router {
@@ -111,6 +114,7 @@ impl Router {
             pending: VecDeque::new(),
             live,
             last_live: false,
+            reader: None,
         }
     }
 
@@ -160,6 +164,7 @@ impl Subscription {
         max_filter_bytes: usize,
     ) -> Result<(), SubscribeError> {
         let mut added: Vec<String> = Vec::new();
+        let mut per_message = false;
         for filter in filters {
             topic::validate_filter(filter, max_filter_bytes).map_err(|source| {
                 SubscribeError::InvalidFilter {
@@ -167,7 +172,11 @@ impl Subscription {
                     source,
                 }
             })?;
-            auth::authorize(principal, Action::Subscribe, filter)?;
+            let access = self
+                .router
+                .policy()
+                .authorize(principal, Action::Subscribe, filter)?;
+            per_message |= access == Access::PerMessage;
             if !self.filters.contains(filter) && !added.contains(filter) {
                 added.push(filter.clone());
             }
@@ -181,6 +190,9 @@ impl Subscription {
         }
         if added.is_empty() {
             return Ok(());
+        }
+        if per_message {
+            self.reader = Some(principal.clone());
         }
 
         let router = self.router.clone();
@@ -259,7 +271,12 @@ impl Subscription {
         loop {
             self.last_live = self.pending.is_empty();
             match self.pending.front_mut() {
-                None => return self.live.recv().await.map(Delivery::Message),
+                None => {
+                    let message = self.live.recv().await?;
+                    if self.readable(&message) {
+                        return Some(Delivery::Message(message));
+                    }
+                }
                 Some(Pending::Gap(after)) => {
                     let after = *after;
                     self.pending.pop_front();
@@ -267,7 +284,11 @@ impl Subscription {
                 }
                 Some(Pending::Retained { .. }) => self.load_retained().await,
                 Some(Pending::Messages(queue)) => match queue.pop_front() {
-                    Some(message) => return Some(Delivery::Message(message)),
+                    Some(message) => {
+                        if self.readable(&message) {
+                            return Some(Delivery::Message(message));
+                        }
+                    }
                     None => {
                         self.pending.pop_front();
                     }
@@ -276,16 +297,38 @@ impl Subscription {
         }
     }
 
+    /// Whether the access rules let this subscriber see `message`; a
+    /// withheld message is counted.
+    fn readable(&self, message: &Message) -> bool {
+        let Some(reader) = &self.reader else {
+            return true;
+        };
+        let allowed = self.router.policy().may_read(reader, &message.topic);
+        if !allowed {
+            Stats::incr(&self.router.stats().deliveries_withheld);
+        }
+        allowed
+    }
+
     /// A delivery that is ready now, without waiting; used to batch several
     /// into one write. Never skips ahead of [`Subscription::next`]'s order.
     pub fn try_next(&mut self) -> Option<Delivery> {
         loop {
             self.last_live = self.pending.is_empty();
             match self.pending.front_mut() {
-                None => return self.live.try_recv().ok().map(Delivery::Message),
+                None => {
+                    let message = self.live.try_recv().ok()?;
+                    if self.readable(&message) {
+                        return Some(Delivery::Message(message));
+                    }
+                }
                 Some(Pending::Gap(_) | Pending::Retained { .. }) => return None,
                 Some(Pending::Messages(queue)) => match queue.pop_front() {
-                    Some(message) => return Some(Delivery::Message(message)),
+                    Some(message) => {
+                        if self.readable(&message) {
+                            return Some(Delivery::Message(message));
+                        }
+                    }
                     None => {
                         self.pending.pop_front();
                     }

@@ -26,6 +26,7 @@ fn harness(replay_capacity: usize) -> Harness {
                 filter: "home/+/temperature".into(),
                 event: "temperature".into(),
             }],
+            policy: Arc::new(crate::auth::Policy::allow_all()),
         },
         Arc::new(Stats::default()),
         ingress_tx,

@@ -14,9 +14,10 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use percent_encoding::percent_decode_str;
 
-use crate::auth::Principal;
-use crate::http::{ApiError, AppState};
+use crate::auth::Action;
+use crate::http::{identity, ApiError, AppState};
 use crate::router::{EventId, SubscribeError, SubscribeRequest};
+use crate::stats::{Limit, Protocol};
 pub use frame::Format;
 
 /// What a client asked for in the query string.
@@ -31,7 +32,21 @@ pub async fn events(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let principal = identity::principal(&req, &state, Protocol::Sse, false)?;
     let query = parse_query(req.query_string())?;
+    let stats = state.router.stats();
+    let Ok(slot) = state.sse_slots.clone().try_acquire_owned() else {
+        stats.limit(Protocol::Sse, Limit::Connections);
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too-many-connections",
+            format!(
+                "the bridge serves at most {} SSE streams (sse.max_streams); retry later",
+                state.config.sse.max_streams
+            ),
+        )
+        .retry_after(5));
+    };
     let format = query.format.unwrap_or(Format::Raw);
     let header_id = req
         .headers()
@@ -49,19 +64,29 @@ pub async fn events(
         .map_err(|e| ApiError::bad_request("malformed-id", e.to_string()))?;
 
     let sse = &state.config.sse;
+    let valid_until = principal.valid_until();
     let subscription = state
         .router
         .subscribe(SubscribeRequest {
-            principal: Principal::Anonymous,
+            principal,
             filters: query.topics,
             resume,
             queue_capacity: sse.queue_capacity,
             max_filters: sse.max_filters,
             max_filter_bytes: sse.max_filter_bytes,
         })
-        .map_err(subscribe_error)?;
+        .map_err(|e| {
+            match e {
+                SubscribeError::Denied(_) => stats.deny(Protocol::Sse, Action::Subscribe),
+                SubscribeError::TooManyFilters { .. } => {
+                    stats.limit(Protocol::Sse, Limit::Subscriptions)
+                }
+                _ => {}
+            }
+            subscribe_error(e)
+        })?;
 
-    let body = stream::SseStream::new(subscription, format, sse, &state);
+    let body = stream::SseStream::new(subscription, format, sse, &state, valid_until, slot);
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
@@ -118,10 +143,12 @@ fn parse_query(query: &str) -> Result<EventsQuery, ApiError> {
                 })
             }
             "lastEventId" => parsed.last_event_id = Some(value.into_owned()),
+            // Read by the authentication that ran first.
+            crate::auth::token::QUERY_PARAMETER => {}
             other => {
                 return Err(ApiError::bad_request(
                     "unknown-parameter",
-                    format!("unknown query parameter `{other}`: use topic, format or lastEventId"),
+                    format!("unknown query parameter `{other}`: use topic, format, lastEventId or access_token"),
                 ))
             }
         }
@@ -149,5 +176,35 @@ mod tests {
     fn unknown_parameter_is_refused() {
         assert!(parse_query("topics=a").is_err());
         assert!(parse_query("topic=a&format=xml").is_err());
+    }
+
+    /// The token parameter is accepted here (authentication reads it).
+    #[test]
+    fn access_token_is_a_known_parameter() {
+        let q = parse_query("topic=a&access_token=x.y.z").expect("valid query");
+        assert_eq!(q.topics, vec!["a"]);
+    }
+
+    proptest::proptest! {
+        /// Any query string is parsed or refused with a code, never a panic.
+        #[test]
+        fn any_query_is_answered(query in "[a-zA-Z=&%+#/0-9.\\-_\u{e9}]{0,80}") {
+            if let Err(error) = parse_query(&query) {
+                proptest::prop_assert!(error.to_string().contains('('));
+            }
+        }
+
+        /// Filters percent-encoded into the query come back exactly, in
+        /// order, whatever they contain.
+        #[test]
+        fn encoded_filters_round_trip(filters in proptest::collection::vec("\\PC{1,16}", 1..5)) {
+            use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+            let query: Vec<String> = filters
+                .iter()
+                .map(|f| format!("topic={}", utf8_percent_encode(f, NON_ALPHANUMERIC)))
+                .collect();
+            let parsed = parse_query(&query.join("&")).expect("valid query");
+            proptest::prop_assert_eq!(parsed.topics, filters);
+        }
     }
 }

@@ -26,6 +26,11 @@ pub struct SseStream {
     first: Option<Bytes>,
     cancel: CancellationToken,
     open: OpenStream,
+    /// When the client's token stops being accepted; the stream ends then,
+    /// and the browser reconnects with a fresh one.
+    valid_until: Option<tokio::time::Instant>,
+    /// The stream's place under `sse.max_streams`, freed when it ends.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl std::fmt::Debug for SseStream {
@@ -60,6 +65,8 @@ impl SseStream {
         format: Format,
         config: &SseConfig,
         state: &AppState,
+        valid_until: Option<std::time::Instant>,
+        slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Self {
         Self {
             subscription,
@@ -68,6 +75,8 @@ impl SseStream {
             first: Some(frame::retry(config.retry_ms)),
             cancel: state.cancel.clone(),
             open: OpenStream::new(state.router.stats().clone()),
+            valid_until: valid_until.map(tokio::time::Instant::from_std),
+            _slot: slot,
         }
     }
 
@@ -82,9 +91,17 @@ impl SseStream {
         if let Some(first) = self.first.take() {
             return Some(first);
         }
+        let valid_until = self.valid_until;
+        let expiry = async move {
+            match valid_until {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             () = self.cancel.cancelled() => None,
+            () = expiry => None,
             delivery = self.subscription.next() => {
                 // None: the router ended the subscription (its queue was full);
                 // ending the response makes the browser reconnect and replay.

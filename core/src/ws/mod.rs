@@ -4,6 +4,10 @@
 //!
 //! Runs on its own port (tokio-tungstenite), not inside actix-web, so its
 //! frame and buffer limits are set here explicitly, for every connection.
+//! The upgrade request is where a client proves who it is (a token in the
+//! `Authorization` header, a cookie, or the `access_token` query parameter)
+//! and where the connection limit applies: a refusal is an HTTP status with
+//! a JSON body, before any WebSocket frame.
 
 pub mod protocol;
 mod session;
@@ -11,31 +15,49 @@ mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::http::{header, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as FrameLimits;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::WebSocketConfig;
+use crate::auth::token::{self, Carriers, Source, TokenError, WebAuth};
+use crate::auth::Principal;
+use crate::config::{LimitsConfig, WebSocketConfig};
 use crate::router::Router;
-use crate::stats::Stats;
+use crate::stats::{Limit, Protocol, Stats};
 
 /// A client has this long to complete the upgrade request.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every session of the listener shares.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub router: Router,
+    pub config: Arc<WebSocketConfig>,
+    pub auth: Arc<WebAuth>,
+    /// Each session's publish rate.
+    pub limits: LimitsConfig,
+    /// The broker's largest payload (`mqtt.max_payload_bytes`): larger
+    /// publishes are refused here rather than by the broker.
+    pub max_payload_bytes: usize,
+    /// Serves `wss://` when set.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
 
 /// Accepts connections until `cancel` fires; sessions are spawned on
 /// `tracker` so shutdown can wait for their close frames.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
-    config: Arc<WebSocketConfig>,
-    max_payload_bytes: usize,
+    context: Context,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let limits = frame_limits(&config, max_payload_bytes);
+    let limits = frame_limits(&context.config, context.max_payload_bytes);
+    let slots = Arc::new(Semaphore::new(context.config.max_connections));
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => return,
@@ -50,18 +72,44 @@ pub async fn serve(
                 continue;
             }
         };
-        let (router, config, cancel) = (router.clone(), config.clone(), cancel.clone());
+        let (context, cancel) = (context.clone(), cancel.clone());
+        // Taken before the handshake so a full listener answers 503 at once.
+        let slot = slots.clone().try_acquire_owned().ok();
         tracker.spawn(async move {
             let _ = stream.set_nodelay(true);
-            let Some(ws) = handshake(stream, &config, limits).await else {
-                return;
+            let Some(acceptor) = context.tls.clone().map(tokio_rustls::TlsAcceptor::from) else {
+                return run(stream, context, limits, slot, cancel).await;
             };
-            let stats = router.stats().clone();
-            Stats::incr(&stats.ws_sessions_opened);
-            Stats::incr(&stats.ws_sessions_open);
-            session::Session::new(ws, router, config).run(cancel).await;
+            match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+            {
+                Ok(Ok(tls)) => run(tls, context, limits, slot, cancel).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "WebSocket TLS handshake failed."),
+                Err(_) => tracing::debug!("WebSocket TLS handshake timed out."),
+            }
         });
     }
+}
+
+/// Upgrades one connection and serves its session.
+async fn run<S>(
+    stream: S,
+    context: Context,
+    limits: FrameLimits,
+    slot: Option<OwnedSemaphorePermit>,
+    cancel: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some((ws, principal)) = handshake(stream, &context, limits, slot.is_some()).await else {
+        return;
+    };
+    let stats = context.router.stats().clone();
+    Stats::incr(&stats.ws_sessions_opened);
+    Stats::incr(&stats.ws_sessions_open);
+    session::Session::new(ws, &context, principal)
+        .run(cancel)
+        .await;
+    drop(slot);
 }
 
 /// Frame and buffer limits, explicit so an idle connection costs a few KiB
@@ -78,16 +126,24 @@ fn frame_limits(config: &WebSocketConfig, max_payload_bytes: usize) -> FrameLimi
         .max_frame_size(Some(config.max_message_bytes))
 }
 
-async fn handshake(
-    stream: TcpStream,
-    config: &WebSocketConfig,
+async fn handshake<S>(
+    stream: S,
+    context: &Context,
     limits: FrameLimits,
-) -> Option<tokio_tungstenite::WebSocketStream<TcpStream>> {
+    has_slot: bool,
+) -> Option<(tokio_tungstenite::WebSocketStream<S>, Principal)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut admitted = None;
     #[allow(clippy::result_large_err)] // the callback type tungstenite requires
-    let check = |request: &Request, response: Response| check_request(config, request, response);
+    let check = |request: &Request, response: Response| {
+        admitted = Some(check_request(context, request, has_slot)?);
+        Ok(response)
+    };
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(limits));
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
-        Ok(Ok(ws)) => Some(ws),
+        Ok(Ok(ws)) => admitted.map(|principal| (ws, principal)),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "WebSocket handshake refused.");
             None
@@ -99,41 +155,119 @@ async fn handshake(
     }
 }
 
-/// Accepts only the configured path and, when configured, allowed origins.
+/// Accepts only the configured path, allowed origins, while there is room,
+/// from a client that proves who it is (or anonymously where allowed).
 #[allow(clippy::result_large_err)] // the signature tungstenite's callback requires
 fn check_request(
-    config: &WebSocketConfig,
+    context: &Context,
     request: &Request,
-    response: Response,
-) -> Result<Response, ErrorResponse> {
+    has_slot: bool,
+) -> Result<Principal, ErrorResponse> {
+    let config = &context.config;
+    let stats = context.router.stats();
     if request.uri().path() != config.path {
         return Err(refusal(
             StatusCode::NOT_FOUND,
+            "not-found",
             format!("no WebSocket endpoint here: connect to {}", config.path),
         ));
     }
-    if !config.allowed_origins.is_empty() {
-        let origin = request
-            .headers()
-            .get("origin")
-            .and_then(|o| o.to_str().ok())
-            .unwrap_or_default();
-        if !config
+    let headers = request.headers();
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let origin = text(header::ORIGIN);
+    if !config.allowed_origins.is_empty()
+        && !config
             .allowed_origins
             .iter()
-            .any(|allowed| allowed == origin)
-        {
-            return Err(refusal(
-                StatusCode::FORBIDDEN,
-                format!("origin `{origin}` is not in websocket.allowed_origins"),
-            ));
-        }
+            .any(|allowed| Some(allowed.as_str()) == origin)
+    {
+        return Err(refusal(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "origin `{}` is not in websocket.allowed_origins",
+                origin.unwrap_or_default()
+            ),
+        ));
     }
-    Ok(response)
+    if !has_slot {
+        stats.limit(Protocol::WebSocket, Limit::Connections);
+        let mut response = refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too-many-connections",
+            format!(
+                "the bridge serves at most {} WebSocket sessions (websocket.max_connections); retry later",
+                config.max_connections
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        return Err(response);
+    }
+    let cookies: Vec<&str> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let authorization = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| {
+            unauthorized(
+                stats,
+                TokenError::Malformed("the Authorization header is not text".into()),
+            )
+        })?),
+    };
+    let carriers = Carriers {
+        authorization,
+        cookies: &cookies,
+        query: request.uri().query().unwrap_or_default(),
+    };
+    let (principal, source) = context
+        .auth
+        .authenticate(carriers)
+        .map_err(|e| unauthorized(stats, e))?;
+    // Browsers send cookies with WebSocket upgrades from any site, and no
+    // CORS applies: a cookie token needs an origin the bridge trusts.
+    if source == Some(Source::Cookie)
+        && !token::cookie_origin_allowed(origin, text(header::HOST), &config.allowed_origins)
+    {
+        stats.deny(Protocol::WebSocket, crate::auth::Action::Subscribe);
+        return Err(refusal(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "a token in a cookie cannot be used from origin `{}`: it is neither this bridge nor in websocket.allowed_origins",
+                origin.unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(principal)
 }
 
-fn refusal(status: StatusCode, message: String) -> ErrorResponse {
-    let mut response = ErrorResponse::new(Some(message));
+fn unauthorized(stats: &Stats, error: TokenError) -> ErrorResponse {
+    stats.refuse_auth(Protocol::WebSocket, error.kind());
+    let mut response = refusal(StatusCode::UNAUTHORIZED, error.code(), error.to_string());
+    let challenge = match error {
+        TokenError::Missing => r#"Bearer realm="tidewater""#,
+        _ => r#"Bearer realm="tidewater", error="invalid_token""#,
+    };
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static(challenge),
+    );
+    response
+}
+
+/// A refusal with the JSON body every HTTP refusal of the bridge uses.
+fn refusal(status: StatusCode, code: &str, message: String) -> ErrorResponse {
+    let body = serde_json::json!({"error": code, "message": message}).to_string();
+    let mut response = ErrorResponse::new(Some(body));
     *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     response
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -19,10 +19,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, ProtocolError, Request};
-use crate::auth::Principal;
+use super::Context;
+use crate::auth::{Action, Principal};
 use crate::config::WebSocketConfig;
+use crate::limits::TokenBucket;
 use crate::router::{Delivery, EventId, PublishError, Router, SubscribeError, Subscription};
-use crate::stats::Stats;
+use crate::stats::{Limit, Protocol, Stats};
 
 /// Deliveries written before one flush.
 const MAX_BATCH: usize = 64;
@@ -33,27 +35,33 @@ struct Ending {
     reason: &'static str,
 }
 
-pub struct Session {
-    ws: WebSocketStream<TcpStream>,
+pub struct Session<S> {
+    ws: WebSocketStream<S>,
     subscription: Subscription,
     router: Router,
     config: Arc<WebSocketConfig>,
     principal: Principal,
+    /// When the client's token stops being accepted; the session ends then.
+    valid_until: Option<Instant>,
+    /// The session's publish allowance; `None` when unlimited.
+    bucket: Option<TokenBucket>,
+    max_payload_bytes: usize,
 }
 
-impl Session {
-    pub fn new(
-        ws: WebSocketStream<TcpStream>,
-        router: Router,
-        config: Arc<WebSocketConfig>,
-    ) -> Self {
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    pub fn new(ws: WebSocketStream<S>, context: &Context, principal: Principal) -> Self {
+        let router = context.router.clone();
+        let config = context.config.clone();
         let subscription = router.open(config.queue_capacity);
         Self {
             ws,
             subscription,
             router,
             config,
-            principal: Principal::Anonymous,
+            valid_until: principal.valid_until().map(Instant::from_std),
+            principal,
+            bucket: TokenBucket::new(&context.limits, std::time::Instant::now()),
+            max_payload_bytes: context.max_payload_bytes,
         }
     }
 
@@ -80,11 +88,25 @@ impl Session {
         let mut ping = tokio::time::interval(Duration::from_secs(self.config.ping_interval_secs));
         ping.reset();
         let mut last_heard = Instant::now();
+        let valid_until = self.valid_until;
+        let expiry = async move {
+            match valid_until {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
         loop {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
                     return Some(Ending { code: CloseCode::Away, reason: "server shutting down" });
+                }
+                () = &mut expiry => {
+                    return Some(Ending {
+                        code: CloseCode::Policy,
+                        reason: "token expired: reconnect with a fresh token",
+                    });
                 }
                 frame = self.ws.next() => {
                     last_heard = Instant::now();
@@ -95,7 +117,13 @@ impl Session {
                                 return ending;
                             }
                         }
-                        Some(Err(e)) => return read_error(e),
+                        Some(Err(e)) => {
+                            let ending = read_error(e);
+                            if ending.as_ref().is_some_and(|e| e.code == CloseCode::Size) {
+                                self.router.stats().limit(Protocol::WebSocket, Limit::Payload);
+                            }
+                            return ending;
+                        }
                     }
                 }
                 delivery = self.subscription.next() => {
@@ -167,7 +195,7 @@ impl Session {
                         self.config.max_filters,
                         self.config.max_message_bytes,
                     )
-                    .map_err(subscribe_error)?;
+                    .map_err(|e| self.subscribe_error(e))?;
                 Ok(Reply::Ack)
             }
             Request::Unsubscribe { topics } => {
@@ -180,10 +208,33 @@ impl Session {
                 qos,
                 retain,
             } => {
+                let stats = self.router.stats();
+                if payload.len() > self.max_payload_bytes {
+                    stats.limit(Protocol::WebSocket, Limit::Payload);
+                    return Err(ProtocolError::new(
+                        "payload-too-large",
+                        format!(
+                            "the payload is {} bytes; the broker takes at most {} (mqtt.max_payload_bytes)",
+                            payload.len(),
+                            self.max_payload_bytes
+                        ),
+                    ));
+                }
+                if let Some(bucket) = &mut self.bucket {
+                    if let Err(wait) = bucket.take(std::time::Instant::now()) {
+                        stats.limit(Protocol::WebSocket, Limit::Rate);
+                        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                        return Err(ProtocolError::new(
+                            "rate-limited",
+                            format!("more publishes than limits.publish_rate allows; retry in {wait_ms} ms"),
+                        )
+                        .with("retry_after_ms", wait_ms));
+                    }
+                }
                 self.router
                     .publish(&self.principal, &topic, payload, retain, qos == 1)
                     .await
-                    .map_err(publish_error)?;
+                    .map_err(|e| self.publish_error(e))?;
                 Stats::incr(&self.router.stats().ws_publishes);
                 Ok(Reply::Ack)
             }
@@ -245,7 +296,30 @@ enum Reply {
     Pong,
 }
 
-impl Session {
+impl<S> Session<S> {
+    /// The error for a refused subscribe, counted if the rules refused it.
+    fn subscribe_error(&self, error: SubscribeError) -> ProtocolError {
+        let stats = self.router.stats();
+        match error {
+            SubscribeError::Denied(_) => stats.deny(Protocol::WebSocket, Action::Subscribe),
+            SubscribeError::TooManyFilters { .. } => {
+                stats.limit(Protocol::WebSocket, Limit::Subscriptions)
+            }
+            _ => {}
+        }
+        subscribe_error(error)
+    }
+
+    /// The error for a refused publish, counted if the rules refused it.
+    fn publish_error(&self, error: PublishError) -> ProtocolError {
+        if matches!(error, PublishError::Denied(_)) {
+            self.router
+                .stats()
+                .deny(Protocol::WebSocket, Action::Publish);
+        }
+        publish_error(error)
+    }
+
     fn frame_for(&self, delivery: Delivery, live: &mut Vec<Instant>) -> Frame {
         if let Delivery::Message(message) = &delivery {
             if self.subscription.last_was_live() {
@@ -332,7 +406,7 @@ fn publish_error(error: PublishError) -> ProtocolError {
     ProtocolError::new(code, error.to_string())
 }
 
-impl Drop for Session {
+impl<S> Drop for Session<S> {
     fn drop(&mut self) {
         Stats::decr(&self.router.stats().ws_sessions_open);
     }

@@ -23,15 +23,19 @@ pub struct TestBridge {
     pub mqtt: SocketAddr,
     pub mqtt_v5: Option<SocketAddr>,
     pub mqtt_ws: Option<SocketAddr>,
+    pub mqtt_tls: Option<SocketAddr>,
     pub ws: SocketAddr,
     pub router: tidewater::router::Router,
     cancel: CancellationToken,
     stopped: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// A configuration with every listener on `127.0.0.1:0`.
+/// A configuration with every listener on `127.0.0.1:0`, and anonymous
+/// web and MQTT clients let in (both are off by default).
 pub fn test_config() -> Config {
     let mut config = Config::default();
+    config.auth.anonymous_web = true;
+    config.auth.anonymous_mqtt = true;
     config.mqtt.listen = "127.0.0.1:0".parse().expect("addr");
     config.http.listen = "127.0.0.1:0".parse().expect("addr");
     config.http.workers = 2;
@@ -48,6 +52,7 @@ pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestBridge {
         .expect("bridge starts");
     let (http, mqtt, mqtt_v5) = (bridge.http_addr, bridge.mqtt_addr, bridge.mqtt_v5_addr);
     let (mqtt_ws, ws) = (bridge.mqtt_ws_addr, bridge.ws_addr);
+    let mqtt_tls = bridge.mqtt_tls_addr;
     let router = bridge.router().clone();
     let stopped = Some(tokio::spawn(bridge.stopped()));
     TestBridge {
@@ -55,6 +60,7 @@ pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestBridge {
         mqtt,
         mqtt_v5,
         mqtt_ws,
+        mqtt_tls,
         ws,
         router,
         cancel,
@@ -102,7 +108,22 @@ pub struct Device {
 impl Device {
     /// Connects and waits for the CONNACK.
     pub async fn connect(addr: SocketAddr, id: &str) -> Device {
+        Self::try_connect(addr, id, None)
+            .await
+            .unwrap_or_else(|e| panic!("device {id} could not connect: {e}"))
+    }
+
+    /// Connects with a username and password, if given; a refused CONNECT
+    /// (or a connection closed instead of a CONNACK) is an error.
+    pub async fn try_connect(
+        addr: SocketAddr,
+        id: &str,
+        login: Option<(&str, &str)>,
+    ) -> Result<Device, String> {
         let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        if let Some((username, password)) = login {
+            options.set_credentials(username, password);
+        }
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
         let (client, mut eventloop) = AsyncClient::new(options, 1024);
@@ -115,7 +136,7 @@ impl Device {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         if let Some(tx) = connected_tx.take() {
-                            let _ = tx.send(());
+                            let _ = tx.send(Ok(()));
                         }
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
@@ -127,20 +148,26 @@ impl Device {
                         }
                     }
                     Ok(_) => {}
-                    Err(_) => return,
+                    Err(e) => {
+                        if let Some(tx) = connected_tx.take() {
+                            let _ = tx.send(Err(e.to_string()));
+                        }
+                        return;
+                    }
                 }
             }
         });
-        tokio::time::timeout(TIMEOUT, connected_rx)
-            .await
-            .expect("CONNACK in time")
-            .expect("device connected");
-        Device {
+        let device = Device {
             client,
             received,
             acks,
             task,
-        }
+        };
+        tokio::time::timeout(TIMEOUT, connected_rx)
+            .await
+            .map_err(|_| "no CONNACK in time".to_owned())?
+            .map_err(|_| "the event loop ended".to_owned())??;
+        Ok(device)
     }
 
     /// Subscribes and waits for the broker's SUBACK.
@@ -534,6 +561,42 @@ pub async fn ws_connect(addr: SocketAddr) -> Ws {
     .expect("WebSocket connect in time")
     .expect("WebSocket upgrade");
     ws
+}
+
+/// Opens a session on `path` with extra request headers; a refused upgrade
+/// is its HTTP status and JSON body.
+pub async fn ws_connect_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, (u16, serde_json::Value)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+    let mut request = format!("ws://{addr}{path}")
+        .into_client_request()
+        .expect("request");
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            HeaderValue::from_str(value).expect("header value"),
+        );
+    }
+    match tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("WebSocket connect in time")
+    {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let status = response.status().as_u16();
+            let body = response
+                .body()
+                .as_deref()
+                .map(|b| serde_json::from_slice(b).expect("a JSON refusal"))
+                .unwrap_or_default();
+            Err((status, body))
+        }
+        Err(e) => panic!("WebSocket connect failed: {e}"),
+    }
 }
 
 /// Sends one JSON request.

@@ -97,3 +97,79 @@ proptest! {
         let _ = parse(&text);
     }
 }
+
+/// Arbitrary JSON: scalars, arrays and objects, nested a few levels.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        "\\PC{0,12}".prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+            proptest::collection::btree_map("[a-z]{1,8}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Requests shaped like the real ones: a known or unknown `op`, a `ref`
+/// of any type, and fields the ops use or not, with values of any type.
+fn request_object() -> impl Strategy<Value = serde_json::Value> {
+    let op = prop_oneof![
+        Just("subscribe".to_owned()),
+        Just("unsubscribe".to_owned()),
+        Just("publish".to_owned()),
+        Just("ping".to_owned()),
+        "[a-z]{0,8}",
+    ];
+    let field = prop_oneof![
+        Just("topics".to_owned()),
+        Just("since".to_owned()),
+        Just("topic".to_owned()),
+        Just("payload".to_owned()),
+        Just("encoding".to_owned()),
+        Just("qos".to_owned()),
+        Just("retain".to_owned()),
+        "[a-z]{1,6}",
+    ];
+    (
+        op,
+        proptest::option::of(json_value()),
+        proptest::collection::vec((field, json_value()), 0..5),
+    )
+        .prop_map(|(op, reference, fields)| {
+            let mut object = serde_json::Map::new();
+            object.insert("op".into(), op.into());
+            if let Some(reference) = reference {
+                object.insert("ref".into(), reference);
+            }
+            for (key, value) in fields {
+                object.insert(key, value);
+            }
+            serde_json::Value::Object(object)
+        })
+}
+
+proptest! {
+    /// Whatever the shape of a request, the parser answers without
+    /// panicking; a string or number `ref` always comes back; what it
+    /// accepts obeys the protocol's rules.
+    #[test]
+    fn structured_requests_are_answered(request in request_object()) {
+        let text = request.to_string();
+        let (reference, parsed) = parse(&text);
+        let given = &request["ref"];
+        if given.is_string() || given.is_number() {
+            prop_assert_eq!(reference.as_ref(), Some(given));
+        }
+        match parsed {
+            Ok(Request::Subscribe { topics, .. }) => prop_assert!(!topics.is_empty()),
+            Ok(Request::Publish { qos, .. }) => prop_assert!(qos <= 1),
+            Ok(_) => {}
+            Err(error) => prop_assert!(!error.code.is_empty() && !error.message.is_empty()),
+        }
+    }
+}

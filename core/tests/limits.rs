@@ -1,0 +1,192 @@
+//! Limits end to end: each one hit is a clear error to that client and a
+//! counter in `/metrics`, and everyone else goes on being served.
+
+mod common;
+
+use futures_util::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use common::{
+    eventually, get, post, request, start_with, ws_close_code, ws_connect, ws_connect_with,
+    ws_request, SseClient,
+};
+
+/// The value of one series in the `/metrics` text.
+async fn metric(http: std::net::SocketAddr, series: &str) -> u64 {
+    let text = String::from_utf8(get(http, "/metrics").await.body).expect("UTF-8");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+}
+
+/// Past its burst, an HTTP client gets 429 with `Retry-After`; another
+/// client is not affected.
+#[tokio::test]
+async fn http_publish_rate() {
+    let bridge = start_with(|c| {
+        c.limits.publish_rate = 1;
+        c.limits.publish_burst = 2;
+    })
+    .await;
+    for _ in 0..2 {
+        assert_eq!(post(bridge.http, "/publish/a", b"x").await.status, 202);
+    }
+    let refused = post(bridge.http, "/publish/a", b"x").await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["error"], "rate-limited");
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(
+        metric(
+            bridge.http,
+            "tidewater_limit_refusals_total{protocol=\"http\",limit=\"rate\"}"
+        )
+        .await,
+        1
+    );
+    // A WebSocket session has its own allowance.
+    let mut ws = ws_connect(bridge.ws).await;
+    let publish = json!({"op": "publish", "topic": "a", "payload": "x"});
+    assert_eq!(ws_request(&mut ws, publish, "p").await["op"], "ack");
+    bridge.shutdown().await;
+}
+
+/// Past its burst, a WebSocket session gets a `rate-limited` error and
+/// stays open.
+#[tokio::test]
+async fn websocket_publish_rate() {
+    let bridge = start_with(|c| {
+        c.limits.publish_rate = 1;
+        c.limits.publish_burst = 1;
+    })
+    .await;
+    let mut ws = ws_connect(bridge.ws).await;
+    let publish = json!({"op": "publish", "topic": "a", "payload": "x"});
+    assert_eq!(ws_request(&mut ws, publish.clone(), "1").await["op"], "ack");
+    let refused = ws_request(&mut ws, publish, "2").await;
+    assert_eq!(refused["code"], "rate-limited");
+    assert!(refused["retry_after_ms"].as_u64().is_some());
+    assert_eq!(
+        ws_request(&mut ws, json!({"op": "ping"}), "3").await["op"],
+        "pong"
+    );
+    bridge.shutdown().await;
+}
+
+/// Past `sse.max_streams`, a stream is refused with 503; once one ends,
+/// there is room again.
+#[tokio::test]
+async fn sse_stream_limit() {
+    let bridge = start_with(|c| {
+        c.sse.max_streams = 1;
+        // A closed client is noticed at the next write.
+        c.sse.heartbeat_secs = 1;
+    })
+    .await;
+    let first = SseClient::connect(bridge.http, "/events?topic=a", &[]).await;
+    let refused = request(bridge.http, "GET", "/events?topic=a", &[], b"").await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.json()["error"], "too-many-connections");
+    assert!(refused.header("retry-after").is_some());
+    drop(first);
+    eventually("the first stream to close", || {
+        bridge.stats().sse_streams_open == 0
+    })
+    .await;
+    let again = SseClient::open(bridge.http, "/events?topic=a", &[]).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(
+        metric(
+            bridge.http,
+            "tidewater_limit_refusals_total{protocol=\"sse\",limit=\"connections\"}"
+        )
+        .await,
+        1
+    );
+    bridge.shutdown().await;
+}
+
+/// Past `websocket.max_connections`, an upgrade is refused with 503 and a
+/// JSON body; once a session ends, there is room again.
+#[tokio::test]
+async fn websocket_connection_limit() {
+    let bridge = start_with(|c| c.websocket.max_connections = 1).await;
+    let mut first = ws_connect(bridge.ws).await;
+    let refused = ws_connect_with(bridge.ws, "/ws", &[]).await;
+    let (status, body) = refused.expect_err("refused");
+    assert_eq!(status, 503);
+    assert_eq!(body["error"], "too-many-connections");
+    first.close(None).await.expect("close");
+    drop(first);
+    eventually("the first session to end", || {
+        bridge.stats().ws_sessions_open == 0
+    })
+    .await;
+    assert!(ws_connect_with(bridge.ws, "/ws", &[]).await.is_ok());
+    bridge.shutdown().await;
+}
+
+/// Too many filters for a session is refused and counted, for SSE and
+/// WebSocket alike.
+#[tokio::test]
+async fn subscription_limits_are_counted() {
+    let bridge = start_with(|c| {
+        c.sse.max_filters = 1;
+        c.websocket.max_filters = 1;
+    })
+    .await;
+    let sse = request(bridge.http, "GET", "/events?topic=a&topic=b", &[], b"").await;
+    assert_eq!(sse.status, 400);
+    assert_eq!(sse.json()["error"], "too-many-filters");
+    let mut ws = ws_connect(bridge.ws).await;
+    let reply = ws_request(
+        &mut ws,
+        json!({"op": "subscribe", "topics": ["a", "b"]}),
+        "s",
+    )
+    .await;
+    assert_eq!(reply["code"], "too-many-filters");
+    for protocol in ["sse", "websocket"] {
+        let series = format!(
+            "tidewater_limit_refusals_total{{protocol=\"{protocol}\",limit=\"subscriptions\"}}"
+        );
+        assert_eq!(metric(bridge.http, &series).await, 1, "{protocol}");
+    }
+    bridge.shutdown().await;
+}
+
+/// Payload limits: 413 over HTTP, `payload-too-large` for a WebSocket
+/// publish larger than the broker takes, and 1009 for a frame over
+/// `websocket.max_message_bytes`; each counted.
+#[tokio::test]
+async fn payload_limits_are_counted() {
+    let bridge = start_with(|c| {
+        c.http.max_publish_bytes = 8;
+        // rumqttd applies this to whole packets, CONNECT included.
+        c.mqtt.max_payload_bytes = 128;
+        c.websocket.max_message_bytes = 512;
+    })
+    .await;
+    assert_eq!(
+        post(bridge.http, "/publish/a", &[b'x'; 9]).await.status,
+        413
+    );
+    let mut ws = ws_connect(bridge.ws).await;
+    let big = json!({"op": "publish", "topic": "a", "payload": "x".repeat(129)});
+    assert_eq!(
+        ws_request(&mut ws, big, "p").await["code"],
+        "payload-too-large"
+    );
+    ws.send(Message::Text("x".repeat(1_000).into()))
+        .await
+        .expect("send");
+    assert_eq!(ws_close_code(&mut ws).await, 1009);
+    for protocol in ["http", "websocket"] {
+        let series =
+            format!("tidewater_limit_refusals_total{{protocol=\"{protocol}\",limit=\"payload\"}}");
+        let expected = if protocol == "http" { 1 } else { 2 };
+        assert_eq!(metric(bridge.http, &series).await, expected, "{protocol}");
+    }
+    assert_eq!(post(bridge.http, "/publish/a", b"small").await.status, 202);
+    bridge.shutdown().await;
+}
