@@ -1,0 +1,116 @@
+//! Where readers report what they received: counts and an HDR latency
+//! histogram for one measurement window at a time.
+//!
+//! The generator stamps each message with its send time; a message counts
+//! toward a window only if it was sent inside it, so "delivered ÷ offered"
+//! compares like with like, and late arrivals after the window closes still
+//! count while the run drains. Readers record a whole read's worth of
+//! messages under one lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
+
+/// Latencies up to 60 s, three significant digits.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+#[derive(Debug)]
+pub struct Recorder {
+    window_start: AtomicU64,
+    window_end: AtomicU64,
+    /// Messages sent inside the window and received (by anyone).
+    received: AtomicU64,
+    /// Streams the server ended (slow-consumer drops, errors) and readers
+    /// that reconnected afterwards.
+    pub closed: AtomicU64,
+    pub reconnects: AtomicU64,
+    /// Connections that failed to open or subscribe.
+    pub failed: AtomicU64,
+    histogram: Mutex<Histogram<u64>>,
+}
+
+/// What one window produced.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WindowStats {
+    pub received: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Recorder {
+    pub fn new() -> Self {
+        Self {
+            // Closed until the first window opens: nothing counts.
+            window_start: AtomicU64::new(u64::MAX),
+            window_end: AtomicU64::new(u64::MAX),
+            received: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            histogram: Mutex::new(new_histogram()),
+        }
+    }
+
+    /// Starts counting messages sent from `start_us` on, forgetting the
+    /// previous window.
+    pub fn open(&self, start_us: u64) {
+        let mut histogram = self.lock();
+        histogram.reset();
+        self.received.store(0, Ordering::Relaxed);
+        self.window_end.store(u64::MAX, Ordering::Relaxed);
+        self.window_start.store(start_us, Ordering::Relaxed);
+    }
+
+    /// Messages sent from `end_us` on no longer count.
+    pub fn close(&self, end_us: u64) {
+        self.window_end.store(end_us, Ordering::Relaxed);
+    }
+
+    /// Records messages received at `now_us` that were sent at each `t0`.
+    pub fn record(&self, now_us: u64, sent: &[u64]) {
+        if sent.is_empty() {
+            return;
+        }
+        let start = self.window_start.load(Ordering::Relaxed);
+        let end = self.window_end.load(Ordering::Relaxed);
+        let mut counted = 0;
+        let mut histogram = self.lock();
+        for &t0 in sent.iter().filter(|t0| (start..end).contains(*t0)) {
+            counted += 1;
+            let latency = now_us.saturating_sub(t0).clamp(1, MAX_LATENCY_US);
+            // Clamped into the histogram's range, so recording cannot fail.
+            let _ = histogram.record(latency);
+        }
+        drop(histogram);
+        self.received.fetch_add(counted, Ordering::Relaxed);
+    }
+
+    /// The current window's figures.
+    pub fn stats(&self) -> WindowStats {
+        let histogram = self.lock();
+        WindowStats {
+            received: self.received.load(Ordering::Relaxed),
+            p50_us: histogram.value_at_quantile(0.50),
+            p99_us: histogram.value_at_quantile(0.99),
+            p999_us: histogram.value_at_quantile(0.999),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Histogram<u64>> {
+        self.histogram
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant, valid bounds")
+}
