@@ -11,7 +11,7 @@ use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::clients::{http, mqtt, sse, ws, Stall};
+use crate::clients::{http, mqtt, sse, ws, Reading, Stall};
 use crate::payload::{self, now_us};
 use crate::procstat;
 use crate::recorder::Recorder;
@@ -21,6 +21,9 @@ use crate::servers::{Server, System};
 const OPEN_CONCURRENCY: usize = 256;
 /// Longest wait for late deliveries after a window closes.
 const MAX_DRAIN: Duration = Duration::from_secs(3);
+/// The p99 latency above which a step counts as not sustained: the server
+/// is queueing faster than it delivers, and a longer step would lose.
+pub const KEEPING_UP_P99_US: u64 = 100_000;
 /// Requests queued per HTTP publisher connection.
 const HTTP_QUEUE: usize = 1024;
 
@@ -111,12 +114,47 @@ impl Reader {
         }
     }
 
-    pub fn spawn(self, tasks: &mut JoinSet<()>, recorder: Arc<Recorder>, stall: Option<Stall>) {
+    pub fn spawn(self, tasks: &mut JoinSet<()>, reading: Reading) {
         match self {
-            Reader::Sse(s) => tasks.spawn(s.read(recorder, stall)),
-            Reader::Ws(s) => tasks.spawn(s.read(recorder, stall)),
-            Reader::Mqtt(s) => tasks.spawn(s.read(recorder, stall)),
+            Reader::Sse(s) => tasks.spawn(s.read(reading)),
+            Reader::Ws(s) => tasks.spawn(s.read(reading)),
+            Reader::Mqtt(s) => tasks.spawn(s.read(reading)),
         };
+    }
+}
+
+/// Latency probes among `count` readers: enough for a stable p99.9.
+pub const PROBES: usize = 20;
+
+/// The delay between a bulk reader's reads, growing with their number so
+/// that all of them together wake the load generator about 100,000 times
+/// a second at most.
+pub fn coalesce_for(readers: usize) -> Duration {
+    Duration::from_micros((readers as u64 * 10).clamp(1_000, 100_000))
+}
+
+/// Starts reading: `probes` readers spread evenly read at once and time
+/// every message; the others read in bulk and only count.
+pub fn spawn_readers(
+    readers: Vec<Reader>,
+    tasks: &mut JoinSet<()>,
+    recorder: &Arc<Recorder>,
+    probes: usize,
+    stall: Option<&Stall>,
+) {
+    let count = readers.len();
+    let every = (count / probes.max(1)).max(1);
+    let coalesce = coalesce_for(count);
+    for (i, reader) in readers.into_iter().enumerate() {
+        let probe = i % every == 0 && i / every < probes;
+        reader.spawn(
+            tasks,
+            Reading {
+                recorder: recorder.clone(),
+                stall: stall.cloned(),
+                coalesce: (!probe).then_some(coalesce),
+            },
+        );
     }
 }
 
@@ -251,6 +289,10 @@ pub struct Outcome {
     pub server_cpu_us: u64,
     pub load_cpu_us: u64,
     pub server_rss_kib: u64,
+    /// Trial and drain together, over which the load's CPU is measured.
+    pub total_secs: f64,
+    /// Streams the server ended during the trial.
+    pub ended: u64,
 }
 
 impl Outcome {
@@ -277,12 +319,15 @@ impl Outcome {
 
     /// Load-generator CPU use over the trial, in percent of one core.
     pub fn load_cpu_pct(&self) -> f64 {
-        self.load_cpu_us as f64 / (self.secs * 1e6).max(1.0) * 100.0
+        self.load_cpu_us as f64 / (self.total_secs * 1e6).max(1.0) * 100.0
     }
 
-    /// At least 99.9 % delivered, and the generator kept up with the pace.
+    /// At least 99.9 % delivered, the server kept up (p99 within
+    /// [`KEEPING_UP_P99_US`]: a growing backlog shows as latency before it
+    /// shows as loss), and the generator kept up with the pace.
     pub fn sustained(&self) -> bool {
         self.ratio() >= 0.999
+            && self.p99_us <= KEEPING_UP_P99_US
             && self.attempted as f64 >= 0.97 * self.target_rate * self.secs
             && self.not_sent * 1000 <= self.attempted
     }
@@ -290,7 +335,7 @@ impl Outcome {
     /// One line for the details section.
     pub fn line(&self) -> String {
         format!(
-            "offered {:>8.0}/s sent {:>8.0}/s | delivered {:>9.0}/s ({:>7.3} %) | p50 {} p99 {} p99.9 {} | server {:.2} µs/delivery, RSS {} | load core {:.0} %",
+            "offered {:>8.0}/s sent {:>8.0}/s | delivered {:>9.0}/s ({:>7.3} %) | p50 {} p99 {} p99.9 {} | server {:.2} µs/delivery, RSS {} | load core {:.0} %{}",
             self.target_rate,
             self.sent_rate(),
             self.deliveries_per_sec(),
@@ -300,7 +345,12 @@ impl Outcome {
             fmt_us(self.p999_us),
             self.cpu_per_delivery(),
             fmt_kib(self.server_rss_kib),
-            self.load_cpu_pct()
+            self.load_cpu_pct(),
+            if self.ended > 0 {
+                format!(" | {} streams ended by the server", self.ended)
+            } else {
+                String::new()
+            }
         )
     }
 }
@@ -315,6 +365,7 @@ pub async fn trial(
 ) -> Outcome {
     let server_before = server.usage();
     let load_before = procstat::own();
+    let ended_before = recorder.closed.load(std::sync::atomic::Ordering::Relaxed);
     let start_us = now_us();
     recorder.open(start_us);
     let started = Instant::now();
@@ -356,6 +407,8 @@ pub async fn trial(
         server_cpu_us: server_after.cpu_since(&server_before),
         load_cpu_us: procstat::own().cpu_since(&load_before),
         server_rss_kib: server_after.rss_kib,
+        total_secs: started.elapsed().as_secs_f64(),
+        ended: recorder.closed.load(std::sync::atomic::Ordering::Relaxed) - ended_before,
     }
 }
 

@@ -47,16 +47,7 @@ pub fn find_t0(frame: &[u8]) -> Option<u64> {
 
 /// The first position of `needle` in `haystack`.
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    let first = *needle.first()?;
-    let mut from = 0;
-    while let Some(offset) = haystack[from..].iter().position(|b| *b == first) {
-        let at = from + offset;
-        if haystack[at..].starts_with(needle) {
-            return Some(at);
-        }
-        from = at + 1;
-    }
-    None
+    memchr::memmem::find(haystack, needle)
 }
 
 #[cfg(test)]

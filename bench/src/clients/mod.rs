@@ -19,6 +19,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::recorder::Recorder;
+
 /// Loopback source addresses used in turn.
 const SOURCES: u8 = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +39,33 @@ pub async fn connect(addr: SocketAddr, n: usize) -> anyhow::Result<TcpStream> {
         .with_context(|| format!("connect to {addr}"))?;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// How a reader reads. A probe reads as soon as data arrives and times
+/// every message. A bulk reader sleeps `coalesce` between reads, so each
+/// read takes many messages and one load core keeps up with fan-outs of
+/// hundreds of thousands of deliveries per second; it only counts.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    pub recorder: Arc<Recorder>,
+    pub stall: Option<Stall>,
+    pub coalesce: Option<Duration>,
+}
+
+impl Reading {
+    pub fn timed(&self) -> bool {
+        self.coalesce.is_none()
+    }
+
+    /// Before each read: wait out a stall, then the bulk delay.
+    pub async fn pause(&self) {
+        if let Some(stall) = &self.stall {
+            stall.wait().await;
+        }
+        if let Some(delay) = self.coalesce {
+            tokio::time::sleep(delay).await;
+        }
+    }
 }
 
 /// Lets a scenario stop a reader from reading (a stalled client) and

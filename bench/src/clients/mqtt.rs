@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -14,9 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use super::{connect, Stall};
+use super::{connect, Reading};
 use crate::payload::{find_t0, now_us};
-use crate::recorder::Recorder;
 
 /// rumqttd closes a CONNECT with keep-alive 0, so both kinds of client ask
 /// for the longest keep-alive MQTT allows; no run lasts that long.
@@ -146,7 +144,7 @@ impl Subscriber {
     }
 
     /// Reads PUBLISH packets until the connection ends. Runs until aborted.
-    pub async fn read(mut self, recorder: Arc<Recorder>, stall: Option<Stall>) {
+    pub async fn read(mut self, reading: Reading) {
         let mut buffer = std::mem::take(&mut self.leftover);
         let mut chunk = vec![0u8; 16 * 1024];
         let mut sent = Vec::new();
@@ -161,14 +159,12 @@ impl Subscriber {
                 start += end;
             }
             buffer.drain(..start);
-            recorder.record(now_us(), &sent);
+            reading.recorder.record(now_us(), &sent, reading.timed());
             sent.clear();
-            if let Some(stall) = &stall {
-                stall.wait().await;
-            }
+            reading.pause().await;
             match self.stream.read(&mut chunk).await {
                 Ok(0) | Err(_) => {
-                    recorder.closed.fetch_add(1, Ordering::Relaxed);
+                    reading.recorder.closed.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
                 Ok(n) => buffer.extend_from_slice(&chunk[..n]),

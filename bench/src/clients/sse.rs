@@ -7,16 +7,14 @@
 //! the replayed messages as late deliveries, not as silent loss.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{connect, Stall};
+use super::{connect, Reading};
 use crate::payload::{find, find_t0, now_us};
-use crate::recorder::Recorder;
 
 const READ_BUFFER: usize = 16 * 1024;
 const MAX_RECONNECTS: u32 = 20;
@@ -90,10 +88,11 @@ impl Stream {
 
     /// Reads events until the server ends the stream, reconnecting with the
     /// last id (as `EventSource` does) up to a bound. Runs until aborted.
-    pub async fn read(mut self, recorder: Arc<Recorder>, stall: Option<Stall>) {
+    pub async fn read(mut self, reading: Reading) {
+        let recorder = reading.recorder.clone();
         let mut reconnects = 0;
         loop {
-            let last_id = self.read_until_end(&recorder, stall.as_ref()).await;
+            let last_id = self.read_until_end(&reading).await;
             recorder
                 .closed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -120,16 +119,11 @@ impl Stream {
     }
 
     /// Reads until end of stream; returns the last event id seen.
-    async fn read_until_end(
-        &mut self,
-        recorder: &Recorder,
-        stall: Option<&Stall>,
-    ) -> Option<String> {
-        let mut buffer = vec![0u8; READ_BUFFER];
-        let mut events: Vec<u8> = Vec::with_capacity(READ_BUFFER);
+    async fn read_until_end(&mut self, reading: &Reading) -> Option<String> {
+        let mut input = std::mem::take(&mut self.leftover);
+        let mut events: Vec<u8> = Vec::new();
         let mut sent = Vec::new();
         let mut last_id = None;
-        let mut input = std::mem::take(&mut self.leftover);
         loop {
             let ended = match &mut self.body {
                 Body::UntilClose => {
@@ -140,20 +134,18 @@ impl Stream {
             };
             let consumed = split_events(&events, &mut sent, &mut last_id);
             events.drain(..consumed);
-            recorder.record(now_us(), &sent);
+            reading.recorder.record(now_us(), &sent, reading.timed());
             sent.clear();
             if ended {
                 return last_id;
             }
-            if let Some(stall) = stall {
-                stall.wait().await;
-            }
-            let n = match self.stream.read(&mut buffer).await {
-                Ok(0) | Err(_) => return last_id,
-                Ok(n) => n,
-            };
+            reading.pause().await;
             input.clear();
-            input.extend_from_slice(&buffer[..n]);
+            input.reserve(READ_BUFFER);
+            match self.stream.read_buf(&mut input).await {
+                Ok(0) | Err(_) => return last_id,
+                Ok(_) => {}
+            }
         }
     }
 }

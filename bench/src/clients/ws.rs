@@ -7,18 +7,16 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt as _, SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::{connect, Stall};
+use super::{connect, Reading};
 use crate::payload::{find_t0, now_us};
-use crate::recorder::Recorder;
 
 const MAX_RECONNECTS: u32 = 20;
 const RECONNECT_DELAY: Duration = Duration::from_millis(200);
@@ -76,10 +74,11 @@ impl Session {
 
     /// Reads messages until the session ends, reconnecting with the last id
     /// (bounded in count). Runs until aborted.
-    pub async fn read(mut self, recorder: Arc<Recorder>, stall: Option<Stall>) {
+    pub async fn read(mut self, reading: Reading) {
+        let recorder = reading.recorder.clone();
         let mut reconnects = 0;
         loop {
-            let last = self.read_until_end(&recorder, stall.as_ref()).await;
+            let last = self.read_until_end(&reading).await;
             recorder.closed.fetch_add(1, Ordering::Relaxed);
             if reconnects >= MAX_RECONNECTS {
                 return;
@@ -101,20 +100,22 @@ impl Session {
     }
 
     /// Returns the last timed message seen, to resume after it.
-    async fn read_until_end(
-        &mut self,
-        recorder: &Recorder,
-        stall: Option<&Stall>,
-    ) -> Option<String> {
+    async fn read_until_end(&mut self, reading: &Reading) -> Option<String> {
         let mut last = None;
         loop {
-            if let Some(stall) = stall {
-                stall.wait().await;
-            }
-            match self.ws.next().await {
+            // Frames already buffered are taken at once; the pause comes
+            // only when the next frame would have to wait for the socket.
+            let frame = match self.ws.next().now_or_never() {
+                Some(frame) => frame,
+                None => {
+                    reading.pause().await;
+                    self.ws.next().await
+                }
+            };
+            match frame {
                 Some(Ok(Message::Text(text))) => {
                     if let Some(t0) = find_t0(text.as_bytes()) {
-                        recorder.record(now_us(), &[t0]);
+                        reading.recorder.record(now_us(), &[t0], reading.timed());
                         last = Some(text);
                     }
                 }

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use tokio::task::JoinSet;
 
 use super::{ascend, summarize, Settings};
-use crate::load::{fmt_us, median, open_readers, trial, Pace, Proto, Publisher};
+use crate::load::{fmt_us, median, open_readers, spawn_readers, trial, Pace, Proto, Publisher};
 use crate::recorder::Recorder;
 use crate::report::Report;
 use crate::servers::{Server, System};
@@ -71,15 +71,16 @@ async fn measure(
     let devices = settings.devices;
     let mut tasks = JoinSet::new();
     let recorder = Arc::new(Recorder::new());
-    let mut readers = open_readers(server, proto, devices, 0, |i| {
+    let readers = open_readers(server, proto, devices, 0, |i| {
         format!("devices/{i}/telemetry")
     })
     .await?;
-    readers
-        .extend(open_readers(server, proto, 1, devices, |_| "devices/+/telemetry".into()).await?);
-    for reader in readers {
-        reader.spawn(&mut tasks, recorder.clone(), None);
-    }
+    // A tenth of the 1:1 readers time every message; the wildcard reader,
+    // which receives every message, does too.
+    spawn_readers(readers, &mut tasks, &recorder, (devices / 10).max(1), None);
+    let wildcard =
+        open_readers(server, proto, 1, devices, |_| "devices/+/telemetry".into()).await?;
+    spawn_readers(wildcard, &mut tasks, &recorder, 1, None);
     let mqtt = server.addrs.mqtt.context("no MQTT listener")?;
     let publisher = Publisher::devices(mqtt, devices, false, &mut tasks).await?;
     let topic_of = move |k: u64| format!("devices/{}/telemetry", k as usize % devices);

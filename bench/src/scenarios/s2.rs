@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use tokio::task::JoinSet;
 
 use super::{ascend, Settings};
-use crate::load::{fmt_us, open_readers, Proto, Publisher};
+use crate::load::{fmt_us, open_readers, spawn_readers, Proto, Publisher, PROBES};
 use crate::recorder::Recorder;
 use crate::report::Report;
 use crate::servers::{Server, System};
@@ -60,9 +60,8 @@ async fn cell(
     let system = server.system;
     let mut tasks = JoinSet::new();
     let recorder = Arc::new(Recorder::new());
-    for reader in open_readers(server, proto, n, 0, |_| TOPIC.into()).await? {
-        reader.spawn(&mut tasks, recorder.clone(), None);
-    }
+    let readers = open_readers(server, proto, n, 0, |_| TOPIC.into()).await?;
+    spawn_readers(readers, &mut tasks, &recorder, PROBES, None);
     let publisher = publisher(server, &mut tasks).await?;
     let steps: Vec<f64> = settings.s2_steps.iter().map(|d| d / n as f64).collect();
     let label = format!("S2 {system:<9} {:<9} N={n:<5}", proto.name());

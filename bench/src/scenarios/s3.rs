@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use super::Settings;
-use crate::load::{fmt_kib, open_readers, Proto};
+use crate::load::{fmt_kib, open_readers, spawn_readers, Proto};
 use crate::recorder::Recorder;
 use crate::report::Report;
 use crate::servers::{Server, System};
@@ -68,9 +68,7 @@ pub async fn run(system: System, settings: &Settings, report: &mut Report) -> an
             }
         };
         opened += count;
-        for reader in readers {
-            reader.spawn(&mut tasks, recorder.clone(), None);
-        }
+        spawn_readers(readers, &mut tasks, &recorder, 0, None);
         tokio::time::sleep(SETTLE).await;
         let rss = server.usage().rss_kib;
         let per = rss.saturating_sub(previous) as f64 / count as f64;

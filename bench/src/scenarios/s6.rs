@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use super::Settings;
 use crate::clients::http;
-use crate::load::{channel, fmt_rate, fmt_us, open_readers, Proto};
+use crate::load::{channel, fmt_rate, fmt_us, open_readers, spawn_readers, Proto};
 use crate::payload::{self, now_us};
 use crate::procstat;
 use crate::recorder::Recorder;
@@ -99,9 +99,8 @@ async fn measure(
     let devices = settings.devices;
     let mut tasks = JoinSet::new();
     let delivered = Arc::new(Recorder::new());
-    for reader in open_readers(server, proto, devices, 0, |i| format!("devices/{i}/cmd")).await? {
-        reader.spawn(&mut tasks, delivered.clone(), None);
-    }
+    let readers = open_readers(server, proto, devices, 0, |i| format!("devices/{i}/cmd")).await?;
+    spawn_readers(readers, &mut tasks, &delivered, 0, None);
     let addr = server.addrs.http.context("no HTTP listener")?;
     let mut connections = Vec::new();
     for i in 0..settings.http_connections {
@@ -239,7 +238,7 @@ async fn step(
                 sent.fetch_add(1, Ordering::Relaxed);
                 if (200..300).contains(&status) {
                     accepted.fetch_add(1, Ordering::Relaxed);
-                    responses.record(now_us(), &[from_us]);
+                    responses.record(now_us(), &[from_us], true);
                 }
                 k += 1;
             }

@@ -11,7 +11,9 @@ use tokio::task::JoinSet;
 
 use super::Settings;
 use crate::clients::Stall;
-use crate::load::{fmt_kib, fmt_rate, fmt_us, open_readers, trial, Pace, Proto};
+use crate::load::{
+    fmt_kib, fmt_rate, fmt_us, open_readers, spawn_readers, trial, Pace, Proto, PROBES,
+};
 use crate::recorder::Recorder;
 use crate::report::Report;
 use crate::servers::{Server, System};
@@ -57,14 +59,10 @@ async fn measure(server: &Server, settings: &Settings, report: &mut Report) -> a
     let others = Arc::new(Recorder::new());
     let stalled = Arc::new(Recorder::new());
     let stall = Stall::default();
-    let readers = open_readers(server, Proto::Sse, n, 0, |_| super::s2::TOPIC.into()).await?;
-    for (i, reader) in readers.into_iter().enumerate() {
-        if i < stalled_count {
-            reader.spawn(&mut tasks, stalled.clone(), Some(stall.clone()));
-        } else {
-            reader.spawn(&mut tasks, others.clone(), None);
-        }
-    }
+    let mut readers = open_readers(server, Proto::Sse, n, 0, |_| super::s2::TOPIC.into()).await?;
+    let stalling = readers.split_off(n - stalled_count);
+    spawn_readers(readers, &mut tasks, &others, PROBES, None);
+    spawn_readers(stalling, &mut tasks, &stalled, 0, Some(&stall));
     let publisher = super::s2::publisher(server, &mut tasks).await?;
     let label = format!("S7 {system:<9}");
     let topic = |_: u64| super::s2::TOPIC.to_owned();

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use super::Settings;
 use crate::clients::http;
-use crate::load::{open_readers, trial, Pace, Proto, Publisher};
+use crate::load::{open_readers, spawn_readers, trial, Pace, Proto, Publisher};
 use crate::payload::{self, now_us};
 use crate::recorder::Recorder;
 use crate::servers::{Server, System};
@@ -29,14 +29,12 @@ async fn exercise(server: &Server, settings: &Settings) -> anyhow::Result<()> {
     let recorder = Arc::new(Recorder::new());
     let topic_of = |i: usize| format!("devices/{i}/telemetry");
     for proto in [Proto::Sse, Proto::Ws] {
-        for reader in open_readers(server, proto, DEVICES, 0, topic_of).await? {
-            reader.spawn(&mut tasks, recorder.clone(), None);
-        }
+        let readers = open_readers(server, proto, DEVICES, 0, topic_of).await?;
+        spawn_readers(readers, &mut tasks, &recorder, usize::MAX, None);
     }
     let commands = Arc::new(Recorder::new());
-    for reader in open_readers(server, Proto::Mqtt, 5, 100, |i| format!("devices/{i}/cmd")).await? {
-        reader.spawn(&mut tasks, commands.clone(), None);
-    }
+    let readers = open_readers(server, Proto::Mqtt, 5, 100, |i| format!("devices/{i}/cmd")).await?;
+    spawn_readers(readers, &mut tasks, &commands, usize::MAX, None);
     let mqtt = server.addrs.mqtt.context("no MQTT listener")?;
     let publisher = Publisher::devices(mqtt, DEVICES, false, &mut tasks).await?;
     let pace = Pace {
