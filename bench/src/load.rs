@@ -64,7 +64,7 @@ pub fn channel(topic: &str) -> String {
 #[derive(Debug)]
 pub enum Reader {
     Sse(sse::Stream),
-    Ws(ws::Session),
+    Ws(Box<ws::Session>),
     Mqtt(mqtt::Subscriber),
 }
 
@@ -102,7 +102,9 @@ impl Reader {
                         topic: topic.to_owned(),
                     }
                 };
-                Ok(Reader::Ws(ws::Session::open(&target, n, None).await?))
+                Ok(Reader::Ws(Box::new(
+                    ws::Session::open(&target, n, None).await?,
+                )))
             }
             Proto::Mqtt => {
                 let addr = addrs.mqtt.context("no MQTT listener")?;
