@@ -2,12 +2,14 @@
 //! deliveries, with heartbeat comments while idle, until the client goes,
 //! the subscription ends, or the bridge shuts down.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::frame::{self, Format};
 use crate::config::SseConfig;
@@ -23,8 +25,15 @@ pub struct SseStream {
     subscription: Subscription,
     format: Format,
     heartbeat: Duration,
+    /// Fires at the earliest moment a heartbeat may be due; moved on
+    /// lazily when it fires, not on every write. One timer and one
+    /// cancellation wait for the life of the stream, instead of a new
+    /// registration of each per write: at hundreds of thousands of
+    /// deliveries a second that churn is measurable.
+    heartbeat_timer: Pin<Box<Sleep>>,
+    last_write: Instant,
     first: Option<Bytes>,
-    cancel: CancellationToken,
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     _open: OpenStream,
 }
 
@@ -61,12 +70,16 @@ impl SseStream {
         config: &SseConfig,
         state: &AppState,
     ) -> Self {
+        let heartbeat = Duration::from_secs(config.heartbeat_secs);
+        let now = Instant::now();
         Self {
             subscription,
             format,
-            heartbeat: Duration::from_secs(config.heartbeat_secs),
+            heartbeat,
+            heartbeat_timer: Box::pin(tokio::time::sleep_until(now + heartbeat)),
+            last_write: now,
             first: Some(frame::retry(config.retry_ms)),
-            cancel: state.cancel.clone(),
+            cancelled: Box::pin(state.cancel.clone().cancelled_owned()),
             _open: OpenStream::new(state.router.stats().clone()),
         }
     }
@@ -80,18 +93,33 @@ impl SseStream {
 
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if let Some(first) = self.first.take() {
+            self.last_write = Instant::now();
             return Some(first);
         }
-        tokio::select! {
-            biased;
-            () = self.cancel.cancelled() => None,
-            delivery = self.subscription.next() => {
-                // None: the router ended the subscription (its queue was full);
-                // ending the response makes the browser reconnect and replay.
-                let first = self.encode(delivery?);
-                Some(self.batch(first))
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut self.cancelled => return None,
+                delivery = self.subscription.next() => {
+                    // None: the router ended the subscription (its queue was
+                    // full); ending the response makes the browser reconnect
+                    // and replay.
+                    let first = self.encode(delivery?);
+                    self.last_write = Instant::now();
+                    return Some(self.batch(first));
+                }
+                () = &mut self.heartbeat_timer => {
+                    let due = self.last_write + self.heartbeat;
+                    let now = Instant::now();
+                    if due <= now {
+                        self.last_write = now;
+                        self.heartbeat_timer.as_mut().reset(now + self.heartbeat);
+                        return Some(Bytes::from_static(frame::HEARTBEAT));
+                    }
+                    // Something was written since the timer was set.
+                    self.heartbeat_timer.as_mut().reset(due);
+                }
             }
-            () = tokio::time::sleep(self.heartbeat) => Some(Bytes::from_static(frame::HEARTBEAT)),
         }
     }
 

@@ -80,10 +80,13 @@ impl Session {
         let mut ping = tokio::time::interval(Duration::from_secs(self.config.ping_interval_secs));
         ping.reset();
         let mut last_heard = Instant::now();
+        // One wait for the session's life, not a new one per event.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => {
+                () = &mut cancelled => {
                     return Some(Ending { code: CloseCode::Away, reason: "server shutting down" });
                 }
                 frame = self.ws.next() => {
