@@ -88,11 +88,18 @@ async fn measure(server: &Server, settings: &Settings, report: &mut Report) -> a
     // The stall: sample memory and the server's drop counter meanwhile.
     stall.set(true);
     let stall_started = Instant::now();
+    let port = server.addrs.http.map_or(0, |a| a.port());
     let sampler = async {
         let mut peak = 0;
+        let mut kernel_peak = 0;
         let mut dropped_after = None;
+        let mut samples = 0u64;
         while stall_started.elapsed().as_secs_f64() < settings.stall_secs {
             peak = peak.max(server.usage().rss_kib);
+            if samples % 4 == 0 {
+                kernel_peak = kernel_peak.max(send_queued(port, stalled_count).await);
+            }
+            samples += 1;
             if dropped_after.is_none()
                 && server.stat("slow_consumer_disconnects").await
                     >= drops_before + stalled_count as u64
@@ -101,9 +108,9 @@ async fn measure(server: &Server, settings: &Settings, report: &mut Report) -> a
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        (peak, dropped_after)
+        (peak, kernel_peak, dropped_after)
     };
-    let (during, (peak, dropped_after)) = tokio::join!(
+    let (during, (peak, kernel_peak, dropped_after)) = tokio::join!(
         trial(
             server,
             &publisher,
@@ -159,7 +166,11 @@ async fn measure(server: &Server, settings: &Settings, report: &mut Report) -> a
         "stalled readers dropped and counted; memory held per stalled reader",
         "≤ 256 KiB",
         system,
-        format!("{dropped}; {held} KiB each (peak RSS growth ÷ {stalled_count})"),
+        format!(
+            "{dropped}; {held} KiB each in the process (peak RSS growth ÷ {stalled_count}), \
+             {} KiB each in the server's socket send buffer",
+            kernel_peak / 1024
+        ),
     );
     report.set(
         "S7",
@@ -174,4 +185,24 @@ async fn measure(server: &Server, settings: &Settings, report: &mut Report) -> a
         ),
     );
     Ok(())
+}
+
+/// The average of the `count` largest server-side send queues on `port`
+/// (the stalled streams' bytes the kernel holds for the server), from `ss`;
+/// 0 if `ss` is unavailable.
+async fn send_queued(port: u16, count: usize) -> u64 {
+    let filter = format!("( sport = :{port} )");
+    let Ok(output) = tokio::process::Command::new("ss")
+        .args(["-tnH", "state", "established", &filter])
+        .output()
+        .await
+    else {
+        return 0;
+    };
+    let mut queued: Vec<u64> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    queued.sort_unstable_by(|a, b| b.cmp(a));
+    queued.iter().take(count).sum::<u64>() / count.max(1) as u64
 }
