@@ -295,6 +295,9 @@ pub struct Outcome {
     pub total_secs: f64,
     /// Streams the server ended during the trial.
     pub ended: u64,
+    /// CPU time of other processes on the server's core (compilers, …),
+    /// which makes a step's numbers worse than the server's own.
+    pub other_on_server_core_us: u64,
 }
 
 impl Outcome {
@@ -337,7 +340,7 @@ impl Outcome {
     /// One line for the details section.
     pub fn line(&self) -> String {
         format!(
-            "offered {:>8.0}/s sent {:>8.0}/s | delivered {:>9.0}/s ({:>7.3} %) | p50 {} p99 {} p99.9 {} | server {:.2} µs/delivery, RSS {} | load core {:.0} %{}",
+            "offered {:>8.0}/s sent {:>8.0}/s | delivered {:>9.0}/s ({:>7.3} %) | p50 {} p99 {} p99.9 {} | server {:.2} µs/delivery, RSS {} | load core {:.0} %{}{}",
             self.target_rate,
             self.sent_rate(),
             self.deliveries_per_sec(),
@@ -348,6 +351,14 @@ impl Outcome {
             self.cpu_per_delivery(),
             fmt_kib(self.server_rss_kib),
             self.load_cpu_pct(),
+            if self.other_on_server_core_us * 20 > (self.total_secs * 1e6) as u64 {
+                format!(
+                    " | other load on the server core {:.0} %",
+                    self.other_on_server_core_us as f64 / (self.total_secs * 1e4)
+                )
+            } else {
+                String::new()
+            },
             if self.ended > 0 {
                 format!(" | {} streams ended by the server", self.ended)
             } else {
@@ -368,6 +379,7 @@ pub async fn trial(
     let server_before = server.usage();
     let load_before = procstat::own();
     let ended_before = recorder.closed.load(std::sync::atomic::Ordering::Relaxed);
+    let core_before = server.cpu.map(procstat::core_busy_us);
     let start_us = now_us();
     recorder.open(start_us);
     let started = Instant::now();
@@ -411,6 +423,12 @@ pub async fn trial(
         server_rss_kib: server_after.rss_kib,
         total_secs: started.elapsed().as_secs_f64(),
         ended: recorder.closed.load(std::sync::atomic::Ordering::Relaxed) - ended_before,
+        other_on_server_core_us: match (server.cpu, core_before) {
+            (Some(cpu), Some(before)) => procstat::core_busy_us(cpu)
+                .saturating_sub(before)
+                .saturating_sub(server_after.cpu_since(&server_before)),
+            _ => 0,
+        },
     }
 }
 

@@ -40,6 +40,32 @@ pub fn own() -> Usage {
     one(std::process::id()).unwrap_or_default()
 }
 
+/// Busy time of processor `cpu` (everything but idle and iowait) in
+/// microseconds, from `/proc/stat`: with the server's own CPU time it tells
+/// how much else ran on the server's core.
+pub fn core_busy_us(cpu: usize) -> u64 {
+    let Ok(stat) = fs::read_to_string("/proc/stat") else {
+        return 0;
+    };
+    let name = format!("cpu{cpu} ");
+    let Some(line) = stat.lines().find(|l| l.starts_with(&name)) else {
+        return 0;
+    };
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …
+    let busy: u64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
+        .map(|(_, t)| t)
+        .sum();
+    busy * 1_000_000 / TICKS_PER_SEC
+}
+
 fn one(pid: u32) -> Option<Usage> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields = stat_fields(&stat)?;

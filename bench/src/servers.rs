@@ -86,6 +86,8 @@ pub struct Addrs {
 pub struct Server {
     pub system: System,
     pub addrs: Addrs,
+    /// The core the server is pinned to, if any.
+    pub cpu: Option<usize>,
     child: Child,
     pid: u32,
     dir: PathBuf,
@@ -137,6 +139,7 @@ impl Server {
         let mut server = Self {
             system,
             addrs,
+            cpu: launch.server_cpu,
             child,
             pid,
             dir,
