@@ -17,8 +17,9 @@ use crate::procstat;
 use crate::recorder::Recorder;
 use crate::servers::{Server, System};
 
-/// Connections opened at once while setting up.
+/// Connections opened at once while setting up, and when retrying.
 const OPEN_CONCURRENCY: usize = 256;
+const RETRY_CONCURRENCY: usize = 16;
 /// Longest wait for late deliveries after a window closes.
 const MAX_DRAIN: Duration = Duration::from_secs(3);
 /// The p99 latency above which a step counts as not sustained: the server
@@ -161,6 +162,9 @@ pub fn spawn_readers(
 }
 
 /// Opens `count` readers, `topic_of(i)` each, a bounded number at a time.
+/// Those that fail (a server busy accepting thousands at once may let a
+/// handshake time out) are tried once more, a few at a time; the result is
+/// all `count` readers or an error.
 pub async fn open_readers(
     server: &Server,
     proto: Proto,
@@ -168,18 +172,36 @@ pub async fn open_readers(
     first_source: usize,
     topic_of: impl Fn(usize) -> String,
 ) -> anyhow::Result<Vec<Reader>> {
-    let opened: Vec<anyhow::Result<Reader>> = futures_util::stream::iter(0..count)
-        .map(|i| {
-            let topic = topic_of(i);
-            async move { Reader::open(server, proto, &topic, first_source + i).await }
-        })
+    let open = |i: usize| {
+        let topic = topic_of(i);
+        async move {
+            (
+                i,
+                Reader::open(server, proto, &topic, first_source + i).await,
+            )
+        }
+    };
+    let mut readers = Vec::with_capacity(count);
+    let mut retry = Vec::new();
+    let first: Vec<_> = futures_util::stream::iter(0..count)
+        .map(open)
         .buffer_unordered(OPEN_CONCURRENCY)
         .collect()
         .await;
-    let mut readers = Vec::with_capacity(count);
-    let mut first_error = None;
+    for (i, result) in first {
+        match result {
+            Ok(reader) => readers.push(reader),
+            Err(_) => retry.push(i),
+        }
+    }
+    let retried: Vec<_> = futures_util::stream::iter(retry)
+        .map(open)
+        .buffer_unordered(RETRY_CONCURRENCY)
+        .collect()
+        .await;
     let mut failed = 0;
-    for result in opened {
+    let mut first_error = None;
+    for (_, result) in retried {
         match result {
             Ok(reader) => readers.push(reader),
             Err(e) => {
@@ -190,7 +212,7 @@ pub async fn open_readers(
     }
     if let Some(e) = first_error {
         return Err(e.context(format!(
-            "{failed} of {count} {} subscribers failed to open",
+            "{failed} of {count} {} subscribers failed to open, twice",
             proto.name()
         )));
     }

@@ -78,7 +78,10 @@ impl Report {
             out.push_str(" --- |");
         }
         out.push('\n');
-        for row in &self.rows {
+        let mut rows: Vec<&Row> = self.rows.iter().collect();
+        // Scenario order; within one, the order the rows were first set.
+        rows.sort_by(|a, b| a.scenario.cmp(&b.scenario));
+        for row in rows {
             let _ = write!(out, "| {} | {} | {} |", row.scenario, row.measure, row.goal);
             for system in systems {
                 let cell = row.cells.get(system).map_or("n/a", String::as_str);

@@ -51,8 +51,11 @@ async fn measure(server: &Server, settings: &Settings, report: &mut Report) -> a
     let system = server.system;
     let n = settings.s7_clients;
     let stalled_count = (n / 100).max(1);
+    // Half of what S2 found this system sustains at this fan-out; if S2
+    // did not run or found nothing sustained, half of S2's first step.
     let capacity = report
         .get(&format!("s2_{n}_{}", Proto::Sse.name()), system)
+        .or_else(|| settings.s2_steps.first().copied())
         .unwrap_or(DEFAULT_CAPACITY);
     let rate = capacity / 2.0 / n as f64;
     let mut tasks = JoinSet::new();
