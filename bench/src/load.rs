@@ -22,9 +22,13 @@ const OPEN_CONCURRENCY: usize = 256;
 const RETRY_CONCURRENCY: usize = 16;
 /// Longest wait for late deliveries after a window closes.
 const MAX_DRAIN: Duration = Duration::from_secs(3);
-/// The p99 latency above which a step counts as not sustained: the server
-/// is queueing faster than it delivers, and a longer step would lose.
-pub const KEEPING_UP_P99_US: u64 = 100_000;
+/// How much the median latency of a step's second half may exceed its
+/// first half's before the step counts as not sustained: the server is
+/// queueing faster than it delivers, and a longer step would lose. (A
+/// 2 % overload over a 2 s step adds 20 ms.)
+pub const KEEPING_UP_GROWTH_US: u64 = 25_000;
+/// And the p99 no step may exceed, whatever its trend.
+pub const KEEPING_UP_P99_US: u64 = 1_000_000;
 /// Requests queued per HTTP publisher connection.
 const HTTP_QUEUE: usize = 1024;
 
@@ -310,6 +314,8 @@ pub struct Outcome {
     pub p50_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
+    pub early_p50_us: u64,
+    pub late_p50_us: u64,
     pub server_cpu_us: u64,
     pub load_cpu_us: u64,
     pub server_rss_kib: u64,
@@ -328,6 +334,12 @@ impl Outcome {
             return 0.0;
         }
         self.received as f64 / self.expected as f64
+    }
+
+    /// Whether latency stayed flat across the step.
+    pub fn keeping_up(&self) -> bool {
+        self.late_p50_us <= self.early_p50_us + KEEPING_UP_GROWTH_US
+            && self.p99_us <= KEEPING_UP_P99_US
     }
 
     /// Messages per second actually sent.
@@ -349,12 +361,13 @@ impl Outcome {
         self.load_cpu_us as f64 / (self.total_secs * 1e6).max(1.0) * 100.0
     }
 
-    /// At least 99.9 % delivered, the server kept up (p99 within
-    /// [`KEEPING_UP_P99_US`]: a growing backlog shows as latency before it
-    /// shows as loss), and the generator kept up with the pace.
+    /// At least 99.9 % delivered, the server kept up (latency not growing
+    /// across the step, see [`KEEPING_UP_GROWTH_US`]: a growing backlog
+    /// shows as latency before it shows as loss), and the generator kept up
+    /// with the pace.
     pub fn sustained(&self) -> bool {
         self.ratio() >= 0.999
-            && self.p99_us <= KEEPING_UP_P99_US
+            && self.keeping_up()
             && self.attempted as f64 >= 0.97 * self.target_rate * self.secs
             && self.not_sent * 1000 <= self.attempted
     }
@@ -362,7 +375,7 @@ impl Outcome {
     /// One line for the details section.
     pub fn line(&self) -> String {
         format!(
-            "offered {:>8.0}/s sent {:>8.0}/s | delivered {:>9.0}/s ({:>7.3} %) | p50 {} p99 {} p99.9 {} | server {:.2} µs/delivery, RSS {} | load core {:.0} %{}{}",
+            "offered {:>8.0}/s sent {:>8.0}/s | delivered {:>9.0}/s ({:>7.3} %) | p50 {} p99 {} p99.9 {}{} | server {:.2} µs/delivery, RSS {} | load core {:.0} %{}{}",
             self.target_rate,
             self.sent_rate(),
             self.deliveries_per_sec(),
@@ -370,6 +383,15 @@ impl Outcome {
             fmt_us(self.p50_us),
             fmt_us(self.p99_us),
             fmt_us(self.p999_us),
+            if self.keeping_up() {
+                String::new()
+            } else {
+                format!(
+                    " (falling behind: p50 {} → {})",
+                    fmt_us(self.early_p50_us),
+                    fmt_us(self.late_p50_us)
+                )
+            },
             self.cpu_per_delivery(),
             fmt_kib(self.server_rss_kib),
             self.load_cpu_pct(),
@@ -403,7 +425,7 @@ pub async fn trial(
     let ended_before = recorder.closed.load(std::sync::atomic::Ordering::Relaxed);
     let core_before = server.cpu.map(procstat::core_busy_us);
     let start_us = now_us();
-    recorder.open(start_us);
+    recorder.open_halves(start_us, (pace.secs * 500_000.0) as u64);
     let started = Instant::now();
     let length = Duration::from_secs_f64(pace.secs);
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
@@ -440,6 +462,8 @@ pub async fn trial(
         p50_us: stats.p50_us,
         p99_us: stats.p99_us,
         p999_us: stats.p999_us,
+        early_p50_us: stats.early_p50_us,
+        late_p50_us: stats.late_p50_us,
         server_cpu_us: server_after.cpu_since(&server_before),
         load_cpu_us: procstat::own().cpu_since(&load_before),
         server_rss_kib: server_after.rss_kib,

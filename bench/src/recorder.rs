@@ -27,7 +27,17 @@ pub struct Recorder {
     pub reconnects: AtomicU64,
     /// Connections that failed to open or subscribe.
     pub failed: AtomicU64,
-    histogram: Mutex<Histogram<u64>>,
+    /// Latencies of messages sent in the first and the second half of the
+    /// window: a server falling behind shows as the second half's median
+    /// growing above the first's.
+    histogram: Mutex<Halves>,
+    half_at: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Halves {
+    early: Histogram<u64>,
+    late: Histogram<u64>,
 }
 
 /// What one window produced.
@@ -37,6 +47,9 @@ pub struct WindowStats {
     pub p50_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
+    /// Medians of the window's first and second half.
+    pub early_p50_us: u64,
+    pub late_p50_us: u64,
 }
 
 impl Default for Recorder {
@@ -55,15 +68,29 @@ impl Recorder {
             closed: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             failed: AtomicU64::new(0),
-            histogram: Mutex::new(new_histogram()),
+            histogram: Mutex::new(Halves {
+                early: new_histogram(),
+                late: new_histogram(),
+            }),
+            half_at: AtomicU64::new(u64::MAX),
         }
     }
 
     /// Starts counting messages sent from `start_us` on, forgetting the
     /// previous window.
+    /// Starts counting messages sent from `start_us` on, forgetting the
+    /// previous window; `half_us` later begins its second half.
+    pub fn open_halves(&self, start_us: u64, half_us: u64) {
+        self.open(start_us);
+        self.half_at
+            .store(start_us.saturating_add(half_us), Ordering::Relaxed);
+    }
+
     pub fn open(&self, start_us: u64) {
         let mut histogram = self.lock();
-        histogram.reset();
+        histogram.early.reset();
+        histogram.late.reset();
+        self.half_at.store(u64::MAX, Ordering::Relaxed);
         self.received.store(0, Ordering::Relaxed);
         self.window_end.store(u64::MAX, Ordering::Relaxed);
         self.window_start.store(start_us, Ordering::Relaxed);
@@ -87,13 +114,19 @@ impl Recorder {
             self.received.fetch_add(counted as u64, Ordering::Relaxed);
             return;
         }
+        let half_at = self.half_at.load(Ordering::Relaxed);
         let mut counted = 0;
         let mut histogram = self.lock();
         for &t0 in sent.iter().filter(|t0| (start..end).contains(*t0)) {
             counted += 1;
             let latency = now_us.saturating_sub(t0).clamp(1, MAX_LATENCY_US);
             // Clamped into the histogram's range, so recording cannot fail.
-            let _ = histogram.record(latency);
+            let half = if t0 < half_at {
+                &mut histogram.early
+            } else {
+                &mut histogram.late
+            };
+            let _ = half.record(latency);
         }
         drop(histogram);
         self.received.fetch_add(counted, Ordering::Relaxed);
@@ -101,16 +134,21 @@ impl Recorder {
 
     /// The current window's figures.
     pub fn stats(&self) -> WindowStats {
-        let histogram = self.lock();
+        let halves = self.lock();
+        let mut histogram = halves.early.clone();
+        // Same bounds, so adding cannot fail.
+        let _ = histogram.add(&halves.late);
         WindowStats {
             received: self.received.load(Ordering::Relaxed),
             p50_us: histogram.value_at_quantile(0.50),
             p99_us: histogram.value_at_quantile(0.99),
             p999_us: histogram.value_at_quantile(0.999),
+            early_p50_us: halves.early.value_at_quantile(0.50),
+            late_p50_us: halves.late.value_at_quantile(0.50),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Histogram<u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Halves> {
         self.histogram
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

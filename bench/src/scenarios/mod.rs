@@ -157,14 +157,30 @@ pub fn summarize(ascent: &Ascent, per: &str) -> String {
         _ => best,
     };
     match ascent.failed {
-        Some(f) => format!(
-            "{best}; at {}: {:.2} % delivered, sent {}",
-            fmt_rate(f.target_rate),
-            f.ratio() * 100.0,
-            fmt_rate(f.sent_rate())
-        ),
+        Some(f) => format!("{best}; at {}: {}", fmt_rate(f.target_rate), why_not(&f)),
         None => format!("{best} (highest step tried)"),
     }
+}
+
+/// Why a step was not sustained, in a few words.
+pub fn why_not(o: &Outcome) -> String {
+    use crate::load::{fmt_rate, fmt_us};
+    let mut reasons = vec![format!("{:.2} % delivered", o.ratio() * 100.0)];
+    if !o.keeping_up() {
+        reasons.push(format!(
+            "falling behind (p50 {} → {}, p99 {})",
+            fmt_us(o.early_p50_us),
+            fmt_us(o.late_p50_us),
+            fmt_us(o.p99_us)
+        ));
+    }
+    if o.not_sent * 1000 > o.attempted || (o.attempted as f64) < 0.97 * o.target_rate * o.secs {
+        reasons.push(format!("generator sent only {}/s", fmt_rate(o.sent_rate())));
+    }
+    if o.ended > 0 {
+        reasons.push(format!("{} streams ended by the server", o.ended));
+    }
+    reasons.join(", ")
 }
 
 /// Systems a scenario cannot run on get a reason in every row instead.

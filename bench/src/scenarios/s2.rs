@@ -100,9 +100,9 @@ async fn cell(
     };
     match ascent.failed {
         Some(f) => summary.push_str(&format!(
-            " (at {}/s: {:.2} % delivered)",
+            " (at {}/s: {})",
             rate(f.target_rate),
-            f.ratio() * 100.0
+            super::why_not(&f)
         )),
         None => summary.push_str(" (highest step tried)"),
     }
