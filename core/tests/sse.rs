@@ -266,6 +266,32 @@ async fn heartbeat_while_idle() {
     bridge.shutdown().await;
 }
 
+/// Messages postpone the heartbeat: none is sent while messages arrive
+/// more often than the heartbeat interval, and one follows once idle.
+#[tokio::test]
+async fn heartbeat_waits_for_idleness() {
+    let bridge = start_with(|c| c.sse.heartbeat_secs = 1).await;
+    let mut sse = SseClient::connect(bridge.http, "/events?topic=busy", &[]).await;
+    assert_eq!(sse.next_item().await, Some(SseItem::Retry(2000)));
+    let device = Device::connect(bridge.mqtt, "busy").await;
+    for n in 0..5 {
+        device.publish("busy", format!("m{n}"), false).await;
+        let item = tokio::time::timeout(TIMEOUT, sse.next_item())
+            .await
+            .expect("message in time");
+        assert!(
+            matches!(&item, Some(SseItem::Event(e)) if e.data == format!("m{n}")),
+            "{item:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let item = tokio::time::timeout(TIMEOUT, sse.next_item())
+        .await
+        .expect("heartbeat in time");
+    assert!(matches!(item, Some(SseItem::Comment(_))), "{item:?}");
+    bridge.shutdown().await;
+}
+
 /// A client that stops reading is disconnected and counted, while a
 /// reader on the same topic keeps receiving everything.
 #[tokio::test]

@@ -194,7 +194,10 @@ pub struct WebSocketConfig {
     pub allowed_origins: Vec<String>,
     /// Bytes of outgoing frames gathered before a socket write.
     pub write_buffer_bytes: usize,
-    /// Bytes read from the socket at a time.
+    /// Bytes read from the socket at a time. Every idle session holds
+    /// this much (its first page touched); clients send small requests, so
+    /// 2 KiB keeps an idle session near 6.5 KiB (4 KiB: 8.6 KiB, measured
+    /// in BENCHMARKS.md) and a large publish just takes more reads.
     pub read_buffer_bytes: usize,
 }
 
@@ -212,7 +215,7 @@ impl Default for WebSocketConfig {
             idle_timeout_secs: 60,
             allowed_origins: Vec::new(),
             write_buffer_bytes: 16 * 1024,
-            read_buffer_bytes: 4 * 1024,
+            read_buffer_bytes: 2 * 1024,
         }
     }
 }

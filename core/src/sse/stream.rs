@@ -2,12 +2,14 @@
 //! deliveries, with heartbeat comments while idle, until the client goes,
 //! the subscription ends, or the bridge shuts down.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::frame::{self, Format};
 use crate::config::SseConfig;
@@ -23,12 +25,19 @@ pub struct SseStream {
     subscription: Subscription,
     format: Format,
     heartbeat: Duration,
+    /// Fires at the earliest moment a heartbeat may be due; moved on
+    /// lazily when it fires, not on every write. One timer and one
+    /// cancellation wait for the life of the stream, instead of a new
+    /// registration of each per write: at hundreds of thousands of
+    /// deliveries a second that churn is measurable.
+    heartbeat_timer: Pin<Box<Sleep>>,
+    last_write: Instant,
     first: Option<Bytes>,
-    cancel: CancellationToken,
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Fires when the client's token stops being accepted; the stream ends
+    /// then, and the browser reconnects with a fresh one.
+    expiry: Option<Pin<Box<Sleep>>>,
     open: OpenStream,
-    /// When the client's token stops being accepted; the stream ends then,
-    /// and the browser reconnects with a fresh one.
-    valid_until: Option<tokio::time::Instant>,
     /// The stream's place under `sse.max_streams`, freed when it ends.
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
@@ -68,14 +77,19 @@ impl SseStream {
         valid_until: Option<std::time::Instant>,
         slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Self {
+        let heartbeat = Duration::from_secs(config.heartbeat_secs);
+        let now = Instant::now();
         Self {
             subscription,
             format,
-            heartbeat: Duration::from_secs(config.heartbeat_secs),
+            heartbeat,
+            heartbeat_timer: Box::pin(tokio::time::sleep_until(now + heartbeat)),
+            last_write: now,
             first: Some(frame::retry(config.retry_ms)),
-            cancel: state.cancel.clone(),
+            cancelled: Box::pin(state.cancel.clone().cancelled_owned()),
+            expiry: valid_until
+                .map(|deadline| Box::pin(tokio::time::sleep_until(Instant::from_std(deadline)))),
             open: OpenStream::new(state.router.stats().clone()),
-            valid_until: valid_until.map(tokio::time::Instant::from_std),
             _slot: slot,
         }
     }
@@ -89,26 +103,34 @@ impl SseStream {
 
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if let Some(first) = self.first.take() {
+            self.last_write = Instant::now();
             return Some(first);
         }
-        let valid_until = self.valid_until;
-        let expiry = async move {
-            match valid_until {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                None => std::future::pending().await,
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut self.cancelled => return None,
+                () = expired(&mut self.expiry) => return None,
+                delivery = self.subscription.next() => {
+                    // None: the router ended the subscription (its queue was
+                    // full); ending the response makes the browser reconnect
+                    // and replay.
+                    let first = self.encode(delivery?);
+                    self.last_write = Instant::now();
+                    return Some(self.batch(first));
+                }
+                () = &mut self.heartbeat_timer => {
+                    let due = self.last_write + self.heartbeat;
+                    let now = Instant::now();
+                    if due <= now {
+                        self.last_write = now;
+                        self.heartbeat_timer.as_mut().reset(now + self.heartbeat);
+                        return Some(Bytes::from_static(frame::HEARTBEAT));
+                    }
+                    // Something was written since the timer was set.
+                    self.heartbeat_timer.as_mut().reset(due);
+                }
             }
-        };
-        tokio::select! {
-            biased;
-            () = self.cancel.cancelled() => None,
-            () = expiry => None,
-            delivery = self.subscription.next() => {
-                // None: the router ended the subscription (its queue was full);
-                // ending the response makes the browser reconnect and replay.
-                let first = self.encode(delivery?);
-                Some(self.batch(first))
-            }
-            () = tokio::time::sleep(self.heartbeat) => Some(Bytes::from_static(frame::HEARTBEAT)),
         }
     }
 
@@ -146,5 +168,13 @@ impl SseStream {
             }
             Delivery::Gap { after } => frame::gap(after),
         }
+    }
+}
+
+/// Completes when the token's validity ends; never without one.
+async fn expired(expiry: &mut Option<Pin<Box<Sleep>>>) {
+    match expiry {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
     }
 }

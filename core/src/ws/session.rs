@@ -96,10 +96,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         };
         tokio::pin!(expiry);
+        // One wait for the session's life, not a new one per event.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => {
+                () = &mut cancelled => {
                     return Some(Ending { code: CloseCode::Away, reason: "server shutting down" });
                 }
                 () = &mut expiry => {
