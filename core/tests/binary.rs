@@ -391,3 +391,42 @@ fn busy_mqtt_port_fails_naming_the_listener() {
 fn closed_stderr_does_not_break_the_bridge() {
     exits_cleanly_on_with("TERM", true);
 }
+
+/// Runs `tidewater hash-password` with `input` on its standard input.
+fn hash_password(input: &[u8]) -> Output {
+    use std::io::Write;
+    let dir = TempDir::new("hash");
+    let mut child = tidewater(dir.path())
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tidewater hash-password");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write the password");
+    child.wait_with_output().expect("hash-password exits")
+}
+
+/// `hash-password` prints, and only prints, an argon2id hash of the
+/// password on stdin (one trailing newline dropped) that verifies it; an
+/// empty password is refused.
+#[test]
+fn hash_password_prints_a_verifiable_hash() {
+    let output = hash_password(b"correct horse\n");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stdout = String::from_utf8(output.stdout).expect("UTF-8");
+    let hash = stdout.trim_end();
+    assert_eq!(stdout.lines().count(), 1);
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(tidewater::auth::password::verify("correct horse", hash));
+    assert!(!tidewater::auth::password::verify("correct horse\n", hash));
+
+    let empty = hash_password(b"\n");
+    assert!(!empty.status.success());
+    assert!(stderr(&empty).contains("empty"), "{}", stderr(&empty));
+}

@@ -150,23 +150,27 @@ impl WebAuth {
     /// Who the request is from, and where its token was. A token that is
     /// present but invalid is refused even where anonymous access is on: a
     /// client that meant to authenticate must learn that it did not.
+    /// Without `[auth.jwt]` no request carries a token: an `Authorization`
+    /// header meant for something else (a proxy's Basic login) is ignored.
     pub fn authenticate(
         &self,
         carriers: Carriers<'_>,
     ) -> Result<(Principal, Option<Source>), TokenError> {
-        let cookie = self.verifier.as_ref().and_then(|v| v.cookie.as_deref());
-        let query = self.verifier.as_ref().is_some_and(|v| v.query_parameter);
-        let found = extract(carriers, cookie, query)?;
+        let found = match &self.verifier {
+            Some(verifier) => extract(
+                carriers,
+                verifier.cookie.as_deref(),
+                verifier.query_parameter,
+            )?,
+            None => None,
+        };
         match (found, &self.verifier) {
             (Some((token, source)), Some(verifier)) => {
                 let identity = verifier.verify(&token)?;
                 Ok((Principal::User(Arc::new(identity)), Some(source)))
             }
-            (Some(_), None) => Err(TokenError::Malformed(
-                "this bridge accepts no tokens ([auth.jwt] is not configured)".into(),
-            )),
-            (None, _) if self.anonymous => Ok((Principal::Anonymous, None)),
-            (None, _) => Err(TokenError::Missing),
+            _ if self.anonymous => Ok((Principal::Anonymous, None)),
+            _ => Err(TokenError::Missing),
         }
     }
 }

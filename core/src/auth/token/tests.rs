@@ -333,6 +333,17 @@ fn anonymous_access() {
     let (principal, source) = closed.authenticate(good).expect("valid token");
     assert!(matches!(principal, Principal::User(_)));
     assert_eq!(source, Some(Source::Header));
+    // Without tokens configured, an Authorization header for something
+    // else (a proxy's Basic login) is not a token.
+    let basic = Carriers {
+        authorization: Some("Basic dTpw"),
+        ..none
+    };
+    let anonymous = WebAuth::new(true, None).expect("web auth");
+    assert_eq!(
+        anonymous.authenticate(basic).expect("anonymous").0,
+        Principal::Anonymous
+    );
 }
 
 proptest! {
