@@ -94,27 +94,40 @@ for tool in curl mosquitto_pub mosquitto_sub; do
 done
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tidewater-smoke.XXXXXX")
 
-read -r MQTT HTTP < <(free_ports) || true
-[[ -n ${MQTT:-} && -n ${HTTP:-} ]] || fail "expected two free loopback ports"
-BASE="http://127.0.0.1:$HTTP"
 cd "$WORK"
+
+healthy() {
+    kill -0 "$BRIDGE_PID" 2>/dev/null && curl -fsS -m 1 -o /dev/null "$BASE/healthz" 2>/dev/null
+}
 
 # 1. Start the bridge in the temp dir (no bridge.toml there: defaults plus
 #    env). Anonymous access is off by default; these clients have no
 #    credentials, so it is turned on, as the shipped bridge.toml does.
-step "starting $BIN (mqtt 127.0.0.1:$MQTT, http 127.0.0.1:$HTTP)"
-TIDEWATER_MQTT__LISTEN="127.0.0.1:$MQTT" TIDEWATER_HTTP__LISTEN="127.0.0.1:$HTTP" \
-    TIDEWATER_WEBSOCKET__LISTEN="127.0.0.1:0" \
-    TIDEWATER_AUTH__ANONYMOUS_WEB=true TIDEWATER_AUTH__ANONYMOUS_MQTT=true \
-    "$BIN" >bridge.log 2>&1 &
-BRIDGE_PID=$!
-PIDS+=("$BRIDGE_PID")
-
-healthy() {
+#    The ports are free when chosen but released before the bridge binds
+#    them, so another process may take one in between: then the bridge
+#    exits naming the address, and the script tries again with new ports.
+for attempt in 1 2 3; do
+    read -r MQTT HTTP < <(free_ports) || true
+    [[ -n ${MQTT:-} && -n ${HTTP:-} ]] || fail "expected two free loopback ports"
+    BASE="http://127.0.0.1:$HTTP"
+    step "starting $BIN (mqtt 127.0.0.1:$MQTT, http 127.0.0.1:$HTTP)"
+    TIDEWATER_MQTT__LISTEN="127.0.0.1:$MQTT" TIDEWATER_HTTP__LISTEN="127.0.0.1:$HTTP" \
+        TIDEWATER_WEBSOCKET__LISTEN="127.0.0.1:0" \
+        TIDEWATER_AUTH__ANONYMOUS_WEB=true TIDEWATER_AUTH__ANONYMOUS_MQTT=true \
+        "$BIN" >bridge.log 2>&1 &
+    BRIDGE_PID=$!
+    PIDS+=("$BRIDGE_PID")
+    if wait_for 100 healthy; then
+        break
+    fi
+    if [[ $attempt -lt 3 ]] && ! kill -0 "$BRIDGE_PID" 2>/dev/null \
+        && grep -qs 'Address already in use' bridge.log; then
+        step "a chosen port was taken before the bridge bound it; retrying with new ports"
+        continue
+    fi
     kill -0 "$BRIDGE_PID" 2>/dev/null || fail "expected the bridge to keep running; it exited during startup"
-    curl -fsS -m 1 -o /dev/null "$BASE/healthz" 2>/dev/null
-}
-wait_for 100 healthy || fail "expected GET /healthz to answer 200 within 10 s"
+    fail "expected GET /healthz to answer 200 within 10 s"
+done
 step "ok: GET /healthz answers 200"
 
 # 2. An SSE stream on home/+/temperature receives a device's MQTT publish.

@@ -194,7 +194,13 @@ fn probe_connect(addr: SocketAddr, v5: bool, login: Option<(&str, &str)>) -> io:
     use std::io::{Read, Write};
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;
-    let client_id = "tidewater-probe";
+    // A fresh client id per attempt: rumqttd 0.20's MQTT 5 handler panics
+    // when a new connection takes over the id of one it is still tearing
+    // down, and then refuses every later connection on that listener.
+    static ATTEMPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let attempt = ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let client_id = format!("tidewater-probe-{}-{attempt}", std::process::id());
+    let client_id = client_id.as_str();
     // Clean session, plus the username and password flags with a login.
     let flags = if login.is_some() { 0xc2 } else { 0x02 };
     let mut body = vec![
