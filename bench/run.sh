@@ -3,7 +3,7 @@
 # writes the markdown table (default: bench-results.md in the current
 # directory). Extra arguments go to the load generator, e.g.
 #   bash bench/run.sh --quick
-#   bash bench/run.sh --systems tidewater,rumqttd --out /tmp/table.md
+#   bash bench/run.sh --systems tidewater,rumqttd --out table.md
 #   bash bench/run.sh s2 --fanouts 1000          # one scenario
 #
 # Needs: taskset (util-linux), mosquitto, nginx with libnginx-mod-nchan.
