@@ -232,11 +232,13 @@ fn tidewater(launch: &Launch, dir: &Path) -> anyhow::Result<Spawn> {
         ws: Some(free_port()?),
     };
     let show = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
-    // One HTTP worker: the server has one core.
+    // One HTTP worker: the server has one core. The load clients carry no
+    // credentials, so anonymous access is on, as in the shipped bridge.toml.
     let config = format!(
         "[mqtt]\nlisten = \"{}\"\nmax_connections = 20000\n\n\
          [http]\nlisten = \"{}\"\nworkers = 1\n\n\
-         [websocket]\nlisten = \"{}\"\n",
+         [websocket]\nlisten = \"{}\"\n\n\
+         [auth]\nanonymous_web = true\nanonymous_mqtt = true\n",
         show(addrs.mqtt),
         show(addrs.http),
         show(addrs.ws)
