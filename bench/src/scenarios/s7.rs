@@ -99,7 +99,7 @@ async fn measure(server: &Server, settings: &Settings, report: &mut Report) -> a
         let mut samples = 0u64;
         while stall_started.elapsed().as_secs_f64() < settings.stall_secs {
             peak = peak.max(server.usage().rss_kib);
-            if samples % 4 == 0 {
+            if samples.is_multiple_of(4) {
                 kernel_peak = kernel_peak.max(send_queued(port, stalled_count).await);
             }
             samples += 1;
