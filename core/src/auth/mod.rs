@@ -11,8 +11,8 @@
 //!   and the filter comparisons that decide subscriptions.
 //! - [`password`]: argon2 password hashes for MQTT users, and the check the
 //!   broker calls on every CONNECT.
-//! - [`token`]: JSON Web Tokens for web clients, and where a request may
-//!   carry one ([`token::extract`]).
+//! - [`token`]: JSON Web Tokens for web clients; [`carrier`]: where a
+//!   request carries one.
 //!
 //! Without any identity source or rule configured the policy allows every
 //! admitted principal everything (who is admitted is decided at each
@@ -20,6 +20,7 @@
 //! request that no rule allows is denied.
 
 pub mod acl;
+pub mod carrier;
 pub mod filter;
 pub mod password;
 pub mod pattern;

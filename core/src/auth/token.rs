@@ -1,10 +1,7 @@
-//! JSON Web Tokens for web clients: where a request carries one, checking
-//! it, and the identity it names.
+//! JSON Web Tokens for web clients: checking one, and the identity it names
+//! (where a request carries it is [`super::carrier`]).
 //!
-//! A token is taken, in this order, from `Authorization: Bearer`, from the
-//! configured cookie, or from an `access_token` query parameter (a first
-//! `EventSource` connection cannot set headers; see `docs/security.md` for
-//! why the query is the last resort). It is accepted when its signature
+//! A token is accepted when its signature
 //! verifies with a configured key (HS256 shared secret, RS256 or ES256
 //! public keys), it carries `sub`, `exp` and the configured `aud` (and `iss`
 //! when one is configured), and the clock is between its `nbf` and `exp`,
@@ -20,19 +17,12 @@ use std::sync::Arc;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value};
 
+use super::carrier::{extract, Carriers, Source};
 use super::{Grants, Identity, Principal};
 use crate::config::JwtConfig;
 use crate::topic;
-
-/// The query parameter a token may travel in.
-pub const QUERY_PARAMETER: &str = "access_token";
-
-/// Longest token accepted, in bytes: well above any real JWT, and small
-/// enough that a hostile header costs nothing to refuse.
-const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// Why a request's credentials were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,25 +100,6 @@ impl std::fmt::Debug for WebAuth {
     }
 }
 
-/// Where a token was found; a cookie is sent by browsers on their own, so
-/// state-changing requests check the origin when it came from one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Header,
-    Cookie,
-    Query,
-}
-
-/// The request's parts a token may be in.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Carriers<'a> {
-    pub authorization: Option<&'a str>,
-    /// Every `Cookie` header's value.
-    pub cookies: &'a [&'a str],
-    /// The raw query string (without `?`).
-    pub query: &'a str,
-}
-
 impl WebAuth {
     /// Anonymous access as configured, and tokens if `[auth.jwt]` is set;
     /// reads the key files.
@@ -173,86 +144,6 @@ impl WebAuth {
             _ => Err(TokenError::Missing),
         }
     }
-}
-
-/// Finds the token in a request: the `Authorization` header, then the
-/// cookie `cookie_name`, then (if allowed) the `access_token` query
-/// parameter. A malformed carrier (a non-Bearer `Authorization`, a token
-/// in two query parameters) is an error rather than ignored.
-pub fn extract(
-    carriers: Carriers<'_>,
-    cookie_name: Option<&str>,
-    query_allowed: bool,
-) -> Result<Option<(String, Source)>, TokenError> {
-    if let Some(header) = carriers.authorization {
-        let (scheme, token) = header.trim().split_once(' ').unwrap_or((header, ""));
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(TokenError::Malformed(
-                "the Authorization header must be `Bearer <token>`".into(),
-            ));
-        }
-        return checked(token.trim()).map(|t| Some((t, Source::Header)));
-    }
-    if let Some(name) = cookie_name {
-        let found = carriers
-            .cookies
-            .iter()
-            .flat_map(|header| header.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(key, _)| *key == name);
-        if let Some((_, value)) = found {
-            return checked(value.trim().trim_matches('"')).map(|t| Some((t, Source::Cookie)));
-        }
-    }
-    if query_allowed {
-        let mut found = None;
-        for pair in carriers.query.split('&') {
-            let Some(value) = pair
-                .strip_prefix(QUERY_PARAMETER)
-                .and_then(|r| r.strip_prefix('='))
-            else {
-                continue;
-            };
-            if found.is_some() {
-                return Err(TokenError::Malformed(
-                    "access_token is given more than once".into(),
-                ));
-            }
-            let value = percent_decode_str(value)
-                .decode_utf8()
-                .map_err(|_| TokenError::Malformed("access_token is not UTF-8".into()))?;
-            found = Some(checked(&value)?);
-        }
-        return Ok(found.map(|t| (t, Source::Query)));
-    }
-    Ok(None)
-}
-
-/// Whether a request that carried its token in a cookie may change state
-/// (publish, open a WebSocket). Browsers attach cookies to requests that
-/// other sites make, so such a request must come from the bridge's own
-/// origin (its `Host`) or an origin listed in `allowed`, or carry no
-/// `Origin` at all (not a browser). `*` in `allowed` does not count.
-pub fn cookie_origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
-    let Some(origin) = origin else {
-        return true;
-    };
-    let same_origin = origin
-        .split_once("://")
-        .is_some_and(|(_, authority)| Some(authority) == host);
-    same_origin || allowed.iter().any(|a| a != "*" && a == origin)
-}
-
-fn checked(token: &str) -> Result<String, TokenError> {
-    if token.is_empty() {
-        return Err(TokenError::Malformed("the token is empty".into()));
-    }
-    if token.len() > MAX_TOKEN_BYTES {
-        return Err(TokenError::Malformed(format!(
-            "the token is longer than {MAX_TOKEN_BYTES} bytes"
-        )));
-    }
-    Ok(token.to_owned())
 }
 
 /// Checks tokens against the configured keys and claims.

@@ -1,19 +1,20 @@
-//! Who an HTTP request is from: its token (header, cookie or query), checked
-//! by the bridge's [`WebAuth`], or anonymous where that is allowed. A
-//! refusal is a 401 with a JSON body and a `WWW-Authenticate` challenge,
-//! counted by protocol and reason.
+//! Who an HTTP request is from: its token (header, cookie or query),
+//! checked by the bridge's [`WebAuth`](crate::auth::token::WebAuth), or
+//! anonymous where that is allowed. A refusal is a 401 with a JSON body and
+//! a `WWW-Authenticate` challenge, counted by protocol and reason.
 
 use actix_web::http::header;
 use actix_web::HttpRequest;
 
 use super::{ApiError, AppState};
-use crate::auth::token::{self, Carriers, Source, TokenError};
+use crate::auth::carrier::{self, Carriers, Source};
+use crate::auth::token::TokenError;
 use crate::auth::{Action, Principal};
 use crate::stats::Protocol;
 
 /// Authenticates `req`. With `changes_state` (a publish), a token that came
 /// in a cookie is accepted only from an allowed origin: see
-/// [`token::cookie_origin_allowed`].
+/// [`carrier::cookie_origin_allowed`].
 pub fn principal(
     req: &HttpRequest,
     state: &AppState,
@@ -48,7 +49,7 @@ pub fn principal(
     if changes_state && source == Some(Source::Cookie) {
         let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-        if !token::cookie_origin_allowed(origin, host, &state.config.http.cors_allowed_origins) {
+        if !carrier::cookie_origin_allowed(origin, host, &state.config.http.cors_allowed_origins) {
             stats.deny(protocol, Action::Publish);
             return Err(ApiError::forbidden(format!(
                 "a token in a cookie cannot be used from origin `{}`: it is neither this bridge nor in http.cors_allowed_origins",

@@ -151,7 +151,7 @@ fn parse_query(query: &str) -> Result<PublishQuery, ApiError> {
                 ))
             }
             // Read by the authentication that ran first.
-            (crate::auth::token::QUERY_PARAMETER, _) => {}
+            (crate::auth::carrier::QUERY_PARAMETER, _) => {}
             (other, _) => {
                 return Err(ApiError::bad_request(
                     "unknown-parameter",

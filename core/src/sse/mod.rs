@@ -144,7 +144,7 @@ fn parse_query(query: &str) -> Result<EventsQuery, ApiError> {
             }
             "lastEventId" => parsed.last_event_id = Some(value.into_owned()),
             // Read by the authentication that ran first.
-            crate::auth::token::QUERY_PARAMETER => {}
+            crate::auth::carrier::QUERY_PARAMETER => {}
             other => {
                 return Err(ApiError::bad_request(
                     "unknown-parameter",

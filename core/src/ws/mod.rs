@@ -24,7 +24,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as FrameLimits;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::token::{self, Carriers, Source, TokenError, WebAuth};
+use crate::auth::carrier::{self, Carriers, Source};
+use crate::auth::token::{TokenError, WebAuth};
 use crate::auth::Principal;
 use crate::config::{LimitsConfig, WebSocketConfig};
 use crate::router::Router;
@@ -231,7 +232,7 @@ fn check_request(
     // Browsers send cookies with WebSocket upgrades from any site, and no
     // CORS applies: a cookie token needs an origin the bridge trusts.
     if source == Some(Source::Cookie)
-        && !token::cookie_origin_allowed(origin, text(header::HOST), &config.allowed_origins)
+        && !carrier::cookie_origin_allowed(origin, text(header::HOST), &config.allowed_origins)
     {
         stats.deny(Protocol::WebSocket, crate::auth::Action::Subscribe);
         return Err(refusal(

@@ -238,77 +238,6 @@ fn garbage_is_malformed() {
     }
 }
 
-/// The header wins over the cookie, which wins over the query; escapes in
-/// the query decode; a non-Bearer header or a repeated parameter is refused.
-#[test]
-fn extraction_order_and_errors() {
-    let carriers = Carriers {
-        authorization: Some("Bearer h"),
-        cookies: &["a=1; tw=c"],
-        query: "topic=x&access_token=q",
-    };
-    assert_eq!(
-        extract(carriers, Some("tw"), true),
-        Ok(Some(("h".into(), Source::Header)))
-    );
-    let no_header = Carriers {
-        authorization: None,
-        ..carriers
-    };
-    assert_eq!(
-        extract(no_header, Some("tw"), true),
-        Ok(Some(("c".into(), Source::Cookie)))
-    );
-    assert_eq!(
-        extract(no_header, None, true),
-        Ok(Some(("q".into(), Source::Query)))
-    );
-    assert_eq!(extract(no_header, None, false), Ok(None));
-    let escaped = Carriers {
-        query: "access_token=a%2Eb",
-        ..Carriers::default()
-    };
-    assert_eq!(
-        extract(escaped, None, true),
-        Ok(Some(("a.b".into(), Source::Query)))
-    );
-    let basic = Carriers {
-        authorization: Some("Basic dTpw"),
-        ..Carriers::default()
-    };
-    assert!(extract(basic, None, true).is_err());
-    let twice = Carriers {
-        query: "access_token=a&access_token=b",
-        ..Carriers::default()
-    };
-    assert!(extract(twice, None, true).is_err());
-}
-
-/// A cookie token may change state only from the bridge's own origin, a
-/// listed origin, or a client that sends no `Origin` (not a browser).
-#[test]
-fn cookie_origins() {
-    let allowed = ["https://dash.example".to_owned(), "*".to_owned()];
-    let host = Some("bridge.example:8080");
-    assert!(cookie_origin_allowed(None, host, &allowed));
-    assert!(cookie_origin_allowed(
-        Some("https://bridge.example:8080"),
-        host,
-        &allowed
-    ));
-    assert!(cookie_origin_allowed(
-        Some("https://dash.example"),
-        host,
-        &allowed
-    ));
-    assert!(!cookie_origin_allowed(
-        Some("https://evil.example"),
-        host,
-        &allowed
-    ));
-    assert!(!cookie_origin_allowed(Some("null"), host, &allowed));
-}
-
 /// Anonymous access admits requests without a token, never with a bad one.
 #[test]
 fn anonymous_access() {
@@ -347,21 +276,6 @@ fn anonymous_access() {
 }
 
 proptest! {
-    /// Whatever a client puts in the header, cookies and query, extraction
-    /// answers without panicking, and a found token is non-empty.
-    #[test]
-    fn extraction_never_panics(
-        authorization in proptest::option::of("\\PC{0,40}"),
-        cookie in "\\PC{0,40}",
-        query in "[a-z_=&%0-9A-F.]{0,60}",
-    ) {
-        let cookies = [cookie.as_str()];
-        let carriers = Carriers { authorization: authorization.as_deref(), cookies: &cookies, query: &query };
-        if let Ok(Some((token, _))) = extract(carriers, Some("tw"), true) {
-            prop_assert!(!token.is_empty());
-        }
-    }
-
     /// Random strings are never accepted as tokens.
     #[test]
     fn random_tokens_are_refused(token in "[A-Za-z0-9_.-]{0,80}") {
