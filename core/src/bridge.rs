@@ -58,6 +58,17 @@ pub enum StartError {
     },
 }
 
+/// Sets the kernel send buffer of every connection `listener` accepts
+/// (Linux copies it from the listening socket); 0 keeps autotuning. A fixed
+/// size bounds what a client that stops reading holds in the kernel, and
+/// lets its queue in the router fill, so it is dropped and counted.
+fn limit_send_buffer(listener: &TcpListener, bytes: usize) -> std::io::Result<()> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    socket2::SockRef::from(listener).set_send_buffer_size(bytes)
+}
+
 /// A running bridge.
 #[derive(Debug)]
 pub struct Bridge {
@@ -123,12 +134,19 @@ impl Bridge {
                 source,
             })?;
         let http_addr = listener.local_addr().map_err(StartError::Http)?;
+        limit_send_buffer(&listener, config.http.send_buffer_bytes).map_err(|source| {
+            StartError::HttpBind {
+                addr: config.http.listen,
+                source,
+            }
+        })?;
         let ws_bind = |source| StartError::WsBind {
             addr: config.websocket.listen,
             source,
         };
         let ws_listener = TcpListener::bind(config.websocket.listen).map_err(ws_bind)?;
         ws_listener.set_nonblocking(true).map_err(ws_bind)?;
+        limit_send_buffer(&ws_listener, config.websocket.send_buffer_bytes).map_err(ws_bind)?;
         let ws_listener = tokio::net::TcpListener::from_std(ws_listener).map_err(ws_bind)?;
         let ws_addr = ws_listener.local_addr().map_err(ws_bind)?;
         let tls = if config.uses_tls() {

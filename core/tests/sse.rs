@@ -296,7 +296,12 @@ async fn heartbeat_waits_for_idleness() {
 /// reader on the same topic keeps receiving everything.
 #[tokio::test]
 async fn a_stalled_reader_does_not_delay_another() {
-    let bridge = start_with(|c| c.sse.queue_capacity = 64).await;
+    let bridge = start_with(|c| {
+        c.sse.queue_capacity = 64;
+        // The message count is the bound under test here.
+        c.sse.queue_max_bytes = 64 * 64 * 1024;
+    })
+    .await;
     let stalled = SseClient::connect(bridge.http, "/events?topic=flood", &[]).await;
     let mut reader = SseClient::connect(bridge.http, "/events?topic=flood", &[]).await;
     let device = Device::connect(bridge.mqtt, "flood").await;
@@ -325,6 +330,38 @@ async fn a_stalled_reader_does_not_delay_another() {
         bridge.stats().slow_consumer_disconnects >= 1
     })
     .await;
+    drop(stalled);
+    bridge.shutdown().await;
+}
+
+/// What a stalled reader may hold is bounded in bytes: the socket's send
+/// buffer is fixed (no autotuning to megabytes) and the queue counts bytes,
+/// so 800 KiB of 4 KiB messages, far below the message-count bound, get it
+/// dropped and counted, while a reader keeping up is not.
+#[tokio::test]
+async fn a_stalled_reader_is_dropped_within_its_byte_bound() {
+    let bridge = start_with(|c| {
+        c.sse.queue_max_bytes = 64 * 1024;
+        c.http.send_buffer_bytes = 16 * 1024;
+    })
+    .await;
+    let stalled = SseClient::connect(bridge.http, "/events?topic=big", &[]).await;
+    let mut reader = SseClient::connect(bridge.http, "/events?topic=big", &[]).await;
+    let device = Device::connect(bridge.mqtt, "big").await;
+    let payload = "x".repeat(4 * 1024);
+    for _ in 0..200 {
+        device.publish("big", payload.as_str(), false).await;
+        assert_eq!(reader.expect_event().await.data.len(), payload.len());
+    }
+    eventually("the stalled reader is dropped", || {
+        bridge.stats().slow_consumer_disconnects >= 1
+    })
+    .await;
+    assert_eq!(
+        bridge.stats().slow_consumer_disconnects,
+        1,
+        "only the stalled reader"
+    );
     drop(stalled);
     bridge.shutdown().await;
 }

@@ -222,7 +222,12 @@ async fn unsubscribe_stops_that_filter() {
 /// reading session keeps receiving everything.
 #[tokio::test]
 async fn a_stalled_session_is_closed_while_a_fast_one_keeps_receiving() {
-    let bridge = start_with(|c| c.websocket.queue_capacity = 64).await;
+    let bridge = start_with(|c| {
+        c.websocket.queue_capacity = 64;
+        // The message count is the bound under test here.
+        c.websocket.queue_max_bytes = 64 * 64 * 1024;
+    })
+    .await;
     let mut stalled = ws_connect(bridge.ws).await;
     ws_request(
         &mut stalled,

@@ -106,6 +106,12 @@ pub struct HttpConfig {
     /// Publishes waiting to enter the broker; when full, `POST /publish`
     /// answers 503 instead of queueing without bound.
     pub ingress_capacity: usize,
+    /// Kernel send buffer of each HTTP connection's socket, in bytes (Linux
+    /// doubles it for bookkeeping); 0 leaves the kernel's autotuning, which
+    /// lets a stalled SSE reader hold megabytes before its queue even starts
+    /// to fill. Small keeps what a stalled reader holds small and gets it
+    /// dropped sooner; raise it for fast streams over long round trips.
+    pub send_buffer_bytes: usize,
     /// A directory served as static files at `/` (e.g. the dashboard);
     /// relative to the working directory. Off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -122,6 +128,7 @@ impl Default for HttpConfig {
             max_publish_bytes: 256 * 1024,
             workers: 0,
             ingress_capacity: 4_096,
+            send_buffer_bytes: 64 * 1024,
             static_dir: None,
         }
     }
@@ -138,6 +145,9 @@ pub struct SseConfig {
     /// Messages queued per stream; a stream that falls this far behind is
     /// ended (and counted) so the client reconnects and replays.
     pub queue_capacity: usize,
+    /// Topic and payload bytes queued per stream; past this the stream is
+    /// ended the same way, so large messages cannot pile up either.
+    pub queue_max_bytes: usize,
     /// Messages kept for `Last-Event-ID` resume.
     pub replay_capacity: usize,
     /// Payload bytes kept for resume; the oldest go first past this.
@@ -156,6 +166,7 @@ impl Default for SseConfig {
             retry_ms: 2_000,
             heartbeat_secs: 15,
             queue_capacity: 1_024,
+            queue_max_bytes: 1024 * 1024,
             replay_capacity: 10_000,
             replay_max_bytes: 16 * 1024 * 1024,
             max_filters: 16,
@@ -183,6 +194,14 @@ pub struct WebSocketConfig {
     /// Messages queued per session; a session this far behind is closed
     /// with 1013 (counted) and resumes with `since`.
     pub queue_capacity: usize,
+    /// Topic and payload bytes queued per session; past this it is closed
+    /// the same way.
+    pub queue_max_bytes: usize,
+    /// Kernel send buffer of each session's socket, in bytes (Linux
+    /// doubles it for bookkeeping); 0 leaves the kernel's autotuning, which
+    /// lets a stalled client hold megabytes. Small keeps what a stalled
+    /// client holds small and gets it closed sooner.
+    pub send_buffer_bytes: usize,
     /// Topic filters one session may hold.
     pub max_filters: usize,
     /// A WebSocket ping is sent this often.
@@ -210,6 +229,8 @@ impl Default for WebSocketConfig {
             path: "/ws".into(),
             max_message_bytes: 64 * 1024,
             queue_capacity: 1_024,
+            queue_max_bytes: 1024 * 1024,
+            send_buffer_bytes: 64 * 1024,
             max_filters: 64,
             ping_interval_secs: 20,
             idle_timeout_secs: 60,
@@ -267,7 +288,7 @@ impl Config {
     /// event names that fit on an SSE line. The error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ws = &self.websocket;
-        let positive: [(&str, u64); 23] = [
+        let positive: [(&str, u64); 25] = [
             ("mqtt.max_payload_bytes", self.mqtt.max_payload_bytes as u64),
             ("mqtt.max_connections", self.mqtt.max_connections as u64),
             (
@@ -282,6 +303,7 @@ impl Config {
             ("http.ingress_capacity", self.http.ingress_capacity as u64),
             ("sse.heartbeat_secs", self.sse.heartbeat_secs),
             ("sse.queue_capacity", self.sse.queue_capacity as u64),
+            ("sse.queue_max_bytes", self.sse.queue_max_bytes as u64),
             ("sse.replay_capacity", self.sse.replay_capacity as u64),
             ("sse.replay_max_bytes", self.sse.replay_max_bytes as u64),
             ("sse.max_filters", self.sse.max_filters as u64),
@@ -289,6 +311,7 @@ impl Config {
             ("websocket.max_connections", ws.max_connections as u64),
             ("websocket.max_message_bytes", ws.max_message_bytes as u64),
             ("websocket.queue_capacity", ws.queue_capacity as u64),
+            ("websocket.queue_max_bytes", ws.queue_max_bytes as u64),
             ("websocket.max_filters", ws.max_filters as u64),
             ("websocket.ping_interval_secs", ws.ping_interval_secs),
             ("websocket.idle_timeout_secs", ws.idle_timeout_secs),

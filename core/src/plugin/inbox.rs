@@ -15,7 +15,7 @@ use std::sync::Arc;
 use super::status::PluginStatus;
 use crate::auth::Principal;
 use crate::router::{
-    Delivery, EventId, Message, Router, SubscribeError, SubscribeRequest, Subscription,
+    Delivery, EventId, Message, QueueBound, Router, SubscribeError, SubscribeRequest, Subscription,
 };
 use crate::stats::Stats;
 use crate::topic;
@@ -69,9 +69,10 @@ impl Inbox {
             return;
         }
         let principal = Principal::Plugin(self.status.name().to_owned());
+        let bound = self.bound();
         let subscription = self
             .subscription
-            .get_or_insert_with(|| self.router.open(self.capacity));
+            .get_or_insert_with(|| self.router.open(bound));
         let result = subscription.add(
             &principal,
             &added,
@@ -153,12 +154,21 @@ impl Inbox {
         true
     }
 
+    /// The plugin's inbox holds a message count; every message is already
+    /// within `mqtt.max_payload_bytes`, so a byte bound would add nothing.
+    fn bound(&self) -> QueueBound {
+        QueueBound {
+            messages: self.capacity,
+            bytes: usize::MAX,
+        }
+    }
+
     fn subscribe(&self, resume: Option<EventId>) -> Option<Subscription> {
         let request = SubscribeRequest {
             principal: Principal::Plugin(self.status.name().to_owned()),
             filters: self.filters.clone(),
             resume,
-            queue_capacity: self.capacity,
+            queue: self.bound(),
             max_filters: MAX_FILTERS,
             max_filter_bytes: topic::MAX_TOPIC_BYTES,
         };

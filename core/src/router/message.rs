@@ -85,6 +85,12 @@ pub struct Message {
 }
 
 impl Message {
+    /// What the message weighs in a subscriber's queue: its topic and
+    /// payload (the encoded frames are proportional, and shared).
+    pub fn queued_size(&self) -> usize {
+        self.topic.len() + self.payload.len()
+    }
+
     pub fn new(
         id: Option<EventId>,
         topic: Box<str>,

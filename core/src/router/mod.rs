@@ -22,9 +22,10 @@ pub mod trie;
 
 pub use message::{now_ms, Encoding, EventId, MalformedId, Message};
 pub use publish::PublishError;
-pub use subscription::{Delivery, SubscribeError, SubscribeRequest, Subscription};
+pub use subscription::{Delivery, QueueBound, SubscribeError, SubscribeRequest, Subscription};
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -102,6 +103,13 @@ struct Subscriber {
     /// messages, so a later resume knows what was already delivered.
     filters: Vec<(String, u64)>,
     queue: mpsc::Sender<Arc<Message>>,
+    /// Bytes of the messages in `queue`, shared with the receiving
+    /// [`Subscription`], which subtracts what it takes out.
+    queued_bytes: Arc<AtomicUsize>,
+    /// Past this many queued bytes the queue counts as full, whatever its
+    /// message count: a reader that stalls on large messages is ended as
+    /// soon as one that stalls on small ones.
+    max_bytes: usize,
 }
 
 impl Router {
@@ -215,9 +223,26 @@ impl Router {
             let Some(subscriber) = subscribers.get(id) else {
                 continue;
             };
-            match subscriber.queue.try_send(message.clone()) {
+            // Reserved before sending so the receiver, which may run at
+            // once, never subtracts bytes that were not yet added.
+            let size = message.queued_size();
+            let queued = subscriber.queued_bytes.fetch_add(size, Ordering::Relaxed);
+            let queued_now = if queued + size > subscriber.max_bytes {
+                Err(true)
+            } else {
+                match subscriber.queue.try_send(message.clone()) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Full(_)) => Err(true),
+                    Err(mpsc::error::TrySendError::Closed(_)) => Err(false),
+                }
+            };
+            if queued_now.is_err() {
+                subscriber.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            }
+            // `Err(true)`: full, by count or bytes; `Err(false)`: gone.
+            match queued_now {
                 Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(true) => {
                     Stats::incr(&stats.slow_consumer_disconnects);
                     tracing::debug!(
                         subscriber = id,
@@ -226,7 +251,7 @@ impl Router {
                     );
                     ended.push(*id);
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => ended.push(*id),
+                Err(false) => ended.push(*id),
             }
         }
         for id in ended {

@@ -10,6 +10,7 @@
 //! nothing falls between replay and live, and nothing arrives twice.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,9 +33,18 @@ pub struct SubscribeRequest {
     pub filters: Vec<String>,
     /// The last event id the client saw, to resume after it.
     pub resume: Option<EventId>,
-    pub queue_capacity: usize,
+    pub queue: QueueBound,
     pub max_filters: usize,
     pub max_filter_bytes: usize,
+}
+
+/// How far a subscriber may fall behind before the router ends it: both
+/// bounds hold, so neither many small messages nor a few large ones pile up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBound {
+    pub messages: usize,
+    /// Topic and payload bytes of the queued messages.
+    pub bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +94,8 @@ pub struct Subscription {
     filters: Vec<String>,
     pending: VecDeque<Pending>,
     live: mpsc::Receiver<Arc<Message>>,
+    /// Bytes queued in `live`; the router adds, this side subtracts.
+    queued_bytes: Arc<AtomicUsize>,
     /// Whether the last delivery came from the live queue (rather than
     /// retained values or replay), so its latency means something.
     last_live: bool,
@@ -94,8 +106,9 @@ pub struct Subscription {
 
 impl Router {
     /// Registers a subscriber with no filters yet (a WebSocket session).
-    pub fn open(&self, queue_capacity: usize) -> Subscription {
-        let (queue, live) = mpsc::channel(queue_capacity.max(1));
+    pub fn open(&self, bound: QueueBound) -> Subscription {
+        let (queue, live) = mpsc::channel(bound.messages.max(1));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let mut state = self.lock();
         let id = state.next_subscriber;
         state.next_subscriber += 1;
@@ -104,6 +117,8 @@ impl Router {
             Subscriber {
                 filters: Vec::new(),
                 queue,
+                queued_bytes: queued_bytes.clone(),
+                max_bytes: bound.bytes.max(1),
             },
         );
         drop(state);
@@ -113,6 +128,7 @@ impl Router {
             filters: Vec::new(),
             pending: VecDeque::new(),
             live,
+            queued_bytes,
             last_live: false,
             reader: None,
         }
@@ -123,7 +139,7 @@ impl Router {
         if request.filters.is_empty() {
             return Err(SubscribeError::NoFilters);
         }
-        let mut subscription = self.open(request.queue_capacity);
+        let mut subscription = self.open(request.queue);
         subscription.add(
             &request.principal,
             &request.filters,
@@ -273,6 +289,7 @@ impl Subscription {
             match self.pending.front_mut() {
                 None => {
                     let message = self.live.recv().await?;
+                    self.dequeued(&message);
                     if self.readable(&message) {
                         return Some(Delivery::Message(message));
                     }
@@ -297,6 +314,11 @@ impl Subscription {
         }
     }
 
+    fn dequeued(&self, message: &Message) {
+        self.queued_bytes
+            .fetch_sub(message.queued_size(), Ordering::Relaxed);
+    }
+
     /// Whether the access rules let this subscriber see `message`; a
     /// withheld message is counted.
     fn readable(&self, message: &Message) -> bool {
@@ -318,6 +340,7 @@ impl Subscription {
             match self.pending.front_mut() {
                 None => {
                     let message = self.live.try_recv().ok()?;
+                    self.dequeued(&message);
                     if self.readable(&message) {
                         return Some(Delivery::Message(message));
                     }

@@ -44,7 +44,10 @@ fn request(filters: &[&str], resume: Option<EventId>, queue: usize) -> Subscribe
         principal: Principal::Anonymous,
         filters: filters.iter().map(|f| f.to_string()).collect(),
         resume,
-        queue_capacity: queue,
+        queue: QueueBound {
+            messages: queue,
+            bytes: usize::MAX,
+        },
         max_filters: 4,
         max_filter_bytes: 64,
     }
@@ -127,6 +130,43 @@ async fn full_queue_ends_only_that_subscription() {
     assert!(
         slow.next().await.is_none(),
         "the slow subscription has ended"
+    );
+    assert_eq!(h.router.stats().snapshot().slow_consumer_disconnects, 1);
+    assert_eq!(h.router.subscriber_count(), 1);
+}
+
+/// The byte bound ends a subscription that falls behind on large messages
+/// long before its message count would; what it takes out makes room again.
+#[tokio::test]
+async fn queued_bytes_are_bounded_too() {
+    let mut h = harness(10);
+    let bound = QueueBound {
+        messages: 1_000,
+        bytes: 3 * 1_001,
+    };
+    let mut keeping_up = h.router.open(bound);
+    keeping_up
+        .add(&Principal::Anonymous, &["t".into()], None, 4, 64)
+        .expect("add");
+    let mut slow = h.router.open(bound);
+    slow.add(&Principal::Anonymous, &["t".into()], None, 4, 64)
+        .expect("add");
+    answer_retained(&mut h);
+    let big = Bytes::from(vec![b'x'; 1_000]); // 1,001 bytes with its topic
+    for _ in 0..3 {
+        h.router.dispatch("t", big.clone());
+    }
+    assert_eq!(payloads(&mut keeping_up, 3).await.len(), 3);
+    h.router.dispatch("t", big.clone());
+    assert_eq!(
+        payloads(&mut keeping_up, 1).await.len(),
+        1,
+        "taking messages out made room for the fourth"
+    );
+    assert_eq!(payloads(&mut slow, 3).await.len(), 3);
+    assert!(
+        slow.next().await.is_none(),
+        "the fourth overflowed its bytes"
     );
     assert_eq!(h.router.stats().snapshot().slow_consumer_disconnects, 1);
     assert_eq!(h.router.subscriber_count(), 1);
@@ -248,7 +288,10 @@ async fn publish_checks_the_topic() {
 async fn added_filters_replay_without_duplicates() {
     let mut h = harness(100);
     h.router.dispatch("warmup", Bytes::from_static(b"w"));
-    let mut sub = h.router.open(16);
+    let mut sub = h.router.open(QueueBound {
+        messages: 16,
+        bytes: usize::MAX,
+    });
     sub.add(&Principal::Anonymous, &["x/#".to_owned()], None, 4, 64)
         .expect("add x/#");
     answer_retained(&mut h);

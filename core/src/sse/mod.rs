@@ -16,7 +16,7 @@ use percent_encoding::percent_decode_str;
 
 use crate::auth::Action;
 use crate::http::{identity, ApiError, AppState};
-use crate::router::{EventId, SubscribeError, SubscribeRequest};
+use crate::router::{EventId, QueueBound, SubscribeError, SubscribeRequest};
 use crate::stats::{Limit, Protocol};
 pub use frame::Format;
 
@@ -71,7 +71,10 @@ pub async fn events(
             principal,
             filters: query.topics,
             resume,
-            queue_capacity: sse.queue_capacity,
+            queue: QueueBound {
+                messages: sse.queue_capacity,
+                bytes: sse.queue_max_bytes,
+            },
             max_filters: sse.max_filters,
             max_filter_bytes: sse.max_filter_bytes,
         })

@@ -23,7 +23,9 @@ use super::Context;
 use crate::auth::{Action, Principal};
 use crate::config::WebSocketConfig;
 use crate::limits::TokenBucket;
-use crate::router::{Delivery, EventId, PublishError, Router, SubscribeError, Subscription};
+use crate::router::{
+    Delivery, EventId, PublishError, QueueBound, Router, SubscribeError, Subscription,
+};
 use crate::stats::{Limit, Protocol, Stats};
 
 /// Deliveries written before one flush.
@@ -52,7 +54,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub fn new(ws: WebSocketStream<S>, context: &Context, principal: Principal) -> Self {
         let router = context.router.clone();
         let config = context.config.clone();
-        let subscription = router.open(config.queue_capacity);
+        let subscription = router.open(QueueBound {
+            messages: config.queue_capacity,
+            bytes: config.queue_max_bytes,
+        });
         Self {
             ws,
             subscription,
