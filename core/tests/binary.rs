@@ -316,7 +316,7 @@ fn check_accepts_the_shipped_config_and_prints_it() {
         "[http]",
         "listen = \"0.0.0.0:8080\"",
         "[sse]",
-        "queue_capacity = 1024",
+        "queue_capacity = 8192",
         "[[routes]]",
         "filter = \"home/+/temperature\"",
         "event = \"temperature\"",

@@ -165,7 +165,7 @@ impl Default for SseConfig {
         Self {
             retry_ms: 2_000,
             heartbeat_secs: 15,
-            queue_capacity: 1_024,
+            queue_capacity: 8_192,
             queue_max_bytes: 1024 * 1024,
             replay_capacity: 10_000,
             replay_max_bytes: 16 * 1024 * 1024,
@@ -228,7 +228,7 @@ impl Default for WebSocketConfig {
             max_connections: 10_000,
             path: "/ws".into(),
             max_message_bytes: 64 * 1024,
-            queue_capacity: 1_024,
+            queue_capacity: 8_192,
             queue_max_bytes: 1024 * 1024,
             send_buffer_bytes: 64 * 1024,
             max_filters: 64,
