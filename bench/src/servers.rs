@@ -96,12 +96,23 @@ pub struct Server {
 impl Server {
     /// Starts `system` and waits until every listener accepts connections.
     pub async fn start(system: System, launch: &Launch) -> anyhow::Result<Self> {
+        Self::start_tuned(system, launch, "").await
+    }
+
+    /// As [`Server::start`], with `tidewater_toml` appended to Tidewater's
+    /// configuration (other systems ignore it): for a scenario that
+    /// measures a documented tuning rather than the defaults.
+    pub async fn start_tuned(
+        system: System,
+        launch: &Launch,
+        tidewater_toml: &str,
+    ) -> anyhow::Result<Self> {
         if let Some(missing) = system.missing(launch) {
             bail!("{system}: {missing}");
         }
         let dir = temp_dir(system)?;
         let (program, args, addrs) = match system {
-            System::Tidewater => tidewater(launch, &dir)?,
+            System::Tidewater => tidewater(launch, &dir, tidewater_toml)?,
             System::Rumqttd => {
                 let mqtt = free_port()?;
                 let args = vec!["--listen".into(), mqtt.to_string()];
@@ -225,7 +236,7 @@ impl Server {
 
 type Spawn = (String, Vec<String>, Addrs);
 
-fn tidewater(launch: &Launch, dir: &Path) -> anyhow::Result<Spawn> {
+fn tidewater(launch: &Launch, dir: &Path, extra_toml: &str) -> anyhow::Result<Spawn> {
     let addrs = Addrs {
         mqtt: Some(free_port()?),
         http: Some(free_port()?),
@@ -238,7 +249,7 @@ fn tidewater(launch: &Launch, dir: &Path) -> anyhow::Result<Spawn> {
         "[mqtt]\nlisten = \"{}\"\nmax_connections = 20000\n\n\
          [http]\nlisten = \"{}\"\nworkers = 1\n\n\
          [websocket]\nlisten = \"{}\"\n\n\
-         [auth]\nanonymous_web = true\nanonymous_mqtt = true\n",
+         [auth]\nanonymous_web = true\nanonymous_mqtt = true\n\n{extra_toml}",
         show(addrs.mqtt),
         show(addrs.http),
         show(addrs.ws)

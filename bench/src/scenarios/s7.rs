@@ -21,6 +21,9 @@ use crate::servers::{Server, System};
 /// Deliveries per second used when S2 did not run first.
 const DEFAULT_CAPACITY: f64 = 350_000.0;
 const BASELINE_SECS: f64 = 5.0;
+/// Tidewater's default `sse.replay_capacity`, in messages.
+const REPLAY_CAPACITY: f64 = 10_000.0;
+const MAX_WARMUP_SECS: f64 = 30.0;
 const RECOVERY: Duration = Duration::from_secs(5);
 
 pub async fn run(system: System, settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
@@ -79,7 +82,13 @@ async fn measure(server: &Server, settings: &Settings, report: &mut Report) -> a
         server,
         &publisher,
         &others,
-        pace(settings.warmup_secs),
+        // Long enough to fill Tidewater's replay ring, so its growth is not
+        // counted as memory the stalled readers hold.
+        pace(
+            settings
+                .warmup_secs
+                .max((REPLAY_CAPACITY / rate).min(MAX_WARMUP_SECS)),
+        ),
         &topic,
     )
     .await;
