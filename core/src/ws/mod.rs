@@ -78,16 +78,31 @@ pub async fn serve(
         let slot = slots.clone().try_acquire_owned().ok();
         tracker.spawn(async move {
             let _ = stream.set_nodelay(true);
-            let Some(acceptor) = context.tls.clone().map(tokio_rustls::TlsAcceptor::from) else {
-                return run(stream, context, limits, slot, cancel).await;
-            };
-            match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-            {
-                Ok(Ok(tls)) => run(tls, context, limits, slot, cancel).await,
-                Ok(Err(e)) => tracing::debug!(error = %e, "WebSocket TLS handshake failed."),
-                Err(_) => tracing::debug!("WebSocket TLS handshake timed out."),
+            // Each kind boxed: a task's future is as large as its largest
+            // state, and a plain session should not carry the TLS
+            // handshake's and stream's (measured in BENCHMARKS.md, S3).
+            match context.tls.clone() {
+                None => Box::pin(run(stream, context, limits, slot, cancel)).await,
+                Some(tls) => Box::pin(run_tls(stream, tls, context, limits, slot, cancel)).await,
             }
         });
+    }
+}
+
+/// Completes the TLS handshake within its deadline, then serves the session.
+async fn run_tls(
+    stream: tokio::net::TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    context: Context,
+    limits: FrameLimits,
+    slot: Option<OwnedSemaphorePermit>,
+    cancel: CancellationToken,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => run(tls, context, limits, slot, cancel).await,
+        Ok(Err(e)) => tracing::debug!(error = %e, "WebSocket TLS handshake failed."),
+        Err(_) => tracing::debug!("WebSocket TLS handshake timed out."),
     }
 }
 
