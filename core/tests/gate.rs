@@ -339,3 +339,34 @@ async fn mqtt_publish_rate_is_limited() {
     );
     bridge.shutdown().await;
 }
+
+/// The gate's MQTT-over-WebSocket listener upgrades each client in its own
+/// task: a connection that says nothing holds up nobody (rumqttd's own
+/// listener, on an open bridge, waits behind it; see `core/tests/broker.rs`).
+#[tokio::test]
+async fn a_silent_client_does_not_stall_the_gate() {
+    let bridge = start_with(|c| {
+        gated(c);
+        c.mqtt.websocket_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    let ws_addr = bridge.mqtt_ws.expect("MQTT over WebSocket listener");
+    let _silent = tokio::net::TcpStream::connect(ws_addr)
+        .await
+        .expect("connect");
+    let _silent_tcp = tokio::net::TcpStream::connect(bridge.mqtt)
+        .await
+        .expect("connect");
+    let password = password("sensor");
+    let options = |client_id| raw::Connect {
+        level: 4,
+        client_id,
+        login: Some(("sensor", &password)),
+        will_topic: None,
+    };
+    let (_, code) = RawMqtt::connect_ws(ws_addr, options("after-silent-ws")).await;
+    assert_eq!(code, Some(0));
+    let (_, code) = RawMqtt::connect(bridge.mqtt, options("after-silent-tcp")).await;
+    assert_eq!(code, Some(0));
+    bridge.shutdown().await;
+}

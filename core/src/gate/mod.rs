@@ -26,6 +26,17 @@
 //! protocol level. With an open bridge, devices talk to rumqttd directly
 //! (no extra hop) and the gate serves only `mqtt.tls_listen`, allowing
 //! everything.
+//!
+//! # Layout
+//! - this module: the listeners, their accept loops and connection limits,
+//!   and what every connection shares ([`Shared`]);
+//! - [`session`]: one connection, from its CONNECT to its end;
+//! - [`pump`]: the two directions of a connection and the notes between
+//!   them; [`acks`]: the order of acknowledgements on one side;
+//! - [`upstream`], [`downstream`]: the decision on each packet, per
+//!   direction;
+//! - [`packet`]: reading and writing just the MQTT the gate needs;
+//! - [`websocket`]: MQTT over WebSocket, as a byte stream for a session.
 
 mod acks;
 mod downstream;
@@ -82,6 +93,8 @@ pub struct Shared {
     /// carries what web clients and plugins publish).
     max_packet: usize,
     max_broker_packet: usize,
+    /// Room in each channel between a connection's two pumps.
+    notes: usize,
     publish_rate: u32,
     publish_burst: u32,
 }
@@ -109,6 +122,7 @@ impl Shared {
             connect_timeout: Duration::from_millis(config.mqtt.connection_timeout_ms.into()),
             max_packet: payload + HEADROOM,
             max_broker_packet: payload.max(config.http.max_publish_bytes) + HEADROOM,
+            notes: config.mqtt.max_inflight + pump::NOTES_MARGIN,
             publish_rate: config.limits.mqtt_publish_rate,
             publish_burst: config.limits.mqtt_publish_burst,
         }

@@ -21,11 +21,13 @@ use super::packet::{self, Frame, Version};
 use super::session::{write_client, SessionError, V311_NOT_AUTHORIZED};
 use super::upstream::{self, SubackPlan, Upstream, NOT_AUTHORIZED};
 
-/// Notes waiting for the other pump. A note carries everything one read
-/// produced; notes with acknowledgements are bounded by the broker's and
-/// the client's in-flight windows, and a pump takes them whenever it is
-/// not writing.
-pub const NOTES: usize = 64;
+/// Notes waiting for the other pump, beyond the broker's in-flight window
+/// (`mqtt.max_inflight`, added by the session). A note carries everything
+/// one read produced. Notes with acknowledgements are bounded by the
+/// in-flight windows (a delivery the client has not acknowledged holds the
+/// broker's next one back); the rest of the room is for SUBACKs, which
+/// only a client that floods SUBSCRIBEs without reading can exhaust.
+pub const NOTES_MARGIN: usize = 64;
 
 /// Bytes read at a time, at least.
 pub const READ_CHUNK: usize = 4 * 1024;
@@ -95,8 +97,9 @@ async fn fill<R: AsyncRead + Unpin>(
     Ok(reader.read_buf(buf).await?)
 }
 
-/// Sends a note to the other pump. Full means that pump has `NOTES` notes
-/// it has not taken: it is stuck writing to a peer that does not read.
+/// Sends a note to the other pump. Full means that pump has a window's
+/// worth of notes it has not taken: it is stuck writing to a peer that does
+/// not read.
 /// Waiting here could close a cycle through that peer; dropping the note
 /// would break the protocol. Closing the connection is the one safe choice.
 fn send(notes: &mpsc::Sender<Note>, note: Note, side: &'static str) -> Result<(), SessionError> {

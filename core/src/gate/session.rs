@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::downstream::Downstream;
 use super::packet::{self, kind, PacketError, Version};
-use super::pump::{self, read_frame, NOTES, READ_CHUNK};
+use super::pump::{self, read_frame, READ_CHUNK};
 use super::upstream::{Upstream, NOT_AUTHORIZED};
 use super::Shared;
 use crate::auth::Action;
@@ -161,8 +161,8 @@ where
     broker_tx.write_all(&from_client[..frame.len]).await?;
     from_client.advance(frame.len);
 
-    let (to_down, from_up) = mpsc::channel(NOTES);
-    let (to_up, from_down) = mpsc::channel(NOTES);
+    let (to_down, from_up) = mpsc::channel(shared.notes);
+    let (to_up, from_down) = mpsc::channel(shared.notes);
     let up = Upstream::new(shared.clone(), version, principal.clone());
     let down = Downstream::new(shared.clone(), version, principal);
     let client_to_broker = pump::up(

@@ -1,3 +1,4 @@
+use super::write::header;
 use super::*;
 use proptest::prelude::*;
 
