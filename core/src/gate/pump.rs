@@ -99,9 +99,9 @@ async fn fill<R: AsyncRead + Unpin>(
 
 /// Sends a note to the other pump. Full means that pump has a window's
 /// worth of notes it has not taken: it is stuck writing to a peer that does
-/// not read.
-/// Waiting here could close a cycle through that peer; dropping the note
-/// would break the protocol. Closing the connection is the one safe choice.
+/// not read. Waiting here could close a cycle through that peer (each pump
+/// waiting on the other); dropping the note would break the protocol.
+/// Closing the connection is the one safe choice.
 fn send(notes: &mpsc::Sender<Note>, note: Note, side: &'static str) -> Result<(), SessionError> {
     if note.is_empty() {
         return Ok(());
