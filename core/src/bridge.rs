@@ -1,5 +1,5 @@
-//! Starting and stopping the whole bridge: broker, router, plugins and HTTP
-//! server, wired together from one [`Config`].
+//! Starting and stopping the whole bridge: broker, MQTT gate, router,
+//! plugins and HTTP server, wired together from one [`Config`].
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -13,7 +13,8 @@ use crate::auth::password::MqttAuth;
 use crate::auth::token::WebAuth;
 use crate::auth::Policy;
 use crate::broker::{self, BrokerAddrs, BrokerError};
-use crate::config::Config;
+use crate::config::{Config, MqttConfig};
+use crate::gate::{self, Transport, Upstreams};
 use crate::http::{self, AppState};
 use crate::plugin::{PluginError, PluginStatuses, Plugins};
 use crate::router::{Router, RouterSettings};
@@ -51,8 +52,9 @@ pub enum StartError {
     Key(#[from] crate::auth::token::KeyError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error("mqtt TLS listener cannot bind {addr}")]
-    MqttTlsBind {
+    #[error("{listener} listener cannot bind {addr}")]
+    MqttBind {
+        listener: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -73,14 +75,17 @@ fn limit_send_buffer(listener: &TcpListener, bytes: usize) -> std::io::Result<()
 #[derive(Debug)]
 pub struct Bridge {
     pub http_addr: SocketAddr,
+    /// The MQTT addresses clients use: the gate's when it runs, else the
+    /// broker's own listeners.
     pub mqtt_addr: SocketAddr,
     pub mqtt_v5_addr: Option<SocketAddr>,
     pub mqtt_ws_addr: Option<SocketAddr>,
-    /// MQTT 3.1.1 over TLS, when `mqtt.tls_listen` is set.
+    /// MQTT over TLS, when `mqtt.tls_listen` is set.
     pub mqtt_tls_addr: Option<SocketAddr>,
     pub ws_addr: SocketAddr,
     router: Router,
-    /// Every WebSocket task: the listener and its sessions.
+    /// The bridge's own listeners and their connections: WebSocket
+    /// sessions and MQTT gate connections.
     ws_tasks: TaskTracker,
     plugins: Plugins,
     cancel: CancellationToken,
@@ -95,6 +100,9 @@ impl Bridge {
         let config = Arc::new(config);
         let stats = Arc::new(Stats::default());
         let policy = Arc::new(Policy::from_config(&config.auth)?);
+        // With rules to enforce, MQTT clients go through the gate; an open
+        // bridge keeps the direct path (see `gate`).
+        let gated = policy.is_enforced();
         if policy.is_enforced() && !policy.has_rules() {
             tracing::warn!("[auth] is configured without [[auth.acl]] rules: every web and plugin subscribe and publish will be refused.");
         }
@@ -113,6 +121,7 @@ impl Bridge {
         if !config.auth.anonymous_mqtt && config.auth.users.is_empty() {
             tracing::warn!("Neither auth.anonymous_mqtt nor [[auth.users]] is set: every MQTT client will be refused.");
         }
+        let passwords_checked = mqtt_auth.enabled();
         let (ingress_tx, ingress_rx) = mpsc::channel(config.http.ingress_capacity);
         let (retained_tx, retained_rx) = mpsc::channel(RETAINED_REQUESTS);
         let router = Router::new(
@@ -120,7 +129,7 @@ impl Bridge {
                 replay_capacity: config.sse.replay_capacity,
                 replay_max_bytes: config.sse.replay_max_bytes,
                 routes: config.routes.clone(),
-                policy,
+                policy: policy.clone(),
             },
             stats,
             ingress_tx,
@@ -154,19 +163,15 @@ impl Bridge {
         } else {
             None
         };
-        let mqtt_tls_listener = match config.mqtt.tls_listen {
-            Some(addr) => {
-                let bind = |source| StartError::MqttTlsBind { addr, source };
-                let listener = TcpListener::bind(addr).map_err(bind)?;
-                listener.set_nonblocking(true).map_err(bind)?;
-                Some(tokio::net::TcpListener::from_std(listener).map_err(bind)?)
-            }
-            None => None,
-        };
+        let public = PublicMqtt::bind(&config.mqtt, gated)?;
 
         // Starting the broker waits for its listeners: keep that off the
-        // async workers.
-        let mqtt = config.mqtt.clone();
+        // async workers. Behind the gate, its listeners are internal.
+        let mqtt = if gated {
+            internal(&config.mqtt)
+        } else {
+            config.mqtt.clone()
+        };
         let broker_router = router.clone();
         let BrokerAddrs {
             mqtt: mqtt_addr,
@@ -221,31 +226,79 @@ impl Bridge {
             ws_tasks.clone(),
         ));
 
-        let mut mqtt_tls_addr = None;
-        if let (Some(listener), Some(tls)) = (mqtt_tls_listener, &tls) {
-            let addr = listener
-                .local_addr()
-                .map_err(|source| StartError::MqttTlsBind {
-                    addr: config.mqtt.tls_listen.unwrap_or(mqtt_addr),
-                    source,
-                })?;
-            mqtt_tls_addr = Some(addr);
-            ws_tasks.spawn(crate::tls::serve_mqtt(
+        let shared = Arc::new(gate::Shared::new(
+            &config,
+            if gated {
+                policy
+            } else {
+                Arc::new(Policy::allow_all())
+            },
+            router.stats().clone(),
+            Upstreams {
+                v311: broker::loopback(mqtt_addr),
+                v5: mqtt_v5.map(broker::loopback),
+            },
+            passwords_checked,
+        ));
+        let serve = |listener: tokio::net::TcpListener, transport| {
+            ws_tasks.spawn(gate::serve(
                 listener,
-                broker::loopback(mqtt_addr),
-                tokio_rustls::TlsAcceptor::from(tls.clone()),
+                transport,
+                shared.clone(),
                 config.mqtt.max_connections,
-                router.stats().clone(),
                 cancel.clone(),
+                ws_tasks.clone(),
             ));
-            tracing::info!(addr = %addr, "MQTT 3.1.1 over TLS listener ready.");
+        };
+        let local = |listener: &tokio::net::TcpListener, name: &'static str| {
+            listener
+                .local_addr()
+                .map_err(|source| StartError::MqttBind {
+                    listener: name,
+                    addr: config.mqtt.listen,
+                    source,
+                })
+        };
+        let mut mqtt_tls_addr = None;
+        if let (Some(listener), Some(tls)) = (public.tls, &tls) {
+            mqtt_tls_addr = Some(local(&listener, "mqtt_tls")?);
+            serve(
+                listener,
+                Transport::Tls(tokio_rustls::TlsAcceptor::from(tls.clone())),
+            );
         }
-        tracing::info!(addr = %mqtt_addr, "MQTT 3.1.1 listener ready.");
+        let (mqtt_addr, mqtt_v5, mqtt_ws) = if gated {
+            let mut addrs = (mqtt_addr, None, None);
+            if let Some(listener) = public.tcp {
+                addrs.0 = local(&listener, "mqtt")?;
+                serve(listener, Transport::Tcp);
+            }
+            if let Some(listener) = public.v5 {
+                addrs.1 = Some(local(&listener, "mqtt_v5")?);
+                serve(listener, Transport::Tcp);
+            }
+            if let Some(listener) = public.websocket {
+                addrs.2 = Some(local(&listener, "mqtt_websocket")?);
+                serve(listener, Transport::WebSocket);
+            }
+            addrs
+        } else {
+            (mqtt_addr, mqtt_v5, mqtt_ws)
+        };
+        let path = if gated {
+            "through the gate, access rules enforced"
+        } else {
+            "direct to the broker"
+        };
+        tracing::info!(addr = %mqtt_addr, path, "MQTT listener ready.");
         if let Some(addr) = mqtt_v5 {
-            tracing::info!(addr = %addr, "MQTT 5 listener ready.");
+            tracing::info!(addr = %addr, path, "MQTT 5 listener ready.");
         }
         if let Some(addr) = mqtt_ws {
-            tracing::info!(addr = %addr, "MQTT over WebSocket listener ready.");
+            tracing::info!(addr = %addr, path, "MQTT over WebSocket listener ready.");
+        }
+        if let Some(addr) = mqtt_tls_addr {
+            tracing::info!(addr = %addr, "MQTT over TLS listener ready (through the gate).");
         }
         tracing::info!(addr = %http_addr, "HTTP listener ready (SSE, publish, health).");
         tracing::info!(addr = %ws_addr, path = %config.websocket.path, "WebSocket listener ready.");
@@ -295,5 +348,57 @@ impl Bridge {
         // The embedded broker's threads cannot be stopped (rumqttd 0.20);
         // they end with the process.
         tracing::info!("Bridge stopped.");
+    }
+}
+
+/// The MQTT listeners the gate serves, bound before the broker starts so a
+/// busy port fails fast.
+#[derive(Debug)]
+struct PublicMqtt {
+    tcp: Option<tokio::net::TcpListener>,
+    v5: Option<tokio::net::TcpListener>,
+    websocket: Option<tokio::net::TcpListener>,
+    tls: Option<tokio::net::TcpListener>,
+}
+
+impl PublicMqtt {
+    /// Every public MQTT listener when `gated`; only `mqtt.tls_listen`
+    /// otherwise (the broker serves the others itself).
+    fn bind(config: &MqttConfig, gated: bool) -> Result<Self, StartError> {
+        let bind = |listener: &'static str, addr: Option<SocketAddr>| {
+            addr.map(|addr| {
+                let error = |source| StartError::MqttBind {
+                    listener,
+                    addr,
+                    source,
+                };
+                let std = TcpListener::bind(addr).map_err(error)?;
+                std.set_nonblocking(true).map_err(error)?;
+                tokio::net::TcpListener::from_std(std).map_err(error)
+            })
+            .transpose()
+        };
+        let gated_addr = |addr: Option<SocketAddr>| addr.filter(|_| gated);
+        Ok(Self {
+            tcp: bind("mqtt", gated_addr(Some(config.listen)))?,
+            v5: bind("mqtt_v5", gated_addr(config.listen_v5))?,
+            websocket: bind("mqtt_websocket", gated_addr(config.websocket_listen))?,
+            tls: bind("mqtt_tls", config.tls_listen)?,
+        })
+    }
+}
+
+/// The broker's configuration behind the gate: its MQTT 3.1.1 and 5
+/// listeners on loopback ports only the gate and the startup probe use
+/// (MQTT 5 even when `mqtt.listen_v5` is unset, so every public port takes
+/// both versions), and no WebSocket listener of its own.
+fn internal(config: &MqttConfig) -> MqttConfig {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    MqttConfig {
+        listen: loopback,
+        listen_v5: Some(loopback),
+        websocket_listen: None,
+        tls_listen: None,
+        ..config.clone()
     }
 }

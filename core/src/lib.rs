@@ -12,6 +12,9 @@
 //! - [`router`]: the ordered stream, the subscription trie, per-subscriber
 //!   queues, the replay ring and retained-first delivery.
 //! - [`broker`]: the embedded rumqttd and the links that join it to the router.
+//! - [`gate`]: the MQTT listeners in front of the broker that enforce the
+//!   access rules on devices' SUBSCRIBE, PUBLISH, wills and deliveries
+//!   (rumqttd 0.20 only checks CONNECT); also MQTT over TLS.
 //! - [`sse`]: `GET /events`, the SSE encoder and stream.
 //! - [`ws`]: the WebSocket listener, its JSON protocol and sessions.
 //! - [`http`]: the HTTP server: publish, health, CORS, error bodies.
@@ -24,8 +27,7 @@
 //! - [`stats`]: counters for everything accepted, delivered, refused or
 //!   dropped.
 //! - [`metrics`]: those counters in the Prometheus format, at `/metrics`.
-//! - [`tls`]: the certificate every TLS listener presents, and the MQTT TLS
-//!   listener in front of the broker.
+//! - [`tls`]: the certificate every TLS listener presents.
 //! - [`bridge`]: starting and stopping the whole.
 //!
 //! # Errors
@@ -37,6 +39,7 @@ pub mod auth;
 pub mod bridge;
 pub mod broker;
 pub mod config;
+pub mod gate;
 pub mod http;
 pub mod limits;
 pub mod metrics;

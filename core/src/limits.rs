@@ -1,5 +1,6 @@
 //! Publish rates: a token bucket per web client, so that one client cannot
-//! fill the broker's ingress queue for everyone else.
+//! fill the broker's ingress queue for everyone else, and one per MQTT
+//! connection of the gate (`limits.mqtt_publish_rate`).
 //!
 //! A bucket holds up to `burst` tokens and gains `rate` per second; each
 //! publish takes one, and a publish that finds none is refused with the
@@ -27,12 +28,19 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    /// A full bucket; `None` when `config` turns the limit off.
+    /// A full bucket for web clients; `None` when `config` turns the
+    /// limit off.
     pub fn new(config: &LimitsConfig, now: Instant) -> Option<Self> {
-        (config.publish_rate > 0).then(|| {
-            let burst = f64::from(config.publish_burst.max(1));
+        Self::with_rate(config.publish_rate, config.publish_burst, now)
+    }
+
+    /// A full bucket of `burst` tokens gaining `rate` a second; `None` when
+    /// `rate` is 0 (unlimited).
+    pub fn with_rate(rate: u32, burst: u32, now: Instant) -> Option<Self> {
+        (rate > 0).then(|| {
+            let burst = f64::from(burst.max(1));
             Self {
-                rate: f64::from(config.publish_rate),
+                rate: f64::from(rate),
                 burst,
                 tokens: burst,
                 updated: now,
@@ -111,6 +119,7 @@ mod tests {
         LimitsConfig {
             publish_rate: rate,
             publish_burst: burst,
+            ..LimitsConfig::default()
         }
     }
 

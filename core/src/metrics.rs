@@ -266,6 +266,19 @@ impl Collector for StatsCollector {
             "Messages withheld from subscribers the access rules deny their topic.",
             read(&s.deliveries_withheld),
         )?;
+        labelled(
+            &mut encoder,
+            "mqtt_gate_refusals",
+            "What the MQTT gate refused or withheld, by kind.",
+            total,
+            "kind",
+            &[
+                ("publish", read(&s.mqtt_publishes_denied)),
+                ("subscription", read(&s.mqtt_subscriptions_denied)),
+                ("delivery", read(&s.mqtt_deliveries_withheld)),
+                ("overflow", read(&s.mqtt_gate_overflows)),
+            ],
+        )?;
         let mut family = encoder.encode_descriptor(
             "delivery_latency_seconds",
             "From broker receipt to the web client's writer, live messages only.",
@@ -393,6 +406,7 @@ mod tests {
             "tidewater_access_denied_total{protocol=\"websocket\",action=\"publish\"} 1",
             "tidewater_limit_refusals_total{protocol=\"http\",limit=\"rate\"} 1",
             "tidewater_deliveries_withheld_total 0",
+            "tidewater_mqtt_gate_refusals_total{kind=\"publish\"} 0",
         ] {
             assert!(text.contains(series), "{series} in:\n{text}");
         }

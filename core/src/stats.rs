@@ -87,8 +87,19 @@ counters! {
     /// rate, payload size.
     limit_refusals,
     /// Messages withheld from a subscriber because the access rules deny
-    /// it that topic (subscriptions checked per message).
+    /// it that topic (subscriptions checked per message), MQTT clients of
+    /// the gate included.
     deliveries_withheld,
+    /// PUBLISHes (and wills) from MQTT clients the access rules refused.
+    mqtt_publishes_denied,
+    /// Topic filters of MQTT SUBSCRIBEs the access rules refused.
+    mqtt_subscriptions_denied,
+    /// Messages the gate withheld from MQTT clients (also in
+    /// `deliveries_withheld`).
+    mqtt_deliveries_withheld,
+    /// MQTT connections closed because they did not read the gate's
+    /// answers while sending more requests that needed one.
+    mqtt_gate_overflows,
 }
 
 /// Where a refusal happened.

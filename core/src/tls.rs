@@ -1,17 +1,15 @@
 //! TLS for the bridge's listeners: the `[tls]` certificate and key, loaded
 //! once at startup into one rustls configuration that HTTPS (actix-web),
-//! `wss://` (the WebSocket listener) and MQTT over TLS share; and the MQTT
-//! TLS listener itself.
+//! `wss://` (the WebSocket listener) and MQTT over TLS (the MQTT gate,
+//! [`crate::gate`]) share.
 //!
-//! MQTT over TLS is terminated here rather than by rumqttd: rumqttd 0.20's
-//! TLS would bring a second rustls (0.22) and crypto backend (ring), and it
-//! performs each handshake inside its accept loop, with no timeout, so one
-//! client that connects and stays silent stalls every later connection.
-//! Here each handshake runs in its own task with a deadline, and the
-//! decrypted stream is relayed to the broker's plain MQTT 3.1.1 listener on
-//! the same host (bind `mqtt.listen` to 127.0.0.1 for a TLS-only broker).
+//! MQTT over TLS is terminated by the bridge rather than by rumqttd:
+//! rumqttd 0.20's TLS would bring a second rustls (0.22) and crypto backend
+//! (ring), and it performs each handshake inside its accept loop, with no
+//! timeout, so one client that connects and stays silent stalls every
+//! later connection. The gate runs each handshake in its own task with
+//! [`HANDSHAKE_TIMEOUT`].
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,13 +17,8 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::TlsConfig;
-use crate::stats::{Limit, Protocol, Stats};
 
 /// A client has this long to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -91,69 +84,6 @@ fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErr
         return Err(error("no CERTIFICATE block found".into()));
     }
     Ok(certificates)
-}
-
-/// Accepts MQTT over TLS on `listener` and relays each connection, once its
-/// handshake is done, to the broker's plain listener at `broker`. At most
-/// `max_connections` at once; past that, a connection is closed at once
-/// (MQTT has no way to refuse before CONNECT) and counted.
-pub async fn serve_mqtt(
-    listener: TcpListener,
-    broker: SocketAddr,
-    acceptor: TlsAcceptor,
-    max_connections: usize,
-    stats: Arc<Stats>,
-    cancel: CancellationToken,
-) {
-    let slots = Arc::new(Semaphore::new(max_connections));
-    loop {
-        let accepted = tokio::select! {
-            () = cancel.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "MQTT TLS accept failed.");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            stats.limit(Protocol::Mqtt, Limit::Connections);
-            tracing::debug!(%peer, "MQTT TLS connection refused: mqtt.max_connections reached.");
-            continue;
-        };
-        let (acceptor, cancel) = (acceptor.clone(), cancel.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            let _ = stream.set_nodelay(true);
-            let mut tls =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed.");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "MQTT TLS handshake timed out.");
-                        return;
-                    }
-                };
-            let mut plain = match TcpStream::connect(broker).await {
-                Ok(plain) => plain,
-                Err(e) => {
-                    tracing::warn!(%peer, %broker, error = %e, "Cannot reach the broker for an MQTT TLS client.");
-                    return;
-                }
-            };
-            let _ = plain.set_nodelay(true);
-            tokio::select! {
-                () = cancel.cancelled() => {}
-                _ = tokio::io::copy_bidirectional(&mut tls, &mut plain) => {}
-            }
-        });
-    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use tidewater::auth::acl::{Actions, Effect};
 use tidewater::config::{AclRuleConfig, JwtConfig};
 use tidewater::Config;
 
+use common::raw::{self, RawMqtt};
 use common::{
     request, start_with, ws_connect_with, ws_next, ws_request, Device, SseClient, TestBridge,
     TIMEOUT,
@@ -30,8 +31,9 @@ fn rule(principal: &str, effect: Effect, action: Actions, filter: &str) -> AclRu
     }
 }
 
-/// Tokens required, no anonymous access, and rules: nobody reads or writes
-/// `home/secret/#`; residents read and write the rest of `home/#`; every
+/// Tokens required, no anonymous web access, and rules: nobody reads or
+/// writes `home/secret/#`; residents, and the anonymous MQTT devices that
+/// publish the tests' messages, read and write the rest of `home/#`; every
 /// user has `users/%u/#`.
 fn secure(config: &mut Config) {
     config.auth.anonymous_web = false;
@@ -44,6 +46,7 @@ fn secure(config: &mut Config) {
     config.auth.acl = vec![
         rule("any", Effect::Deny, Actions::Both, "home/secret/#"),
         rule("role:resident", Effect::Allow, Actions::Both, "home/#"),
+        rule("anonymous", Effect::Allow, Actions::Both, "home/#"),
         rule("authenticated", Effect::Allow, Actions::Both, "users/%u/#"),
     ];
 }
@@ -250,9 +253,20 @@ async fn http_publish_matrix() {
 
 /// A subscription that overlaps a denied area gets the allowed topics only:
 /// the denied ones are withheld (and counted), whoever published them.
+/// (Here an MQTT device may write what nobody may read.)
 #[tokio::test]
 async fn overlapping_subscriptions_are_filtered_per_message() {
-    let bridge = start_secure().await;
+    let bridge = start_with(|c| {
+        secure(c);
+        let writer = rule(
+            "anonymous",
+            Effect::Allow,
+            Actions::Publish,
+            "home/secret/#",
+        );
+        c.auth.acl.insert(0, writer);
+    })
+    .await;
     let token = format!("Bearer {}", resident());
     let mut sse = SseClient::connect(
         bridge.http,
@@ -462,24 +476,24 @@ async fn anonymous_web_access_is_off_by_default() {
     bridge.shutdown().await;
 }
 
-/// Devices with passwords: no anonymous MQTT, one user.
+/// Devices with passwords: no anonymous MQTT, one user, a resident.
 fn secure_mqtt(config: &mut Config) {
     secure(config);
     config.auth.anonymous_mqtt = false;
     config.auth.users = vec![tidewater::config::UserConfig {
         name: "sensor".into(),
         password_hash: tidewater::auth::password::hash("sensor-password").expect("hash"),
+        roles: vec!["resident".into()],
     }];
 }
 
-/// MQTT: no credentials and a wrong password are refused at CONNECT (the
-/// wrong one counted, which shows the broker asked the bridge); the right
-/// one connects and its publishes reach web subscribers. (Devices use
-/// passwords, which do not expire: the matrix's expired-token column does
-/// not apply.) rumqttd 0.20 has
-/// no hook for SUBSCRIBE or PUBLISH, so a device's subscription to a
-/// denied area is granted, and its publishes there reach other MQTT
-/// clients: the bridge withholds them from web subscribers only.
+/// MQTT: no username, a wrong password and an unknown user are refused at
+/// CONNECT with a CONNACK, and counted. A device that logged in is held to
+/// the same rules as web clients, by the MQTT gate: a denied filter gets a
+/// SUBACK failure (one code per filter), a publish on a denied topic is
+/// acknowledged but reaches nobody, MQTT or web, and is counted. (Deliveries
+/// withheld per message, wills, `%u`/`%c`, MQTT 5, TLS and WebSocket:
+/// `core/tests/gate.rs`.)
 #[tokio::test]
 async fn mqtt_matrix() {
     let bridge = start_with(secure_mqtt).await;
@@ -489,16 +503,26 @@ async fn mqtt_matrix() {
     assert!(wrong.is_err(), "a wrong password is refused");
     let unknown = Device::try_connect(bridge.mqtt, "who", Some(("nobody", "x"))).await;
     assert!(unknown.is_err(), "an unknown user is refused");
-    assert_eq!(bridge.stats().auth_failures, 2);
+    assert_eq!(bridge.stats().auth_failures, 3);
 
     let login = Some(("sensor", "sensor-password"));
-    let device = Device::try_connect(bridge.mqtt, "sensor-1", login)
-        .await
-        .expect("the right password connects");
-    let mut peer = Device::try_connect(bridge.mqtt, "sensor-2", login)
-        .await
-        .expect("a second device");
-    peer.subscribe("home/secret/#").await; // granted: not enforced for MQTT
+    let connect = |client_id| raw::Connect {
+        level: 4,
+        client_id,
+        login,
+        will_topic: None,
+    };
+    let (mut device, code) = RawMqtt::connect(bridge.mqtt, connect("sensor-1")).await;
+    assert_eq!(code, Some(0), "the right password connects");
+    let (mut peer, code) = RawMqtt::connect(bridge.mqtt, connect("sensor-2")).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(peer.subscribe(1, &[("home/secret/#", 0)]).await, [0x80]);
+    let mixed = [
+        ("home/+/temperature", 1),
+        ("home/secret/#", 0),
+        ("users/sensor/#", 0),
+    ];
+    assert_eq!(peer.subscribe(2, &mixed).await, [1, 0x80, 0]);
     let token = format!("Bearer {}", resident());
     let mut sse = SseClient::connect(
         bridge.http,
@@ -506,24 +530,41 @@ async fn mqtt_matrix() {
         &[("Authorization", &token)],
     )
     .await;
-    device.publish("home/secret/door", "open", false).await;
-    device
-        .publish("home/kitchen/temperature", "20", false)
-        .await;
-    assert_eq!(peer.next().await.topic, "home/secret/door");
-    let event = sse.expect_event().await;
+
+    device.publish("home/secret/door", b"open", 1, 10).await;
     assert_eq!(
-        event.data, "20",
+        device.ack(4, 10).await,
+        0,
+        "a refused QoS 1 publish is acknowledged"
+    );
+    device
+        .publish("home/kitchen/temperature", b"20", 1, 11)
+        .await;
+    assert_eq!(device.ack(4, 11).await, 0);
+    device.publish("users/sensor/note", b"end", 0, 0).await;
+    assert_eq!(
+        peer.topics_until("users/sensor/note").await,
+        ["home/kitchen/temperature", "users/sensor/note"]
+    );
+    assert_eq!(
+        sse.expect_event().await.data,
+        "20",
         "the web subscriber never sees home/secret"
     );
-    assert_eq!(bridge.stats().deliveries_withheld, 1);
+    let stats = bridge.stats();
+    assert_eq!(stats.mqtt_publishes_denied, 1);
+    assert_eq!(stats.mqtt_subscriptions_denied, 2);
+    assert_eq!(
+        stats.deliveries_withheld, 0,
+        "the refused publish never entered the broker"
+    );
     bridge.shutdown().await;
 }
 
-/// The MQTT 5 and MQTT-over-WebSocket listeners ask the same hook as the
-/// MQTT 3.1.1 one. rumqttd 0.20 closes a refused CONNECT without sending a
-/// CONNACK (no return code 5, no reason code 0x87): pinned here, so an
-/// upgrade that changes it is noticed.
+/// The MQTT 3.1.1, MQTT 5 and MQTT-over-WebSocket listeners all check
+/// passwords, and refuse with a CONNACK (return code 5, reason code 0x87)
+/// rather than the bare close rumqttd 0.20 gives. Every port takes both
+/// protocol versions.
 #[tokio::test]
 async fn every_mqtt_listener_checks_passwords() {
     let bridge = start_with(|c| {
@@ -534,93 +575,28 @@ async fn every_mqtt_listener_checks_passwords() {
     .await;
     let v5 = bridge.mqtt_v5.expect("v5 listener");
     let ws = bridge.mqtt_ws.expect("MQTT over WebSocket listener");
+    let connect = |level, login| raw::Connect {
+        level,
+        client_id: "raw-client",
+        login,
+        will_topic: None,
+    };
     let right = Some(("sensor", "sensor-password"));
     for login in [None, Some(("sensor", "guess"))] {
-        assert_eq!(
-            mqtt_connect_tcp(v5, 5, login).await,
-            None,
-            "{login:?} over v5"
-        );
-        assert_eq!(
-            mqtt_connect_ws(ws, login).await,
-            None,
-            "{login:?} over WebSocket"
-        );
-    }
-    assert_eq!(
-        mqtt_connect_tcp(v5, 5, right).await,
-        Some(0),
-        "CONNACK success"
-    );
-    assert_eq!(mqtt_connect_ws(ws, right).await, Some(0), "CONNACK success");
-    bridge.shutdown().await;
-}
-
-/// An MQTT CONNECT of protocol `level` (4 or 5), with a login if given.
-fn connect_packet(level: u8, login: Option<(&str, &str)>) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level];
-    body.push(if login.is_some() { 0xc2 } else { 0x02 });
-    body.extend_from_slice(&[0, 30]);
-    if level == 5 {
-        body.push(0); // no properties
-    }
-    let mut string = |s: &str| {
-        body.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        body.extend_from_slice(s.as_bytes());
-    };
-    string("raw-client");
-    if let Some((user, password)) = login {
-        string(user);
-        string(password);
-    }
-    let mut packet = vec![0x10, u8::try_from(body.len()).expect("a short CONNECT")];
-    packet.extend(body);
-    packet
-}
-
-/// A raw CONNECT over TCP; the CONNACK's return or reason code, or `None`
-/// if the broker closed the connection without one.
-async fn mqtt_connect_tcp(
-    addr: std::net::SocketAddr,
-    level: u8,
-    login: Option<(&str, &str)>,
-) -> Option<u8> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(&connect_packet(level, login))
-        .await
-        .expect("send CONNECT");
-    let mut head = [0u8; 4];
-    match tokio::time::timeout(TIMEOUT, stream.read_exact(&mut head)).await {
-        Ok(Ok(_)) if head[0] == 0x20 => Some(head[3]),
-        _ => None,
-    }
-}
-
-/// A raw MQTT 3.1.1 CONNECT over WebSocket (subprotocol `mqtt`).
-async fn mqtt_connect_ws(addr: std::net::SocketAddr, login: Option<(&str, &str)>) -> Option<u8> {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::Message;
-    let mut request = format!("ws://{addr}/mqtt")
-        .into_client_request()
-        .expect("request");
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("header"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("WebSocket upgrade");
-    ws.send(Message::Binary(connect_packet(4, login).into()))
-        .await
-        .expect("send CONNECT");
-    match tokio::time::timeout(TIMEOUT, ws.next()).await {
-        Ok(Some(Ok(Message::Binary(bytes)))) if bytes.first() == Some(&0x20) => {
-            bytes.get(3).copied()
+        for (addr, level, refused) in [(bridge.mqtt, 4, 5), (v5, 5, 0x87), (bridge.mqtt, 5, 0x87)] {
+            let (_, code) = RawMqtt::connect(addr, connect(level, login)).await;
+            assert_eq!(code, Some(refused), "{login:?} at level {level} on {addr}");
         }
-        _ => None,
+        let (_, code) = RawMqtt::connect_ws(ws, connect(4, login)).await;
+        assert_eq!(code, Some(5), "{login:?} over WebSocket");
     }
+    for (addr, level) in [(bridge.mqtt, 4), (v5, 5), (bridge.mqtt, 5), (v5, 4)] {
+        let (_, code) = RawMqtt::connect(addr, connect(level, right)).await;
+        assert_eq!(code, Some(0), "level {level} on {addr}: CONNACK success");
+    }
+    let (_, code) = RawMqtt::connect_ws(ws, connect(5, right)).await;
+    assert_eq!(code, Some(0), "MQTT 5 over WebSocket");
+    bridge.shutdown().await;
 }
 
 /// Topics an SSE stream (in JSON format) receives, up to and including
@@ -723,7 +699,11 @@ async fn no_message_reaches_a_subscriber_it_should_not() {
     let mut bob_ws = ws_connect_with(bridge.ws, "/ws", &bob_h)
         .await
         .expect("bob's session");
-    for (topic, op) in [("users/bob/z", "ack"), ("home/hall/temperature", "error")] {
+    for (topic, op) in [
+        ("users/bob/z", "ack"),
+        ("home/hall/temperature", "error"),
+        ("users/bob/end", "ack"),
+    ] {
         let publish = json!({"op": "publish", "topic": topic, "payload": "w", "qos": 1});
         assert_eq!(
             ws_request(&mut bob_ws, publish, "p").await["op"],
@@ -731,9 +711,8 @@ async fn no_message_reaches_a_subscriber_it_should_not() {
             "bob publishing {topic}"
         );
     }
-    // Markers, after everything else: the broker keeps one order.
+    // A marker, after everything else: the broker keeps one order.
     sensor.publish("home/hall/temperature", "end", false).await;
-    sensor.publish("users/bob/end", "end", false).await;
 
     assert_eq!(
         sse_topics_until(&mut ann_sse, "home/hall/temperature").await,
@@ -749,7 +728,8 @@ async fn no_message_reaches_a_subscriber_it_should_not() {
     );
     assert_eq!(
         sse_topics_until(&mut bob_sse, "users/bob/end").await,
-        ["users/bob/x", "users/bob/z", "users/bob/end"]
+        ["users/bob/z", "users/bob/end"],
+        "the gate refused the sensor's users/bob/x: not its own space"
     );
     assert_eq!(
         ws_topics_until(&mut kiosk_ws, "home/hall/temperature").await,

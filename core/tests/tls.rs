@@ -266,3 +266,39 @@ async fn untrusted_and_plain_clients_are_refused() {
     assert!(response.starts_with("HTTP/1.1 202"), "{response}");
     bridge.shutdown().await;
 }
+
+/// With access rules configured, MQTT over TLS goes through the gate like
+/// every other MQTT listener: a denied filter gets a SUBACK failure, an
+/// allowed one receives.
+#[tokio::test]
+async fn mqtt_over_tls_follows_the_rules() {
+    let pki = Pki::new("mqtts-rules");
+    let (cert, key) = (pki.cert_path.clone(), pki.key_path.clone());
+    let bridge = start_with(move |c| {
+        common::gated(c);
+        c.tls.cert_path = Some(cert);
+        c.tls.key_path = Some(key);
+        c.mqtt.tls_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    let addr = bridge.mqtt_tls.expect("MQTT TLS listener");
+    let stream = tls_connect(&pki.connector(), addr)
+        .await
+        .expect("TLS connect");
+    let password = common::password("sensor");
+    let options = common::raw::Connect {
+        level: 5,
+        client_id: "tls-sensor",
+        login: Some(("sensor", &password)),
+        will_topic: None,
+    };
+    let (mut sensor, code) = common::raw::RawMqtt::connect_over(Box::new(stream), options).await;
+    assert_eq!(code, Some(0));
+    let codes = sensor
+        .subscribe(1, &[("home/secret/#", 0), ("home/kitchen/#", 0)])
+        .await;
+    assert_eq!(codes, [0x87, 0]);
+    sensor.publish("home/kitchen/tls", b"over tls", 0, 0).await;
+    assert_eq!(sensor.next_publish().await.topic, "home/kitchen/tls");
+    bridge.shutdown().await;
+}

@@ -192,6 +192,7 @@ mod tests {
         UserConfig {
             name: name.into(),
             password_hash: hash(password).expect("hash"),
+            roles: Vec::new(),
         }
     }
 

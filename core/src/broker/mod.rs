@@ -14,7 +14,9 @@
 //! Every listener asks [`MqttAuth`] about each CONNECT that carries a
 //! username (rumqttd's `external_auth` hook), unless anonymous access is on
 //! and no user is configured. That hook is all rumqttd 0.20 offers: it has
-//! none for SUBSCRIBE or PUBLISH (see `docs/security.md`).
+//! none for SUBSCRIBE or PUBLISH, which is why, once access rules are
+//! enforced, the listeners bind loopback ports behind the MQTT gate
+//! ([`crate::gate`]) instead of the configured addresses.
 
 mod egress;
 mod ingress;

@@ -197,6 +197,7 @@ mod tests {
         let config = from_toml_str(&example).expect("the secure example is valid");
         assert!(!config.auth.anonymous_web && !config.auth.anonymous_mqtt);
         assert_eq!(config.auth.users.len(), 1);
+        assert_eq!(config.auth.users[0].roles, ["resident"]);
         assert!(config.auth.jwt.is_some());
         assert_eq!(config.auth.acl.len(), 4);
     }

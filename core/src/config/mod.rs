@@ -35,25 +35,29 @@ pub struct Config {
     pub limits: LimitsConfig,
 }
 
-/// `[mqtt]`: the embedded broker.
+/// `[mqtt]`: the embedded broker, and the MQTT gate in front of it (which
+/// serves these addresses whenever access rules are enforced).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// MQTT 3.1.1 listener.
+    /// MQTT 3.1.1 listener (and MQTT 5 behind the gate).
     pub listen: SocketAddr,
-    /// MQTT 5 listener; off when absent (rumqttd needs one listener per version).
+    /// MQTT 5 listener; off when absent (rumqttd needs one listener per
+    /// version; behind the gate it takes 3.1.1 too).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen_v5: Option<SocketAddr>,
-    /// MQTT over WebSocket (subprotocol `mqtt`, MQTT 3.1.1) for browser MQTT
-    /// clients; off when absent.
+    /// MQTT over WebSocket (subprotocol `mqtt`; MQTT 3.1.1, and 5 behind
+    /// the gate) for browser MQTT clients; off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub websocket_listen: Option<SocketAddr>,
-    /// MQTT 3.1.1 over TLS (the `[tls]` certificate); off when absent.
+    /// MQTT over TLS (the `[tls]` certificate), always through the gate;
+    /// off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_listen: Option<SocketAddr>,
     /// Largest PUBLISH payload a device may send, in bytes.
     pub max_payload_bytes: usize,
-    /// Connections the broker accepts at once (devices and the bridge's own links).
+    /// Connections the broker accepts at once (devices and the bridge's own
+    /// links); also the gate's limit per listener.
     pub max_connections: usize,
     /// How long a new connection has to send CONNECT, in milliseconds.
     pub connection_timeout_ms: u16,

@@ -39,6 +39,9 @@ pub struct UserConfig {
     pub name: String,
     /// An argon2 PHC string from `tidewater hash-password`.
     pub password_hash: String,
+    /// Roles for `role:NAME` rules, as a web client's token carries them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
 }
 
 /// `[auth.jwt]`: how web clients' tokens are checked.
@@ -107,7 +110,7 @@ pub struct TlsConfig {
     pub key_path: Option<PathBuf>,
 }
 
-/// `[limits]`: how fast web clients may publish.
+/// `[limits]`: how fast clients may publish.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
@@ -116,6 +119,12 @@ pub struct LimitsConfig {
     pub publish_rate: u32,
     /// Publishes a client may make at once before the rate applies.
     pub publish_burst: u32,
+    /// Publishes per second per MQTT connection, applied by the MQTT gate
+    /// (so only while it runs: `[auth]` configured, or on `mqtt.tls_listen`);
+    /// 0 is unlimited.
+    pub mqtt_publish_rate: u32,
+    /// Publishes an MQTT connection may make at once before its rate applies.
+    pub mqtt_publish_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -123,6 +132,8 @@ impl Default for LimitsConfig {
         Self {
             publish_rate: 100,
             publish_burst: 200,
+            mqtt_publish_rate: 0,
+            mqtt_publish_burst: 200,
         }
     }
 }

@@ -3,6 +3,8 @@
 //! device. Each test binary uses a subset, hence `dead_code` is allowed.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -41,6 +43,60 @@ pub fn test_config() -> Config {
     config.http.workers = 2;
     config.websocket.listen = "127.0.0.1:0".parse().expect("addr");
     config
+}
+
+/// The password of each user [`gated`] configures: `<name>-password`.
+pub fn password(user: &str) -> String {
+    format!("{user}-password")
+}
+
+/// MQTT users and access rules, so the MQTT gate runs:
+/// - users `sensor` and `admin` (role `resident`), `guest` (no role);
+/// - `admin` may publish on `home/secret/#`; nobody else touches it;
+/// - residents read and write the rest of `home/#`; anonymous web clients
+///   read it;
+/// - every user reads and writes `users/<name>/#`, and publishes on
+///   `clients/<client id>/out`.
+pub fn gated(config: &mut Config) {
+    use tidewater::auth::acl::{Actions, Effect};
+    use tidewater::config::{AclRuleConfig, UserConfig};
+    config.auth.anonymous_mqtt = false;
+    config.auth.users = [
+        ("sensor", &["resident"][..]),
+        ("guest", &[]),
+        ("admin", &["resident"]),
+    ]
+    .into_iter()
+    .map(|(name, roles)| UserConfig {
+        name: name.into(),
+        password_hash: tidewater::auth::password::hash(&password(name)).expect("hash"),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+    })
+    .collect();
+    let rule = |principal: &str, effect, action, filter: &str| AclRuleConfig {
+        principal: principal.into(),
+        effect,
+        action,
+        filter: filter.into(),
+    };
+    config.auth.acl = vec![
+        rule(
+            "user:admin",
+            Effect::Allow,
+            Actions::Publish,
+            "home/secret/#",
+        ),
+        rule("any", Effect::Deny, Actions::Both, "home/secret/#"),
+        rule("role:resident", Effect::Allow, Actions::Both, "home/#"),
+        rule("anonymous", Effect::Allow, Actions::Subscribe, "home/#"),
+        rule("authenticated", Effect::Allow, Actions::Both, "users/%u/#"),
+        rule(
+            "authenticated",
+            Effect::Allow,
+            Actions::Publish,
+            "clients/%c/out",
+        ),
+    ];
 }
 
 pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestBridge {

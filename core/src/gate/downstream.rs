@@ -1,0 +1,222 @@
+//! What the broker sends a client, packet by packet: PUBLISHes on topics
+//! the client may not read are withheld (and acknowledged to the broker by
+//! the gate, in order, so its in-flight window does not fill; see
+//! [`acks`](super::acks)), SUBACKs of reduced SUBSCRIBEs get their refused
+//! codes back, and everything else passes.
+//!
+//! Why a per-message check: an allowed filter (`home/#`) can cover a topic
+//! the rules deny (`home/secret/x`), and the broker, knowing nothing of
+//! the rules, delivers it (live or retained).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::acks::{AckOrder, Entry, Phase};
+use super::packet::{self, kind, Frame, Version};
+use super::upstream::SubackPlan;
+use super::{SessionError, Shared};
+use crate::auth::Principal;
+use crate::stats::Stats;
+
+/// Reduced SUBSCRIBEs waiting for their SUBACK. The broker answers each
+/// in turn, so only a client that floods SUBSCRIBEs reaches this; it is
+/// then closed rather than remembered without bound.
+const MAX_PENDING_SUBACKS: usize = 1_024;
+
+/// What one read batch from the broker produced.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Bytes for the client, in the broker's order.
+    pub to_client: Vec<u8>,
+    /// What each QoS 1 and 2 PUBLISH (and PUBREL) will be answered by, in
+    /// order, for the acknowledgements the broker is sent.
+    pub acks: Vec<Entry>,
+}
+
+impl Batch {
+    pub fn clear(&mut self) {
+        super::pump::reset(&mut self.to_client);
+        self.acks.clear();
+    }
+}
+
+/// The broker-to-client half of one connection.
+#[derive(Debug)]
+pub struct Downstream {
+    shared: Arc<Shared>,
+    version: Version,
+    principal: Principal,
+    pending: HashMap<u16, SubackPlan>,
+    /// QoS 2 messages the gate withheld and answered with PUBREC: the
+    /// broker's PUBREL for them is answered here.
+    withheld_qos2: HashSet<u16>,
+    connack_seen: bool,
+    /// The acknowledgements the client is sent: the broker's, and the
+    /// gate's for publishes it refused.
+    order: AckOrder,
+}
+
+impl Downstream {
+    pub fn new(shared: Arc<Shared>, version: Version, principal: Principal) -> Self {
+        Self {
+            shared,
+            version,
+            principal,
+            pending: HashMap::new(),
+            withheld_qos2: HashSet::new(),
+            connack_seen: false,
+            order: AckOrder::new(version),
+        }
+    }
+
+    /// Records what a publish of the client will be answered by (from the
+    /// other pump); the gate's answers that are due go to `out`.
+    pub fn owe(&mut self, entry: Entry, out: &mut Vec<u8>) -> Result<(), SessionError> {
+        self.order.push(entry, out)
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Whether the broker has answered the CONNECT.
+    pub fn connack_seen(&self) -> bool {
+        self.connack_seen
+    }
+
+    /// Remembers a reduced SUBSCRIBE until its SUBACK.
+    pub fn expect_suback(&mut self, id: u16, plan: SubackPlan) -> Result<(), SessionError> {
+        if self.pending.len() >= MAX_PENDING_SUBACKS && !self.pending.contains_key(&id) {
+            return Err(SessionError::Protocol(
+                "too many SUBSCRIBEs waiting for their SUBACK",
+            ));
+        }
+        self.pending.insert(id, plan);
+        Ok(())
+    }
+
+    /// Handles one complete packet from the broker.
+    pub fn packet(
+        &mut self,
+        bytes: &[u8],
+        frame: Frame,
+        batch: &mut Batch,
+    ) -> Result<(), SessionError> {
+        let whole = &bytes[..frame.len];
+        match frame.kind() {
+            kind::CONNACK => {
+                self.connack_seen = true;
+                batch.to_client.extend_from_slice(whole);
+            }
+            kind::PUBLISH => {
+                let publish = packet::parse_publish(bytes, &frame, self.version)?;
+                // The gate set the client's Topic Alias Maximum to 0, so
+                // the broker names every topic; an empty one is unreadable.
+                let readable = !publish.topic.is_empty()
+                    && self.shared.policy.may_read(&self.principal, publish.topic);
+                let phase = Phase::Receipt;
+                if readable {
+                    batch.to_client.extend_from_slice(whole);
+                    if let Some(id) = publish.packet_id {
+                        batch.acks.push(Entry::Peer { phase, id });
+                    }
+                    return Ok(());
+                }
+                let stats = &self.shared.stats;
+                Stats::incr(&stats.deliveries_withheld);
+                Stats::incr(&stats.mqtt_deliveries_withheld);
+                tracing::trace!(principal = %self.principal, topic = publish.topic, "MQTT delivery withheld.");
+                if let Some(id) = publish.packet_id {
+                    let kind = if publish.qos == 1 {
+                        kind::PUBACK
+                    } else {
+                        self.withheld_qos2.insert(id);
+                        kind::PUBREC
+                    };
+                    let reason = 0;
+                    batch.acks.push(Entry::Gate {
+                        phase,
+                        kind,
+                        id,
+                        reason,
+                    });
+                }
+            }
+            kind::PUBREL => {
+                let id = packet::packet_id(bytes, &frame)?;
+                let phase = Phase::Completion;
+                if self.withheld_qos2.remove(&id) {
+                    let (kind, reason) = (kind::PUBCOMP, 0);
+                    batch.acks.push(Entry::Gate {
+                        phase,
+                        kind,
+                        id,
+                        reason,
+                    });
+                } else {
+                    batch.to_client.extend_from_slice(whole);
+                    batch.acks.push(Entry::Peer { phase, id });
+                }
+            }
+            kind::PUBACK | kind::PUBREC | kind::PUBCOMP => {
+                let id = packet::packet_id(bytes, &frame)?;
+                batch.to_client.extend_from_slice(whole);
+                let phase = if frame.kind() == kind::PUBCOMP {
+                    Phase::Completion
+                } else {
+                    Phase::Receipt
+                };
+                self.order.acked(phase, id, &mut batch.to_client);
+            }
+            kind::SUBACK => {
+                let suback = packet::parse_suback(bytes, &frame, self.version)?;
+                match self.pending.remove(&suback.packet_id) {
+                    None => batch.to_client.extend_from_slice(whole),
+                    Some(plan) => {
+                        let codes = merge(&plan, suback.codes)?;
+                        packet::write_suback(
+                            &mut batch.to_client,
+                            self.version,
+                            suback.packet_id,
+                            suback.properties,
+                            &codes,
+                        );
+                    }
+                }
+            }
+            _ => batch.to_client.extend_from_slice(whole),
+        }
+        Ok(())
+    }
+}
+
+/// The codes for every filter the client asked for: the gate's failure
+/// codes where it refused, the broker's in order elsewhere.
+fn merge(plan: &[Option<u8>], broker: &[u8]) -> Result<Vec<u8>, SessionError> {
+    let mut from_broker = broker.iter();
+    let codes: Option<Vec<u8>> = plan
+        .iter()
+        .map(|code| code.or_else(|| from_broker.next().copied()))
+        .collect();
+    match codes {
+        Some(codes) if from_broker.next().is_none() => Ok(codes),
+        _ => Err(SessionError::Protocol(
+            "the broker's SUBACK does not match the SUBSCRIBE",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Refused positions keep the gate's code; the broker's codes fill the
+    /// rest in order; a count that does not match is an error.
+    #[test]
+    fn suback_codes_merge() {
+        let plan = [None, Some(0x87), None, Some(0x80)];
+        assert_eq!(merge(&plan, &[1, 2]).ok(), Some(vec![1, 0x87, 2, 0x80]));
+        assert!(merge(&plan, &[1]).is_err());
+        assert!(merge(&plan, &[1, 2, 3]).is_err());
+    }
+}

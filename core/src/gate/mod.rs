@@ -1,0 +1,241 @@
+//! The MQTT gate: the bridge's own MQTT listeners, in front of the embedded
+//! broker, enforcing the access rules on what devices subscribe to, publish
+//! and receive.
+//!
+//! Why it exists: rumqttd 0.20 offers one hook, `external_auth`, called once
+//! per CONNECT. It has none for SUBSCRIBE, PUBLISH, wills or deliveries, so
+//! on its own it lets any device that logged in read and write every topic.
+//! The gate reads each client's packets on their way in and out (see
+//! [`packet`]) and applies the same [`Policy`] as SSE, WebSocket, HTTP and
+//! plugins:
+//! - CONNECT: who the client is (its username, once the broker has checked
+//!   the password; roles from `[[auth.users]]`), and whether its will topic
+//!   may be published; the CONNECT itself goes to the broker unchanged but
+//!   for the Topic Alias Maximum (see [`session`]).
+//! - client to broker ([`upstream`]): PUBLISH on a denied topic is dropped
+//!   and acknowledged by the gate; SUBSCRIBE keeps only the allowed filters.
+//! - broker to client ([`downstream`]): PUBLISH on a topic the client may
+//!   not read (an allowed `home/#` covers a denied `home/secret/x`) is
+//!   withheld and acknowledged to the broker.
+//!
+//! When the gate is on (the policy is enforced: `[auth]` configures users,
+//! tokens or rules), rumqttd's listeners move to loopback ports that only
+//! the gate uses, and the gate takes the public addresses: `mqtt.listen`,
+//! `mqtt.listen_v5`, `mqtt.tls_listen` and `mqtt.websocket_listen`
+//! ([`websocket`]). Each accepts MQTT 3.1.1 and 5, routed by the CONNECT's
+//! protocol level. With an open bridge, devices talk to rumqttd directly
+//! (no extra hop) and the gate serves only `mqtt.tls_listen`, allowing
+//! everything.
+//!
+//! # Layout
+//! - this module: the listeners, their accept loops and connection limits,
+//!   and what every connection shares ([`Shared`]);
+//! - [`session`]: one connection, from its CONNECT to its end;
+//! - [`pump`]: the two directions of a connection and the notes between
+//!   them; [`acks`]: the order of acknowledgements on one side;
+//! - [`upstream`], [`downstream`]: the decision on each packet, per
+//!   direction;
+//! - [`packet`]: reading and writing just the MQTT the gate needs;
+//! - [`websocket`]: MQTT over WebSocket, as a byte stream for a session.
+
+mod acks;
+mod downstream;
+pub mod packet;
+mod pump;
+mod session;
+mod upstream;
+mod websocket;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::packet::{Connect, Version};
+use self::session::SessionError;
+use crate::auth::{Identity, Policy, Principal};
+use crate::config::Config;
+use crate::limits::TokenBucket;
+use crate::stats::{Limit, Protocol, Stats};
+
+/// Room above `mqtt.max_payload_bytes` for a packet's topic, properties
+/// and headers: a packet larger than both is refused (and counted).
+const HEADROOM: usize = 64 * 1024;
+
+/// The broker's internal listeners the gate relays to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upstreams {
+    pub v311: SocketAddr,
+    /// Without it (open bridge, no `mqtt.listen_v5`), MQTT 5 clients are
+    /// refused with "unsupported protocol version".
+    pub v5: Option<SocketAddr>,
+}
+
+/// What every gate connection shares.
+#[derive(Debug)]
+pub struct Shared {
+    policy: Arc<Policy>,
+    stats: Arc<Stats>,
+    upstreams: Upstreams,
+    /// Each MQTT user's roles, from `[[auth.users]]`.
+    roles: HashMap<String, Vec<String>>,
+    /// Whether the broker checks passwords. Without it a username is a
+    /// claim nobody verified, and the client is anonymous to the rules.
+    passwords_checked: bool,
+    connect_timeout: Duration,
+    /// Largest packet from a client, and from the broker (which also
+    /// carries what web clients and plugins publish).
+    max_packet: usize,
+    max_broker_packet: usize,
+    /// Room in each channel between a connection's two pumps.
+    notes: usize,
+    publish_rate: u32,
+    publish_burst: u32,
+}
+
+impl Shared {
+    pub fn new(
+        config: &Config,
+        policy: Arc<Policy>,
+        stats: Arc<Stats>,
+        upstreams: Upstreams,
+        passwords_checked: bool,
+    ) -> Self {
+        let payload = config.mqtt.max_payload_bytes;
+        Self {
+            policy,
+            stats,
+            upstreams,
+            roles: config
+                .auth
+                .users
+                .iter()
+                .map(|u| (u.name.clone(), u.roles.clone()))
+                .collect(),
+            passwords_checked,
+            connect_timeout: Duration::from_millis(config.mqtt.connection_timeout_ms.into()),
+            max_packet: payload + HEADROOM,
+            max_broker_packet: payload.max(config.http.max_publish_bytes) + HEADROOM,
+            notes: config.mqtt.max_inflight + pump::NOTES_MARGIN,
+            publish_rate: config.limits.mqtt_publish_rate,
+            publish_burst: config.limits.mqtt_publish_burst,
+        }
+    }
+
+    /// Who a CONNECT says the client is; `None` when a username is required
+    /// and missing (rumqttd would refuse it without asking the bridge).
+    fn principal(&self, connect: &Connect) -> Option<Principal> {
+        match (&connect.username, self.passwords_checked) {
+            (Some(name), true) => Some(Principal::User(Arc::new(Identity {
+                name: name.clone(),
+                roles: self.roles.get(name).cloned().unwrap_or_default(),
+                client_id: (!connect.client_id.is_empty()).then(|| connect.client_id.clone()),
+                grants: None,
+                expires_at: None,
+            }))),
+            (None, true) => None,
+            (_, false) => Some(Principal::Anonymous),
+        }
+    }
+
+    fn upstream(&self, version: Version) -> Option<SocketAddr> {
+        match version {
+            Version::V311 => Some(self.upstreams.v311),
+            Version::V5 => self.upstreams.v5,
+        }
+    }
+
+    /// A connection's publish allowance; `None` when unlimited.
+    fn publish_bucket(&self, now: Instant) -> Option<TokenBucket> {
+        TokenBucket::with_rate(self.publish_rate, self.publish_burst, now)
+    }
+}
+
+/// How a listener's clients reach the gate.
+#[derive(Clone)]
+pub enum Transport {
+    Tcp,
+    Tls(TlsAcceptor),
+    /// MQTT over WebSocket (subprotocol `mqtt`).
+    WebSocket,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "Tcp",
+            Self::Tls(_) => "Tls",
+            Self::WebSocket => "WebSocket",
+        })
+    }
+}
+
+/// Accepts clients on `listener` until `cancel`, each served on `tracker`.
+/// At most `max_connections` at once; past that, a connection is closed at
+/// once (MQTT has no way to refuse before CONNECT) and counted.
+pub async fn serve(
+    listener: TcpListener,
+    transport: Transport,
+    shared: Arc<Shared>,
+    max_connections: usize,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, ?transport, "MQTT accept failed.");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            shared.stats.limit(Protocol::Mqtt, Limit::Connections);
+            tracing::debug!(%peer, ?transport, "MQTT connection refused: mqtt.max_connections reached.");
+            continue;
+        };
+        let (transport, shared, cancel) = (transport.clone(), shared.clone(), cancel.clone());
+        tracker.spawn(async move {
+            let _slot = slot;
+            let _ = stream.set_nodelay(true);
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = connection(stream, peer, transport, shared, cancel.clone()) => {}
+            }
+        });
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    transport: Transport,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    match transport {
+        Transport::Tcp => session::run(stream, shared, cancel).await,
+        Transport::Tls(acceptor) => {
+            match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+            {
+                Ok(Ok(tls)) => session::run(tls, shared, cancel).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed."),
+                Err(_) => tracing::debug!(%peer, "MQTT TLS handshake timed out."),
+            }
+        }
+        Transport::WebSocket => websocket::run(stream, peer, shared, cancel).await,
+    }
+}

@@ -1,0 +1,322 @@
+//! MQTT 3.1.1 and 5 packets, as far as the gate needs them: framing a byte
+//! stream into packets, reading the fields access control depends on
+//! (CONNECT, PUBLISH, SUBSCRIBE, SUBACK, packet ids), and writing the few
+//! packets the gate answers or rewrites itself.
+//!
+//! Fields are read by [`reader`], packets written by [`write`]; everything
+//! else passes through as bytes, untouched. Parsing is strict
+//! where the gate decides something (a field that runs past its packet, a
+//! string that is not UTF-8, an unknown MQTT 5 property, QoS 3 are errors,
+//! never guesses), so that the gate never reads a packet differently from
+//! the broker behind it. Every error is a [`PacketError`]; nothing here
+//! panics on any input (a property test feeds it arbitrary bytes).
+
+mod reader;
+mod write;
+
+use std::ops::Range;
+
+use self::reader::Reader;
+pub use self::write::{
+    ack, connack_refusal, put_varint, write_publish_with_topic, write_suback, write_subscribe,
+};
+
+/// Packet types (the high nibble of the first byte).
+pub mod kind {
+    pub const CONNECT: u8 = 1;
+    pub const CONNACK: u8 = 2;
+    pub const PUBLISH: u8 = 3;
+    pub const PUBACK: u8 = 4;
+    pub const PUBREC: u8 = 5;
+    pub const PUBREL: u8 = 6;
+    pub const PUBCOMP: u8 = 7;
+    pub const SUBSCRIBE: u8 = 8;
+    pub const SUBACK: u8 = 9;
+}
+
+/// The largest remaining length MQTT's four-byte integer can express.
+const MAX_VARINT: usize = 268_435_455;
+
+/// The protocol a connection speaks, from its CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// MQTT 3.1.1 (protocol level 4); level 3 (MQTT 3.1) travels the same
+    /// way and is left to the broker to accept or refuse.
+    V311,
+    /// MQTT 5 (protocol level 5).
+    V5,
+}
+
+/// Why bytes are not a packet the gate can work with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PacketError {
+    #[error("malformed remaining length: more than four bytes")]
+    BadLength,
+    #[error("a packet of {size} bytes is over the limit of {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("{packet}: {field} runs past the end of the packet")]
+    Truncated {
+        packet: &'static str,
+        field: &'static str,
+    },
+    #[error("{packet}: {field} is not UTF-8")]
+    NotUtf8 {
+        packet: &'static str,
+        field: &'static str,
+    },
+    #[error("{packet}: {problem}")]
+    Malformed {
+        packet: &'static str,
+        problem: &'static str,
+    },
+    #[error("CONNECT: unsupported protocol level {0}")]
+    UnsupportedLevel(u8),
+}
+
+/// Where one complete packet lies at the start of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    /// The first byte: type and flags.
+    pub first: u8,
+    /// Bytes of the fixed header (type byte and remaining length).
+    pub header_len: usize,
+    /// Bytes of the whole packet.
+    pub len: usize,
+}
+
+impl Frame {
+    pub fn kind(&self) -> u8 {
+        self.first >> 4
+    }
+}
+
+/// The packet at the start of `buf`, if all of it has arrived. A remaining
+/// length over `max` is an error as soon as the fixed header is readable,
+/// so an oversized packet is refused before it is buffered.
+pub fn frame(buf: &[u8], max: usize) -> Result<Option<Frame>, PacketError> {
+    Ok(fixed_header(buf, max)?.filter(|frame| buf.len() >= frame.len))
+}
+
+/// The packet that starts `buf`, as soon as its fixed header has arrived
+/// (its body may still be on the way).
+pub fn fixed_header(buf: &[u8], max: usize) -> Result<Option<Frame>, PacketError> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    let mut remaining = 0usize;
+    for (i, &byte) in buf[1..].iter().enumerate().take(4) {
+        remaining |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            if remaining > max {
+                return Err(PacketError::TooLarge {
+                    size: remaining,
+                    max,
+                });
+            }
+            let header_len = i + 2;
+            return Ok(Some(Frame {
+                first,
+                header_len,
+                len: header_len + remaining,
+            }));
+        }
+    }
+    if buf.len() >= 5 {
+        Err(PacketError::BadLength)
+    } else {
+        Ok(None)
+    }
+}
+/// What the gate reads from an MQTT 5 property block.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Properties {
+    /// The block in its packet, length prefix included.
+    pub range: Range<usize>,
+    pub topic_alias: Option<u16>,
+    /// Offset of the Topic Alias Maximum's two-byte value, if present.
+    pub topic_alias_maximum_at: Option<usize>,
+}
+
+/// The fields of a CONNECT the gate decides on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connect {
+    pub version: Version,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub will_topic: Option<String>,
+    /// MQTT 5: where the client's Topic Alias Maximum value lies in the
+    /// packet, so the gate can set it to 0 (see the session).
+    pub topic_alias_maximum_at: Option<usize>,
+}
+
+pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketError> {
+    let mut r = Reader::new(packet, frame, "CONNECT");
+    let name = r.string("protocol name")?;
+    let level = r.u8("protocol level")?;
+    let version = match (name, level) {
+        ("MQTT", 4) | ("MQIsdp", 3) => Version::V311,
+        ("MQTT", 5) => Version::V5,
+        ("MQTT" | "MQIsdp", _) => return Err(PacketError::UnsupportedLevel(level)),
+        _ => return Err(r.malformed("unknown protocol name")),
+    };
+    let flags = r.u8("connect flags")?;
+    if flags & 0x01 != 0 {
+        return Err(r.malformed("the reserved connect flag is set"));
+    }
+    r.u16("keep alive")?;
+    let mut topic_alias_maximum_at = None;
+    if version == Version::V5 {
+        topic_alias_maximum_at = r.properties()?.topic_alias_maximum_at;
+    }
+    let client_id = r.string("client id")?.to_owned();
+    let mut will_topic = None;
+    if flags & 0x04 != 0 {
+        if version == Version::V5 {
+            r.properties()?;
+        }
+        will_topic = Some(r.string("will topic")?.to_owned());
+        r.binary("will payload")?;
+    } else if flags & 0x38 != 0 {
+        return Err(r.malformed("will QoS or retain without a will"));
+    }
+    let username = if flags & 0x80 != 0 {
+        Some(r.string("username")?.to_owned())
+    } else {
+        None
+    };
+    if flags & 0x40 != 0 {
+        r.binary("password")?;
+    }
+    Ok(Connect {
+        version,
+        client_id,
+        username,
+        will_topic,
+        topic_alias_maximum_at,
+    })
+}
+
+/// The fields of a PUBLISH the gate decides on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish<'a> {
+    pub qos: u8,
+    /// Present for QoS 1 and 2 (and never 0).
+    pub packet_id: Option<u16>,
+    /// Empty when an MQTT 5 topic alias stands for it.
+    pub topic: &'a str,
+    /// Where the topic (length prefix included) lies in the packet.
+    pub topic_range: Range<usize>,
+    pub topic_alias: Option<u16>,
+}
+
+pub fn parse_publish<'a>(
+    packet: &'a [u8],
+    frame: &Frame,
+    version: Version,
+) -> Result<Publish<'a>, PacketError> {
+    let mut r = Reader::new(packet, frame, "PUBLISH");
+    let qos = (frame.first >> 1) & 0x03;
+    if qos == 3 {
+        return Err(r.malformed("QoS 3"));
+    }
+    let start = r.pos;
+    let topic = r.string("topic")?;
+    let topic_range = start..r.pos;
+    let packet_id = if qos > 0 {
+        let id = r.u16("packet id")?;
+        if id == 0 {
+            return Err(r.malformed("packet id 0"));
+        }
+        Some(id)
+    } else {
+        None
+    };
+    let topic_alias = match version {
+        Version::V5 => r.properties()?.topic_alias,
+        Version::V311 => None,
+    };
+    Ok(Publish {
+        qos,
+        packet_id,
+        topic,
+        topic_range,
+        topic_alias,
+    })
+}
+
+/// A SUBSCRIBE: its packet id, MQTT 5 properties (as bytes, length
+/// included; empty for 3.1.1), and each filter with its options byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe<'a> {
+    pub packet_id: u16,
+    pub properties: &'a [u8],
+    pub filters: Vec<(&'a str, u8)>,
+}
+
+pub fn parse_subscribe<'a>(
+    packet: &'a [u8],
+    frame: &Frame,
+    version: Version,
+) -> Result<Subscribe<'a>, PacketError> {
+    let mut r = Reader::new(packet, frame, "SUBSCRIBE");
+    let packet_id = r.u16("packet id")?;
+    let properties = match version {
+        Version::V5 => {
+            let range = r.properties()?.range;
+            &r.buf[range]
+        }
+        Version::V311 => &[],
+    };
+    let mut filters = Vec::new();
+    while r.pos < r.buf.len() {
+        let filter = r.string("topic filter")?;
+        let options = r.u8("subscription options")?;
+        filters.push((filter, options));
+    }
+    if filters.is_empty() {
+        return Err(r.malformed("no topic filter"));
+    }
+    Ok(Subscribe {
+        packet_id,
+        properties,
+        filters,
+    })
+}
+
+/// A SUBACK: packet id, MQTT 5 properties (bytes, length included), and
+/// one return or reason code per filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubAck<'a> {
+    pub packet_id: u16,
+    pub properties: &'a [u8],
+    pub codes: &'a [u8],
+}
+
+pub fn parse_suback<'a>(
+    packet: &'a [u8],
+    frame: &Frame,
+    version: Version,
+) -> Result<SubAck<'a>, PacketError> {
+    let mut r = Reader::new(packet, frame, "SUBACK");
+    let packet_id = r.u16("packet id")?;
+    let properties = match version {
+        Version::V5 => {
+            let range = r.properties()?.range;
+            &r.buf[range]
+        }
+        Version::V311 => &[],
+    };
+    Ok(SubAck {
+        packet_id,
+        properties,
+        codes: r.rest(),
+    })
+}
+
+/// The packet id that opens a PUBACK, PUBREC, PUBREL or PUBCOMP.
+pub fn packet_id(packet: &[u8], frame: &Frame) -> Result<u16, PacketError> {
+    Reader::new(packet, frame, "acknowledgement").u16("packet id")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,111 @@
+//! Writing the packets the gate answers or rewrites itself.
+
+use std::ops::Range;
+
+use super::{Frame, Version, MAX_VARINT};
+
+/// Appends `n` as an MQTT variable byte integer.
+pub fn put_varint(out: &mut Vec<u8>, mut n: usize) {
+    debug_assert!(n <= MAX_VARINT);
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// A fixed header for a packet of type byte `first` and `body` bytes.
+pub(super) fn header(out: &mut Vec<u8>, first: u8, body: usize) {
+    out.push(first);
+    put_varint(out, body);
+}
+
+/// A CONNACK that refuses the connection with `code` (a 3.1.1 return code
+/// or an MQTT 5 reason code, by `version`).
+pub fn connack_refusal(version: Version, code: u8) -> Vec<u8> {
+    match version {
+        Version::V311 => vec![0x20, 2, 0, code],
+        // Flags, reason code, no properties.
+        Version::V5 => vec![0x20, 3, 0, code, 0],
+    }
+}
+
+/// A PUBACK, PUBREC or PUBCOMP (by `kind`) for `packet_id`. MQTT 5 carries
+/// `reason` when it is not 0 (success may be left out); 3.1.1 has none.
+pub fn ack(out: &mut Vec<u8>, kind: u8, version: Version, packet_id: u16, reason: u8) {
+    let id = packet_id.to_be_bytes();
+    if version == Version::V5 && reason != 0 {
+        out.extend_from_slice(&[kind << 4, 3, id[0], id[1], reason]);
+    } else {
+        out.extend_from_slice(&[kind << 4, 2, id[0], id[1]]);
+    }
+}
+
+/// A SUBSCRIBE with the given filters only, the packet id and properties
+/// of the original kept.
+pub fn write_subscribe<'a>(
+    out: &mut Vec<u8>,
+    packet_id: u16,
+    properties: &[u8],
+    filters: impl Iterator<Item = (&'a str, u8)> + Clone,
+) {
+    let body = 2 + properties.len() + filters.clone().map(|(f, _)| 3 + f.len()).sum::<usize>();
+    header(out, 0x82, body);
+    out.extend_from_slice(&packet_id.to_be_bytes());
+    out.extend_from_slice(properties);
+    for (filter, options) in filters {
+        // Filters come from a parsed packet: each fits its two-byte length.
+        out.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+        out.extend_from_slice(filter.as_bytes());
+        out.push(options);
+    }
+}
+
+/// A SUBACK (3.1.1 return codes or MQTT 5 reason codes by `version`; for
+/// MQTT 5, `properties` is a whole property block, or empty for none).
+pub fn write_suback(
+    out: &mut Vec<u8>,
+    version: Version,
+    packet_id: u16,
+    properties: &[u8],
+    codes: &[u8],
+) {
+    let properties: &[u8] = match version {
+        Version::V5 if properties.is_empty() => &[0],
+        Version::V5 => properties,
+        Version::V311 => &[],
+    };
+    header(out, 0x90, 2 + properties.len() + codes.len());
+    out.extend_from_slice(&packet_id.to_be_bytes());
+    out.extend_from_slice(properties);
+    out.extend_from_slice(codes);
+}
+
+/// `packet` (a PUBLISH whose topic lies at `topic_range`) with `topic` in
+/// place of its topic, everything else unchanged.
+pub fn write_publish_with_topic(
+    out: &mut Vec<u8>,
+    packet: &[u8],
+    frame: &Frame,
+    topic_range: Range<usize>,
+    topic: &str,
+) {
+    let before = &packet[frame.header_len..topic_range.start];
+    let after = &packet[topic_range.end..frame.len];
+    header(
+        out,
+        frame.first,
+        before.len() + 2 + topic.len() + after.len(),
+    );
+    out.extend_from_slice(before);
+    // A topic the client sent earlier: it fits its two-byte length.
+    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(after);
+}

@@ -1,0 +1,206 @@
+//! One relayed connection: the client's CONNECT read and decided on, a
+//! connection to the broker's internal listener for its protocol version,
+//! then two pumps, one per direction, until either side goes.
+//!
+//! The pumps are in [`pump`](super::pump); what they decide on each packet,
+//! in [`upstream`](super::upstream) and [`downstream`](super::downstream).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::downstream::Downstream;
+use super::packet::{self, kind, PacketError, Version};
+use super::pump::{self, read_frame, READ_CHUNK};
+use super::upstream::{Upstream, NOT_AUTHORIZED};
+use super::Shared;
+use crate::auth::Action;
+use crate::stats::{AuthFailure, Limit, Protocol, Stats};
+
+/// The longest a write to a client may wait: a client that stops reading
+/// is closed rather than holding its connection (and its slot) forever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// MQTT 3.1.1 CONNACK return codes.
+const V311_UNACCEPTABLE_VERSION: u8 = 1;
+const V311_UNAVAILABLE: u8 = 3;
+pub const V311_NOT_AUTHORIZED: u8 = 5;
+/// MQTT 5 CONNACK reason codes.
+const V5_UNSUPPORTED_VERSION: u8 = 0x84;
+const V5_UNAVAILABLE: u8 = 0x88;
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("malformed packet: {0}")]
+    Packet(#[from] PacketError),
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the first packet was not a CONNECT")]
+    NotConnect,
+    #[error("no CONNECT in time")]
+    ConnectTimeout,
+    #[error("the {0} side stopped reading its answers")]
+    Overflow(&'static str),
+    #[error("the client stopped reading")]
+    WriteTimeout,
+}
+
+/// Serves one client connection until it or the broker closes, or `cancel`.
+pub async fn run<C>(client: C, shared: Arc<Shared>, cancel: CancellationToken)
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let result = tokio::select! {
+        () = cancel.cancelled() => Ok(()),
+        result = relay(client, &shared) => result,
+    };
+    if let Err(e) = result {
+        if let SessionError::Packet(PacketError::TooLarge { .. }) = e {
+            shared.stats.limit(Protocol::Mqtt, Limit::Payload);
+        }
+        if let SessionError::Overflow(_) = e {
+            Stats::incr(&shared.stats.mqtt_gate_overflows);
+        }
+        tracing::debug!(error = %e, "MQTT gate connection closed.");
+    }
+}
+
+async fn relay<C>(client: C, shared: &Arc<Shared>) -> Result<(), SessionError>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    let mut from_client = BytesMut::with_capacity(READ_CHUNK);
+    let frame = tokio::time::timeout(
+        shared.connect_timeout,
+        read_frame(&mut client_rx, &mut from_client, shared.max_packet),
+    )
+    .await
+    .map_err(|_| SessionError::ConnectTimeout)??;
+    let Some(frame) = frame else {
+        return Ok(());
+    };
+    if frame.kind() != kind::CONNECT {
+        return Err(SessionError::NotConnect);
+    }
+    let connect = match packet::parse_connect(&from_client, &frame) {
+        Ok(connect) => connect,
+        Err(PacketError::UnsupportedLevel(level)) => {
+            // 3.1.1's code is the one every version of the protocol reads.
+            let answer = packet::connack_refusal(Version::V311, V311_UNACCEPTABLE_VERSION);
+            let _ = write_client(&mut client_tx, &answer).await;
+            tracing::debug!(level, "MQTT CONNECT refused: unsupported protocol level.");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let version = connect.version;
+    let refuse = |v311: u8, v5: u8| {
+        packet::connack_refusal(version, if version == Version::V5 { v5 } else { v311 })
+    };
+    let principal = match shared.principal(&connect) {
+        Some(principal) => principal,
+        None => {
+            shared
+                .stats
+                .refuse_auth(Protocol::Mqtt, AuthFailure::Missing);
+            tracing::info!(
+                client_id = connect.client_id,
+                "MQTT CONNECT refused: no username."
+            );
+            write_client(&mut client_tx, &refuse(V311_NOT_AUTHORIZED, NOT_AUTHORIZED)).await?;
+            return Ok(());
+        }
+    };
+    if let Some(will) = &connect.will_topic {
+        if let Err(denied) = shared.policy.authorize(&principal, Action::Publish, will) {
+            shared.stats.deny(Protocol::Mqtt, Action::Publish);
+            Stats::incr(&shared.stats.mqtt_publishes_denied);
+            tracing::info!(client_id = connect.client_id, %principal, reason = %denied, "MQTT CONNECT refused: its will topic is denied.");
+            write_client(&mut client_tx, &refuse(V311_NOT_AUTHORIZED, NOT_AUTHORIZED)).await?;
+            return Ok(());
+        }
+    }
+    let Some(address) = shared.upstream(version) else {
+        write_client(
+            &mut client_tx,
+            &refuse(V311_UNACCEPTABLE_VERSION, V5_UNSUPPORTED_VERSION),
+        )
+        .await?;
+        return Ok(());
+    };
+    let broker = match TcpStream::connect(address).await {
+        Ok(broker) => broker,
+        Err(e) => {
+            tracing::warn!(%address, error = %e, "MQTT gate cannot reach the broker.");
+            write_client(&mut client_tx, &refuse(V311_UNAVAILABLE, V5_UNAVAILABLE)).await?;
+            return Ok(());
+        }
+    };
+    let _ = broker.set_nodelay(true);
+    let (broker_rx, mut broker_tx) = broker.into_split();
+    // rumqttd 0.20 assigns its outgoing topic aliases per subscription
+    // filter, not per topic: through a wildcard filter, messages on other
+    // topics would arrive under the first topic's alias, and the gate
+    // could not tell which topic it is withholding. A Topic Alias Maximum
+    // of 0 tells the broker to name every topic (the client is free not to
+    // be sent aliases); nothing else of the CONNECT changes, and the broker
+    // still checks the password.
+    if let Some(at) = connect.topic_alias_maximum_at {
+        from_client[at] = 0;
+        from_client[at + 1] = 0;
+    }
+    broker_tx.write_all(&from_client[..frame.len]).await?;
+    from_client.advance(frame.len);
+
+    let (to_down, from_up) = mpsc::channel(shared.notes);
+    let (to_up, from_down) = mpsc::channel(shared.notes);
+    let up = Upstream::new(shared.clone(), version, principal.clone());
+    let down = Downstream::new(shared.clone(), version, principal);
+    let client_to_broker = pump::up(
+        up,
+        client_rx,
+        from_client,
+        broker_tx,
+        from_down,
+        to_down,
+        shared.max_packet,
+    );
+    let broker_to_client = pump::down(
+        down,
+        broker_rx,
+        client_tx,
+        from_up,
+        to_up,
+        shared.max_broker_packet,
+    );
+    // Either side ending ends the connection.
+    tokio::select! {
+        result = client_to_broker => result,
+        result = broker_to_client => result,
+    }
+}
+
+/// Writes to the client, flushed (a TLS stream holds records until then),
+/// within [`WRITE_TIMEOUT`].
+pub async fn write_client<W: AsyncWrite + Unpin>(
+    client: &mut W,
+    bytes: &[u8],
+) -> Result<(), SessionError> {
+    let write = async {
+        client.write_all(bytes).await?;
+        client.flush().await
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, write)
+        .await
+        .map_err(|_| SessionError::WriteTimeout)?
+        .map_err(SessionError::from)
+}

@@ -1,0 +1,414 @@
+//! What a client sends, packet by packet, before it reaches the broker:
+//! PUBLISH checked against the rules (and the publish rate), SUBSCRIBE
+//! reduced to the filters the rules allow, the gate's own answers for what
+//! it refused, and everything else forwarded as it came.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::acks::{AckOrder, Entry, Phase};
+use super::packet::{self, kind, Frame, Version};
+use super::{SessionError, Shared};
+use crate::auth::{Action, Principal};
+use crate::limits::TokenBucket;
+use crate::stats::{Limit, Protocol, Stats};
+use crate::topic;
+
+/// The highest topic alias a client may use: the Topic Alias Maximum
+/// rumqttd 0.20 announces in its CONNACK (and enforces).
+const MAX_TOPIC_ALIAS: u16 = 4_096;
+
+/// Bytes of topics a client may hold in its aliases; past this the
+/// connection is closed. (4,096 aliases of 64 KiB topics would otherwise
+/// be 256 MiB per connection.)
+const MAX_ALIAS_BYTES: usize = 256 * 1024;
+
+/// MQTT 5 reason codes the gate answers with.
+pub const NOT_AUTHORIZED: u8 = 0x87;
+const QUOTA_EXCEEDED: u8 = 0x97;
+const TOPIC_FILTER_INVALID: u8 = 0x8f;
+/// MQTT 3.1.1's one SUBACK failure code.
+const V311_FAILURE: u8 = 0x80;
+
+/// A SUBSCRIBE some of whose filters were refused: for each filter the
+/// client asked for, in order, `None` where the broker's code goes and the
+/// gate's failure code where it was refused.
+pub type SubackPlan = Vec<Option<u8>>;
+
+/// What one read batch from the client produced.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Bytes for the broker, in the client's order.
+    pub to_broker: Vec<u8>,
+    /// The gate's own SUBACKs, for the client.
+    pub to_client: Vec<u8>,
+    /// SUBACKs the broker will send that need the refused codes put back.
+    pub subacks: Vec<(u16, SubackPlan)>,
+    /// What each QoS 1 and 2 PUBLISH (and PUBREL) will be answered by, in
+    /// order, for the acknowledgements the client is sent.
+    pub acks: Vec<Entry>,
+}
+
+impl Batch {
+    pub fn clear(&mut self) {
+        super::pump::reset(&mut self.to_broker);
+        super::pump::reset(&mut self.to_client);
+        self.subacks.clear();
+        self.acks.clear();
+    }
+}
+
+/// A topic alias as the client set it.
+#[derive(Debug)]
+struct Alias {
+    topic: String,
+    /// Whether the broker holds this mapping too: false after the PUBLISH
+    /// that set it was refused, so the next use must carry the topic.
+    at_broker: bool,
+}
+
+/// The client-to-broker half of one connection.
+#[derive(Debug)]
+pub struct Upstream {
+    shared: Arc<Shared>,
+    version: Version,
+    principal: Principal,
+    aliases: HashMap<u16, Alias>,
+    alias_bytes: usize,
+    /// MQTT 3.1.1 QoS 2 publishes the gate refused with a PUBREC: their
+    /// PUBREL is answered here, not forwarded.
+    refused_qos2: HashSet<u16>,
+    bucket: Option<TokenBucket>,
+    /// The acknowledgements the broker is sent: the client's, and the
+    /// gate's for deliveries it withheld.
+    order: AckOrder,
+}
+
+impl Upstream {
+    pub fn new(shared: Arc<Shared>, version: Version, principal: Principal) -> Self {
+        let bucket = shared.publish_bucket(Instant::now());
+        Self {
+            shared,
+            version,
+            principal,
+            aliases: HashMap::new(),
+            alias_bytes: 0,
+            refused_qos2: HashSet::new(),
+            bucket,
+            order: AckOrder::new(version),
+        }
+    }
+
+    /// Records what a delivery to the client will be answered by (from
+    /// the other pump); the gate's answers that are due go to `out`.
+    pub fn owe(&mut self, entry: Entry, out: &mut Vec<u8>) -> Result<(), SessionError> {
+        self.order.push(entry, out)
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Handles one complete packet from the client.
+    pub fn packet(
+        &mut self,
+        bytes: &[u8],
+        frame: Frame,
+        batch: &mut Batch,
+    ) -> Result<(), SessionError> {
+        match frame.kind() {
+            kind::PUBLISH => self.publish(bytes, frame, batch),
+            kind::SUBSCRIBE => self.subscribe(bytes, frame, batch),
+            kind::PUBREL => {
+                let id = packet::packet_id(bytes, &frame)?;
+                let phase = Phase::Completion;
+                if self.refused_qos2.remove(&id) {
+                    let (kind, reason) = (kind::PUBCOMP, 0);
+                    batch.acks.push(Entry::Gate {
+                        phase,
+                        kind,
+                        id,
+                        reason,
+                    });
+                } else {
+                    batch.to_broker.extend_from_slice(&bytes[..frame.len]);
+                    batch.acks.push(Entry::Peer { phase, id });
+                }
+                Ok(())
+            }
+            kind::PUBACK | kind::PUBREC | kind::PUBCOMP => {
+                let id = packet::packet_id(bytes, &frame)?;
+                batch.to_broker.extend_from_slice(&bytes[..frame.len]);
+                let phase = if frame.kind() == kind::PUBCOMP {
+                    Phase::Completion
+                } else {
+                    Phase::Receipt
+                };
+                self.order.acked(phase, id, &mut batch.to_broker);
+                Ok(())
+            }
+            kind::CONNECT => Err(SessionError::Protocol("a second CONNECT")),
+            _ => {
+                batch.to_broker.extend_from_slice(&bytes[..frame.len]);
+                Ok(())
+            }
+        }
+    }
+
+    fn publish(
+        &mut self,
+        bytes: &[u8],
+        frame: Frame,
+        batch: &mut Batch,
+    ) -> Result<(), SessionError> {
+        let publish = packet::parse_publish(bytes, &frame, self.version)?;
+        // The topic this PUBLISH is about, and whether it must be written
+        // out because the broker does not know the alias's topic.
+        let (topic, restore) = match publish.topic_alias {
+            None if publish.topic.is_empty() => {
+                return Err(SessionError::Protocol("a PUBLISH without a topic"))
+            }
+            None => (publish.topic.to_owned(), false),
+            Some(alias) if alias == 0 || alias > MAX_TOPIC_ALIAS => {
+                return Err(SessionError::Protocol("a topic alias out of range"))
+            }
+            Some(alias) if publish.topic.is_empty() => {
+                let known = self
+                    .aliases
+                    .get(&alias)
+                    .ok_or(SessionError::Protocol("an unknown topic alias"))?;
+                (known.topic.clone(), !known.at_broker)
+            }
+            Some(alias) => {
+                self.set_alias(alias, publish.topic)?;
+                (publish.topic.to_owned(), false)
+            }
+        };
+        if topic::validate_topic(&topic).is_err() {
+            return Err(SessionError::Protocol("an invalid topic name"));
+        }
+        let refusal = if !self.take_token() {
+            self.shared.stats.limit(Protocol::Mqtt, Limit::Rate);
+            Some(QUOTA_EXCEEDED)
+        } else if let Err(denied) =
+            self.shared
+                .policy
+                .authorize(&self.principal, Action::Publish, &topic)
+        {
+            self.stats().deny(Protocol::Mqtt, Action::Publish);
+            Stats::incr(&self.stats().mqtt_publishes_denied);
+            tracing::debug!(principal = %self.principal, reason = %denied, "MQTT PUBLISH refused.");
+            Some(NOT_AUTHORIZED)
+        } else {
+            None
+        };
+        let alias = publish.topic_alias.and_then(|a| self.aliases.get_mut(&a));
+        let Some(reason) = refusal else {
+            if restore {
+                packet::write_publish_with_topic(
+                    &mut batch.to_broker,
+                    bytes,
+                    &frame,
+                    publish.topic_range,
+                    &topic,
+                );
+            } else {
+                batch.to_broker.extend_from_slice(&bytes[..frame.len]);
+            }
+            if let Some(alias) = alias {
+                alias.at_broker = true;
+            }
+            if let Some(id) = publish.packet_id {
+                batch.acks.push(Entry::Peer {
+                    phase: Phase::Receipt,
+                    id,
+                });
+            }
+            return Ok(());
+        };
+        // A refused PUBLISH that set an alias left it marked as unknown to
+        // the broker (see `set_alias`).
+        if let Some(id) = publish.packet_id {
+            let kind = if publish.qos == 1 {
+                kind::PUBACK
+            } else {
+                // MQTT 5: a PUBREC reason of 0x80 or more ends the flow.
+                // 3.1.1 has no such codes: the client goes on with PUBREL,
+                // which the gate answers.
+                if self.version == Version::V311 {
+                    self.refused_qos2.insert(id);
+                }
+                kind::PUBREC
+            };
+            let phase = Phase::Receipt;
+            batch.acks.push(Entry::Gate {
+                phase,
+                kind,
+                id,
+                reason,
+            });
+        }
+        Ok(())
+    }
+
+    fn set_alias(&mut self, alias: u16, topic: &str) -> Result<(), SessionError> {
+        let old = self.aliases.get(&alias).map_or(0, |a| a.topic.len());
+        let bytes = self.alias_bytes - old + topic.len();
+        if bytes > MAX_ALIAS_BYTES {
+            return Err(SessionError::Protocol("too many bytes of topic aliases"));
+        }
+        self.alias_bytes = bytes;
+        self.aliases.insert(
+            alias,
+            Alias {
+                topic: topic.to_owned(),
+                at_broker: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Whether the publish rate allows one more publish.
+    fn take_token(&mut self) -> bool {
+        self.bucket
+            .as_mut()
+            .is_none_or(|bucket| bucket.take(Instant::now()).is_ok())
+    }
+
+    fn subscribe(
+        &mut self,
+        bytes: &[u8],
+        frame: Frame,
+        batch: &mut Batch,
+    ) -> Result<(), SessionError> {
+        let subscribe = packet::parse_subscribe(bytes, &frame, self.version)?;
+        let plan: SubackPlan = subscribe
+            .filters
+            .iter()
+            .map(|(filter, _)| self.check_filter(filter))
+            .collect();
+        let refused = plan.iter().filter(|code| code.is_some()).count();
+        if refused == 0 {
+            batch.to_broker.extend_from_slice(&bytes[..frame.len]);
+            return Ok(());
+        }
+        Stats::add(&self.stats().mqtt_subscriptions_denied, refused as u64);
+        let id = subscribe.packet_id;
+        if refused == plan.len() {
+            let codes: Vec<u8> = plan.iter().flatten().copied().collect();
+            packet::write_suback(&mut batch.to_client, self.version, id, &[], &codes);
+            return Ok(());
+        }
+        let allowed = subscribe
+            .filters
+            .iter()
+            .zip(&plan)
+            .filter(|(_, code)| code.is_none())
+            .map(|(filter, _)| *filter);
+        packet::write_subscribe(&mut batch.to_broker, id, subscribe.properties, allowed);
+        batch.subacks.push((id, plan));
+        Ok(())
+    }
+
+    /// `None` if the rules allow `filter`, else the failure code to answer.
+    fn check_filter(&self, filter: &str) -> Option<u8> {
+        let failure = |v5_code| match self.version {
+            Version::V311 => V311_FAILURE,
+            Version::V5 => v5_code,
+        };
+        // A shared subscription is checked as the filter it shares.
+        let checked = match filter.strip_prefix("$share/") {
+            Some(shared) => match shared.split_once('/') {
+                Some((group, rest)) if !group.is_empty() && !group.contains(['+', '#']) => rest,
+                _ => return Some(failure(TOPIC_FILTER_INVALID)),
+            },
+            None => filter,
+        };
+        if topic::validate_filter(checked, topic::MAX_TOPIC_BYTES).is_err() {
+            return Some(failure(TOPIC_FILTER_INVALID));
+        }
+        match self
+            .shared
+            .policy
+            .authorize(&self.principal, Action::Subscribe, checked)
+        {
+            Ok(_) => None,
+            Err(denied) => {
+                self.stats().deny(Protocol::Mqtt, Action::Subscribe);
+                tracing::debug!(principal = %self.principal, reason = %denied, "MQTT subscription refused.");
+                Some(failure(NOT_AUTHORIZED))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::gate::Upstreams;
+
+    fn upstream(version: Version) -> Upstream {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        let shared = Shared::new(
+            &Config::default(),
+            Arc::new(crate::auth::Policy::allow_all()),
+            Arc::new(Stats::default()),
+            Upstreams {
+                v311: addr,
+                v5: Some(addr),
+            },
+            false,
+        );
+        Upstream::new(Arc::new(shared), version, Principal::Anonymous)
+    }
+
+    fn publish(topic: &str, alias: u16) -> Vec<u8> {
+        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(&[3, 0x23]);
+        body.extend_from_slice(&alias.to_be_bytes());
+        body.extend_from_slice(b"payload");
+        let mut packet = vec![0x30, body.len() as u8];
+        packet.extend(body);
+        packet
+    }
+
+    fn send(up: &mut Upstream, packet: &[u8]) -> Result<Batch, SessionError> {
+        let frame = packet::frame(packet, 1 << 16)?.expect("whole packet");
+        let mut batch = Batch::default();
+        up.packet(packet, frame, &mut batch)?;
+        Ok(batch)
+    }
+
+    /// An alias the broker never learned (its PUBLISH was dropped) is
+    /// written out in full the next time an allowed PUBLISH uses it, which
+    /// also teaches it to the broker; after that, the alias alone goes.
+    #[test]
+    fn aliases_unknown_to_the_broker_are_written_out() {
+        let mut up = upstream(Version::V5);
+        up.set_alias(1, "a/b").expect("alias");
+        let batch = send(&mut up, &publish("", 1)).expect("allowed");
+        let restored = packet::frame(&batch.to_broker, 1 << 16)
+            .expect("valid")
+            .expect("whole");
+        let parsed =
+            packet::parse_publish(&batch.to_broker, &restored, Version::V5).expect("PUBLISH");
+        assert_eq!((parsed.topic, parsed.topic_alias), ("a/b", Some(1)));
+        let again = send(&mut up, &publish("", 1)).expect("allowed");
+        assert_eq!(again.to_broker, publish("", 1), "forwarded as it came");
+    }
+
+    /// Aliases out of range, unknown, or a PUBLISH without topic or alias
+    /// are protocol errors.
+    #[test]
+    fn bad_aliases_are_refused() {
+        let mut up = upstream(Version::V5);
+        assert!(send(&mut up, &publish("", 7)).is_err(), "unknown");
+        assert!(send(&mut up, &publish("t", 0)).is_err(), "zero");
+        assert!(send(&mut up, &publish("t", 5_000)).is_err(), "too high");
+        let mut v4 = upstream(Version::V311);
+        assert!(send(&mut v4, &[0x30, 2, 0, 0]).is_err(), "no topic");
+    }
+}

@@ -1,0 +1,372 @@
+//! The MQTT gate end to end: devices held to the access rules on what they
+//! subscribe to, publish and receive, on every MQTT listener and in both
+//! protocol versions; its limits; and an open bridge left on the direct
+//! path to the broker. The rules are [`common::gated`]'s.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::raw::{self, RawMqtt};
+use common::{gated, password, start, start_with};
+use tidewater::stats::{Limit, Protocol};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PUBACK: u8 = 4;
+const PUBREC: u8 = 5;
+const PUBCOMP: u8 = 7;
+
+/// A client logged in as `user` (with its password) that the gate admitted.
+async fn login(addr: SocketAddr, level: u8, user: &str, client_id: &str) -> RawMqtt {
+    let password = password(user);
+    let options = raw::Connect {
+        level,
+        client_id,
+        login: Some((user, &password)),
+        will_topic: None,
+    };
+    let (client, code) = RawMqtt::connect(addr, options).await;
+    assert_eq!(code, Some(0), "{user} connects");
+    client
+}
+
+/// A subscription to `home/#` is allowed but checked per message: what the
+/// rules deny (`home/secret/…`, which only the admin may write) never
+/// reaches it, live or retained, at QoS 0, 1 or 2. The gate acknowledges
+/// what it withholds, so the broker's in-flight window (4 here) never
+/// fills and later messages still arrive.
+#[tokio::test]
+async fn deliveries_the_rules_deny_are_withheld() {
+    let bridge = start_with(|c| {
+        gated(c);
+        c.mqtt.max_inflight = 4;
+    })
+    .await;
+    let mut admin = login(bridge.mqtt, 4, "admin", "admin").await;
+    assert_eq!(admin.subscribe(1, &[("home/secret/#", 0)]).await, [0x80]);
+    admin.publish_retained("home/secret/code", b"1234").await;
+    admin.publish_retained("home/kitchen/mode", b"eco").await;
+    // The admin's publishes are in the broker once it answers a PINGREQ.
+    admin.send(&[0xc0, 0]).await;
+    assert_eq!(admin.next_control().await.kind(), 13);
+
+    let mut readers = Vec::new();
+    for (qos, level) in [(0, 4), (1, 4), (2, 4), (1, 5), (2, 5)] {
+        let id = format!("reader-{qos}-{level}");
+        let mut reader = login(bridge.mqtt, level, "sensor", &id).await;
+        assert_eq!(reader.subscribe(1, &[("home/#", qos)]).await, [qos]);
+        let retained = reader.next_publish().await;
+        assert_eq!(retained.topic, "home/kitchen/mode", "retained, QoS {qos}");
+        assert!(retained.retain);
+        readers.push(reader);
+    }
+    for i in 0..10 {
+        admin
+            .publish("home/secret/door", format!("{i}").as_bytes(), 0, 0)
+            .await;
+    }
+    admin.publish("home/kitchen/light", b"on", 0, 0).await;
+    for reader in &mut readers {
+        let next = reader.next_publish().await;
+        assert_eq!(next.topic, "home/kitchen/light");
+        assert_eq!(next.payload, b"on");
+    }
+    let stats = bridge.stats();
+    assert_eq!(stats.mqtt_deliveries_withheld, 5 * 11, "5 readers, 11 each");
+    assert_eq!(stats.deliveries_withheld, 5 * 11);
+    bridge.shutdown().await;
+}
+
+/// A will on a topic the client may not publish is refused at CONNECT,
+/// with return code 5 (MQTT 3.1.1) or reason code 0x87 (MQTT 5), and
+/// counted; an allowed will connects.
+#[tokio::test]
+async fn wills_must_be_publishable() {
+    let bridge = start_with(gated).await;
+    let password = password("sensor");
+    for (level, refused) in [(4, 5), (5, 0x87)] {
+        for (will, expected) in [("home/secret/will", refused), ("home/kitchen/will", 0)] {
+            let options = raw::Connect {
+                level,
+                client_id: "willing",
+                login: Some(("sensor", &password)),
+                will_topic: Some(will),
+            };
+            let (_, code) = RawMqtt::connect(bridge.mqtt, options).await;
+            assert_eq!(code, Some(expected), "{will} at level {level}");
+        }
+    }
+    assert_eq!(bridge.stats().mqtt_publishes_denied, 2);
+    bridge.shutdown().await;
+}
+
+/// `%u` and `%c` work for MQTT users: the username and the client id.
+#[tokio::test]
+async fn usernames_and_client_ids_in_rules() {
+    let bridge = start_with(gated).await;
+    let mut guest = login(bridge.mqtt, 4, "guest", "g-1").await;
+    let codes = guest
+        .subscribe(
+            1,
+            &[("users/guest/#", 1), ("users/sensor/#", 1), ("home/#", 0)],
+        )
+        .await;
+    assert_eq!(codes, [1, 0x80, 0x80], "its own space only, and no role");
+    guest.publish("clients/g-1/out", b"mine", 1, 2).await;
+    guest.ack(PUBACK, 2).await;
+    guest.publish("clients/g-2/out", b"not mine", 1, 3).await;
+    guest.ack(PUBACK, 3).await;
+    guest.publish("users/guest/note", b"end", 0, 0).await;
+    assert_eq!(
+        guest.topics_until("users/guest/note").await,
+        ["users/guest/note"]
+    );
+    assert_eq!(bridge.stats().mqtt_publishes_denied, 1, "clients/g-2/out");
+    bridge.shutdown().await;
+}
+
+/// MQTT 5 clients get reason code 0x87 in SUBACK, PUBACK and PUBREC; an
+/// MQTT 3.1.1 QoS 2 publish that was refused is completed by the gate.
+/// Topic aliases are resolved before the check, and an alias the client
+/// re-pointed at a denied topic stays denied (the broker still holds the
+/// old topic for it, and never gets the publish).
+#[tokio::test]
+async fn mqtt5_reason_codes_and_topic_aliases() {
+    let bridge = start_with(gated).await;
+    let mut v5 = login(bridge.mqtt, 5, "sensor", "v5").await;
+    let codes = v5
+        .subscribe(1, &[("home/secret/#", 0), ("home/kitchen/#", 0)])
+        .await;
+    assert_eq!(codes, [0x87, 0]);
+    v5.publish("home/secret/a", b"x", 1, 2).await;
+    assert_eq!(v5.ack(PUBACK, 2).await, 0x87);
+    v5.publish("home/secret/b", b"x", 2, 3).await;
+    assert_eq!(v5.ack(PUBREC, 3).await, 0x87);
+
+    let publishes = [
+        ("home/kitchen/a", Some(1), "set 1", 0),
+        ("home/secret/c", Some(2), "set 2", 0x87),
+        ("", Some(2), "use 2", 0x87),
+        ("", Some(1), "use 1", 0),
+        ("home/secret/d", Some(1), "re-point 1", 0x87),
+        ("", Some(1), "use 1 again", 0x87),
+        ("home/kitchen/b", Some(1), "re-point 1 back", 0),
+        ("", Some(1), "use 1 last", 0),
+    ];
+    for (i, (topic, alias, payload, reason)) in publishes.into_iter().enumerate() {
+        let id = 10 + i as u16;
+        let bytes = v5.publish_packet(topic, payload.as_bytes(), 1, id, alias);
+        v5.send(&bytes).await;
+        assert_eq!(v5.ack(PUBACK, id).await, reason, "{payload}");
+    }
+    let mut received = Vec::new();
+    for _ in 0..4 {
+        let message = v5.next_publish().await;
+        received.push((
+            message.topic,
+            String::from_utf8(message.payload).expect("text"),
+        ));
+    }
+    let expected = [
+        ("home/kitchen/a", "set 1"),
+        ("home/kitchen/a", "use 1"),
+        ("home/kitchen/b", "re-point 1 back"),
+        ("home/kitchen/b", "use 1 last"),
+    ];
+    assert_eq!(
+        received,
+        expected.map(|(t, p)| (t.to_owned(), p.to_owned()))
+    );
+
+    let mut v4 = login(bridge.mqtt, 4, "sensor", "v4").await;
+    v4.publish("home/secret/e", b"x", 2, 7).await;
+    assert_eq!(v4.ack(PUBREC, 7).await, 0);
+    v4.send(&[0x62, 2, 0, 7]).await;
+    assert_eq!(v4.ack(PUBCOMP, 7).await, 0, "the gate completes the flow");
+    assert_eq!(bridge.stats().mqtt_publishes_denied, 2 + 4 + 1);
+    bridge.shutdown().await;
+}
+
+/// MQTT over WebSocket goes through the gate too, with the same rules.
+#[tokio::test]
+async fn mqtt_over_websocket_follows_the_rules() {
+    let bridge = start_with(|c| {
+        gated(c);
+        c.mqtt.websocket_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    let ws_addr = bridge.mqtt_ws.expect("MQTT over WebSocket listener");
+    let password = password("sensor");
+    let options = raw::Connect {
+        level: 4,
+        client_id: "browser",
+        login: Some(("sensor", &password)),
+        will_topic: None,
+    };
+    let (mut browser, code) = RawMqtt::connect_ws(ws_addr, options).await;
+    assert_eq!(code, Some(0));
+    let codes = browser
+        .subscribe(1, &[("home/secret/#", 0), ("home/#", 0)])
+        .await;
+    assert_eq!(codes, [0x80, 0]);
+    let mut admin = login(bridge.mqtt, 4, "admin", "admin").await;
+    admin.publish("home/secret/x", b"hidden", 0, 0).await;
+    admin.publish("home/kitchen/y", b"seen", 0, 0).await;
+    browser.publish("home/secret/z", b"refused", 1, 2).await;
+    browser.ack(PUBACK, 2).await;
+    assert_eq!(
+        browser.topics_until("home/kitchen/y").await,
+        ["home/kitchen/y"]
+    );
+    let stats = bridge.stats();
+    assert_eq!(
+        (stats.mqtt_publishes_denied, stats.mqtt_deliveries_withheld),
+        (1, 1)
+    );
+    bridge.shutdown().await;
+}
+
+/// An open bridge (no `[auth]` rules or identities) keeps devices on the
+/// broker's own listeners: the MQTT 3.1.1 port refuses MQTT 5 as rumqttd
+/// does (the gate would route it), and nothing is checked or counted.
+#[tokio::test]
+async fn an_open_bridge_keeps_the_direct_path() {
+    let bridge = start().await;
+    let anonymous = |level| raw::Connect {
+        level,
+        client_id: "open",
+        login: None,
+        will_topic: None,
+    };
+    let (_, code) = RawMqtt::connect(bridge.mqtt, anonymous(5)).await;
+    assert_eq!(
+        code, None,
+        "rumqttd's 3.1.1 listener closes an MQTT 5 CONNECT"
+    );
+    let (mut device, code) = RawMqtt::connect(bridge.mqtt, anonymous(4)).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(device.subscribe(1, &[("#", 0)]).await, [0]);
+    device.publish("home/secret/door", b"open", 0, 0).await;
+    assert_eq!(device.next_publish().await.topic, "home/secret/door");
+    let stats = bridge.stats();
+    assert_eq!(
+        (stats.mqtt_publishes_denied, stats.mqtt_subscriptions_denied),
+        (0, 0)
+    );
+    bridge.shutdown().await;
+}
+
+/// A packet larger than `mqtt.max_payload_bytes` plus the gate's headroom
+/// closes its connection as soon as its fixed header arrives, counted.
+#[tokio::test]
+async fn oversized_packets_close_the_connection() {
+    let bridge = start_with(|c| {
+        gated(c);
+        c.mqtt.max_payload_bytes = 1_024;
+    })
+    .await;
+    let mut sensor = login(bridge.mqtt, 4, "sensor", "big").await;
+    let mut header = vec![0x30];
+    raw::varint(&mut header, 1_000_000);
+    sensor.send(&header).await;
+    assert_eq!(sensor.next().await, None, "closed");
+    let refusals = &bridge.router.stats().refusals;
+    assert_eq!(refusals.limited(Protocol::Mqtt, Limit::Payload), 1);
+    bridge.shutdown().await;
+}
+
+/// Past `mqtt.max_connections` open connections on a gate listener, a new
+/// one is closed at once, and counted.
+#[tokio::test]
+async fn connections_past_the_limit_are_closed() {
+    let bridge = start_with(|c| {
+        gated(c);
+        c.mqtt.max_connections = 4;
+        // The four stay open without a CONNECT for the whole test.
+        c.mqtt.connection_timeout_ms = 60_000;
+    })
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(bridge.mqtt)
+            .await
+            .expect("connect");
+        // A byte of a CONNECT, so the connection is surely accepted.
+        stream.write_all(&[0x10]).await.expect("write");
+        open.push(stream);
+    }
+    // The listener accepts in arrival order: these four hold every slot.
+    let mut fifth = tokio::net::TcpStream::connect(bridge.mqtt)
+        .await
+        .expect("connect");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(common::TIMEOUT, fifth.read(&mut byte))
+        .await
+        .expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "closed: {read:?}");
+    let refusals = &bridge.router.stats().refusals;
+    assert_eq!(refusals.limited(Protocol::Mqtt, Limit::Connections), 1);
+    bridge.shutdown().await;
+}
+
+/// `limits.mqtt_publish_rate` gives each MQTT connection a token bucket:
+/// past the burst, publishes are dropped and counted, and QoS 1 still gets
+/// its PUBACK (MQTT 5: reason 0x97, quota exceeded).
+#[tokio::test]
+async fn mqtt_publish_rate_is_limited() {
+    let bridge = start_with(|c| {
+        gated(c);
+        c.limits.mqtt_publish_rate = 1;
+        c.limits.mqtt_publish_burst = 2;
+    })
+    .await;
+    let mut sensor = login(bridge.mqtt, 5, "sensor", "fast").await;
+    let mut reasons = Vec::new();
+    for id in 1..=10 {
+        sensor.publish("home/kitchen/fast", b"x", 1, id).await;
+    }
+    for id in 1..=10 {
+        reasons.push(sensor.ack(PUBACK, id).await);
+    }
+    assert_eq!(reasons[..2], [0, 0], "the burst passes");
+    let refused = reasons.iter().filter(|r| **r == 0x97).count();
+    assert!(refused >= 1, "{reasons:?}");
+    assert_eq!(refused + reasons.iter().filter(|r| **r == 0).count(), 10);
+    let refusals = &bridge.router.stats().refusals;
+    assert_eq!(
+        refusals.limited(Protocol::Mqtt, Limit::Rate),
+        refused as u64
+    );
+    bridge.shutdown().await;
+}
+
+/// The gate's MQTT-over-WebSocket listener upgrades each client in its own
+/// task: a connection that says nothing holds up nobody (rumqttd's own
+/// listener, on an open bridge, waits behind it; see `core/tests/broker.rs`).
+#[tokio::test]
+async fn a_silent_client_does_not_stall_the_gate() {
+    let bridge = start_with(|c| {
+        gated(c);
+        c.mqtt.websocket_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    let ws_addr = bridge.mqtt_ws.expect("MQTT over WebSocket listener");
+    let _silent = tokio::net::TcpStream::connect(ws_addr)
+        .await
+        .expect("connect");
+    let _silent_tcp = tokio::net::TcpStream::connect(bridge.mqtt)
+        .await
+        .expect("connect");
+    let password = password("sensor");
+    let options = |client_id| raw::Connect {
+        level: 4,
+        client_id,
+        login: Some(("sensor", &password)),
+        will_topic: None,
+    };
+    let (_, code) = RawMqtt::connect_ws(ws_addr, options("after-silent-ws")).await;
+    assert_eq!(code, Some(0));
+    let (_, code) = RawMqtt::connect(bridge.mqtt, options("after-silent-tcp")).await;
+    assert_eq!(code, Some(0));
+    bridge.shutdown().await;
+}
