@@ -51,6 +51,53 @@ async fn http_publish_rate() {
     bridge.shutdown().await;
 }
 
+/// A client over its rate keeps its keep-alive connection: the 429 is an
+/// answer, not a hang-up, and the same connection publishes again once its
+/// allowance refills.
+#[tokio::test]
+async fn http_rate_limit_keeps_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bridge = start_with(|c| {
+        c.limits.publish_rate = 1;
+        c.limits.publish_burst = 1;
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(bridge.http)
+        .await
+        .expect("connect");
+    let request = b"POST /publish/a HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx";
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        stream.write_all(request).await.expect("write");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            let n = tokio::time::timeout(common::TIMEOUT, stream.read(&mut byte))
+                .await
+                .expect("answer in time")
+                .expect("read");
+            assert_eq!(n, 1, "the connection stays open; so far {statuses:?}");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(!head.contains("connection: close"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("content-length");
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).await.expect("body");
+        statuses.push(head[9..12].to_owned());
+        if statuses.len() == 2 {
+            // Let the allowance refill (1 a second) for the third.
+            tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        }
+    }
+    assert_eq!(statuses, ["202", "429", "202"]);
+    bridge.shutdown().await;
+}
+
 /// Past its burst, a WebSocket session gets a `rate-limited` error and
 /// stays open.
 #[tokio::test]

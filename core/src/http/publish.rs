@@ -31,6 +31,33 @@ pub async fn publish(
     let topic = topic_from_path(req.uri().path())?;
     let query = parse_query(req.query_string())?;
     let stats = state.router.stats();
+    let limit = state.config.http.max_publish_bytes;
+    let too_large = || {
+        stats.limit(Protocol::Http, Limit::Payload);
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!("the body is larger than http.max_publish_bytes ({limit} bytes)"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    let mut payload = BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid-body", e.to_string()))?;
+        if payload.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        payload.extend_from_slice(&chunk);
+    }
+    // Checked once the body is read, so a client over its rate keeps its
+    // keep-alive connection (actix closes one whose body went unread).
     // Keyed by user; anonymous clients by address (behind a proxy, they
     // share the proxy's).
     let client = match &principal {
@@ -58,31 +85,6 @@ pub async fn publish(
             u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
         )
         .retry_after(crate::limits::retry_after_secs(wait)));
-    }
-    let limit = state.config.http.max_publish_bytes;
-    let too_large = || {
-        stats.limit(Protocol::Http, Limit::Payload);
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload-too-large",
-            format!("the body is larger than http.max_publish_bytes ({limit} bytes)"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(too_large());
-    }
-    let mut payload = BytesMut::with_capacity(declared.unwrap_or(0));
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid-body", e.to_string()))?;
-        if payload.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        payload.extend_from_slice(&chunk);
     }
     let bytes = payload.len();
     state
