@@ -169,6 +169,12 @@ impl Bridge {
         // async workers. Behind the gate, its listeners are internal.
         let mqtt = if gated {
             internal(&config.mqtt)
+        } else if config.mqtt.websocket_tls {
+            // The gate serves wss://; rumqttd has no listener there.
+            MqttConfig {
+                websocket_listen: None,
+                ..config.mqtt.clone()
+            }
         } else {
             config.mqtt.clone()
         };
@@ -267,6 +273,14 @@ impl Bridge {
                 Transport::Tls(tokio_rustls::TlsAcceptor::from(tls.clone())),
             );
         }
+        let mut mqtt_ws = mqtt_ws;
+        if let (Some(listener), Some(tls)) = (public.websocket_tls, &tls) {
+            mqtt_ws = Some(local(&listener, "mqtt_websocket")?);
+            serve(
+                listener,
+                Transport::WebSocketTls(tokio_rustls::TlsAcceptor::from(tls.clone())),
+            );
+        }
         let (mqtt_addr, mqtt_v5, mqtt_ws) = if gated {
             let mut addrs = (mqtt_addr, None, None);
             if let Some(listener) = public.tcp {
@@ -281,6 +295,7 @@ impl Bridge {
                 addrs.2 = Some(local(&listener, "mqtt_websocket")?);
                 serve(listener, Transport::WebSocket);
             }
+            addrs.2 = addrs.2.or(mqtt_ws);
             addrs
         } else {
             (mqtt_addr, mqtt_v5, mqtt_ws)
@@ -358,11 +373,13 @@ struct PublicMqtt {
     tcp: Option<tokio::net::TcpListener>,
     v5: Option<tokio::net::TcpListener>,
     websocket: Option<tokio::net::TcpListener>,
+    /// `mqtt.websocket_listen` when it serves `wss://`.
+    websocket_tls: Option<tokio::net::TcpListener>,
     tls: Option<tokio::net::TcpListener>,
 }
 
 impl PublicMqtt {
-    /// Every public MQTT listener when `gated`; only `mqtt.tls_listen`
+    /// Every public MQTT listener when `gated`; only the TLS ones
     /// otherwise (the broker serves the others itself).
     fn bind(config: &MqttConfig, gated: bool) -> Result<Self, StartError> {
         let bind = |listener: &'static str, addr: Option<SocketAddr>| {
@@ -379,10 +396,16 @@ impl PublicMqtt {
             .transpose()
         };
         let gated_addr = |addr: Option<SocketAddr>| addr.filter(|_| gated);
+        let (plain_ws, tls_ws) = if config.websocket_tls {
+            (None, config.websocket_listen)
+        } else {
+            (gated_addr(config.websocket_listen), None)
+        };
         Ok(Self {
             tcp: bind("mqtt", gated_addr(Some(config.listen)))?,
             v5: bind("mqtt_v5", gated_addr(config.listen_v5))?,
-            websocket: bind("mqtt_websocket", gated_addr(config.websocket_listen))?,
+            websocket: bind("mqtt_websocket", plain_ws)?,
+            websocket_tls: bind("mqtt_websocket", tls_ws)?,
             tls: bind("mqtt_tls", config.tls_listen)?,
         })
     }

@@ -309,6 +309,40 @@ async fn connections_past_the_limit_are_closed() {
     bridge.shutdown().await;
 }
 
+/// `mqtt.max_subscriptions` bounds the filters one connection holds: the
+/// extra ones get a failure code (MQTT 5: 0x97) and are counted; a filter
+/// held already is not counted twice, and an unsubscribe makes room.
+#[tokio::test]
+async fn subscriptions_past_the_limit_are_refused() {
+    let bridge = start_with(|c| {
+        gated(c);
+        c.mqtt.max_subscriptions = 2;
+    })
+    .await;
+    let mut sensor = login(bridge.mqtt, 5, "sensor", "many").await;
+    let codes = sensor
+        .subscribe(1, &[("home/a/#", 0), ("home/b/#", 0), ("home/c/#", 0)])
+        .await;
+    assert_eq!(codes, [0, 0, 0x97]);
+    assert_eq!(sensor.subscribe(2, &[("home/a/#", 1)]).await, [1]);
+    sensor.unsubscribe(3, &["home/b/#"]).await;
+    assert_eq!(sensor.subscribe(4, &[("home/c/#", 0)]).await, [0]);
+    sensor.publish("home/c/1", b"held", 0, 0).await;
+    assert_eq!(sensor.next_publish().await.topic, "home/c/1");
+    let mut device = login(bridge.mqtt, 4, "sensor", "few").await;
+    let codes = device
+        .subscribe(1, &[("home/a/#", 0), ("home/b/#", 0), ("home/c/#", 0)])
+        .await;
+    assert_eq!(
+        codes,
+        [0, 0, 0x80],
+        "MQTT 3.1.1: 0x80, each connection counted apart"
+    );
+    let refusals = &bridge.router.stats().refusals;
+    assert_eq!(refusals.limited(Protocol::Mqtt, Limit::Subscriptions), 2);
+    bridge.shutdown().await;
+}
+
 /// `limits.mqtt_publish_rate` gives each MQTT connection a token bucket:
 /// past the burst, publishes are dropped and counted, and QoS 1 still gets
 /// its PUBACK (MQTT 5: reason 0x97, quota exceeded).

@@ -302,3 +302,60 @@ async fn mqtt_over_tls_follows_the_rules() {
     assert_eq!(sensor.next_publish().await.topic, "home/kitchen/tls");
     bridge.shutdown().await;
 }
+
+/// MQTT over `wss://` (`mqtt.websocket_tls`) goes through the gate: the
+/// same rules hold as over plain TCP.
+#[tokio::test]
+async fn mqtt_over_secure_websocket_follows_the_rules() {
+    let pki = Pki::new("mqtt-wss");
+    let (cert, key) = (pki.cert_path.clone(), pki.key_path.clone());
+    let bridge = start_with(move |c| {
+        common::gated(c);
+        c.tls.cert_path = Some(cert);
+        c.tls.key_path = Some(key);
+        c.mqtt.websocket_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        c.mqtt.websocket_tls = true;
+    })
+    .await;
+    let addr = bridge.mqtt_ws.expect("MQTT over WebSocket listener");
+    let mut plain = TcpStream::connect(addr).await.expect("connect");
+    plain
+        .write_all(
+            b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(TIMEOUT, plain.read_to_end(&mut answer)).await;
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 101"),
+        "a plain upgrade is not accepted on a wss:// listener"
+    );
+    let options = || common::raw::Connect {
+        level: 4,
+        client_id: "wss-sensor",
+        login: None,
+        will_topic: None,
+    };
+    let stream = tls_connect(&pki.connector(), addr)
+        .await
+        .expect("TLS connect");
+    let password = common::password("sensor");
+    let options = common::raw::Connect {
+        login: Some(("sensor", &password)),
+        ..options()
+    };
+    let (mut sensor, code) =
+        common::raw::RawMqtt::connect_ws_over(Box::new(stream), "wss://localhost/mqtt", options)
+            .await;
+    assert_eq!(code, Some(0));
+    let codes = sensor
+        .subscribe(1, &[("home/secret/#", 0), ("home/kitchen/#", 0)])
+        .await;
+    assert_eq!(codes, [0x80, 0], "MQTT 3.1.1: 0x80 for the denied filter");
+    sensor.publish("home/kitchen/wss", b"over wss", 0, 0).await;
+    assert_eq!(sensor.next_publish().await.topic, "home/kitchen/wss");
+    bridge.shutdown().await;
+}

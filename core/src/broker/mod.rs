@@ -229,20 +229,8 @@ fn probe_connect(addr: SocketAddr, v5: bool, login: Option<(&str, &str)>) -> io:
         string(username);
         string(password);
     }
-    // Remaining length as MQTT's variable-length integer.
     let mut packet = vec![0x10];
-    let mut length = body.len();
-    loop {
-        let mut byte = (length % 128) as u8;
-        length /= 128;
-        if length > 0 {
-            byte |= 0x80;
-        }
-        packet.push(byte);
-        if length == 0 {
-            break;
-        }
-    }
+    crate::gate::packet::put_varint(&mut packet, body.len());
     packet.extend(body);
     stream.write_all(&packet)?;
     let mut connack = [0u8; 4];

@@ -50,10 +50,17 @@ pub struct MqttConfig {
     /// the gate) for browser MQTT clients; off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub websocket_listen: Option<SocketAddr>,
+    /// Serve `wss://` on `websocket_listen` with the `[tls]` certificate,
+    /// always through the gate.
+    pub websocket_tls: bool,
     /// MQTT over TLS (the `[tls]` certificate), always through the gate;
     /// off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_listen: Option<SocketAddr>,
+    /// Topic filters one MQTT connection may hold; past it a SUBSCRIBE
+    /// gets a failure code for the extra filters (counted). Enforced by
+    /// the gate, so only when `[auth]` is configured.
+    pub max_subscriptions: usize,
     /// Largest PUBLISH payload a device may send, in bytes.
     pub max_payload_bytes: usize,
     /// Connections the broker accepts at once (devices and the bridge's own
@@ -79,7 +86,9 @@ impl Default for MqttConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
             listen_v5: None,
             websocket_listen: None,
+            websocket_tls: false,
             tls_listen: None,
+            max_subscriptions: 256,
             max_payload_bytes: 256 * 1024,
             max_connections: 10_000,
             connection_timeout_ms: 5_000,
@@ -292,9 +301,10 @@ impl Config {
     /// event names that fit on an SSE line. The error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ws = &self.websocket;
-        let positive: [(&str, u64); 25] = [
+        let positive: [(&str, u64); 26] = [
             ("mqtt.max_payload_bytes", self.mqtt.max_payload_bytes as u64),
             ("mqtt.max_connections", self.mqtt.max_connections as u64),
+            ("mqtt.max_subscriptions", self.mqtt.max_subscriptions as u64),
             (
                 "mqtt.connection_timeout_ms",
                 self.mqtt.connection_timeout_ms.into(),
@@ -389,10 +399,19 @@ impl Config {
 
     /// Whether any listener serves TLS, and so needs `[tls]`.
     pub fn uses_tls(&self) -> bool {
-        self.http.tls || self.websocket.tls || self.mqtt.tls_listen.is_some()
+        self.http.tls
+            || self.websocket.tls
+            || self.mqtt.tls_listen.is_some()
+            || self.mqtt.websocket_tls
     }
 
     fn validate_tls(&self) -> Result<(), ConfigError> {
+        if self.mqtt.websocket_tls && self.mqtt.websocket_listen.is_none() {
+            return Err(ConfigError::invalid(
+                "mqtt.websocket_tls",
+                "needs mqtt.websocket_listen, the listener it secures",
+            ));
+        }
         if !self.uses_tls() {
             return Ok(());
         }
@@ -400,6 +419,8 @@ impl Config {
             "http.tls"
         } else if self.websocket.tls {
             "websocket.tls"
+        } else if self.mqtt.websocket_tls {
+            "mqtt.websocket_tls"
         } else {
             "mqtt.tls_listen"
         };

@@ -97,6 +97,8 @@ pub struct Shared {
     notes: usize,
     publish_rate: u32,
     publish_burst: u32,
+    /// Filters one connection may hold (`mqtt.max_subscriptions`).
+    max_subscriptions: usize,
 }
 
 impl Shared {
@@ -125,6 +127,7 @@ impl Shared {
             notes: config.mqtt.max_inflight + pump::NOTES_MARGIN,
             publish_rate: config.limits.mqtt_publish_rate,
             publish_burst: config.limits.mqtt_publish_burst,
+            max_subscriptions: config.mqtt.max_subscriptions,
         }
     }
 
@@ -164,6 +167,8 @@ pub enum Transport {
     Tls(TlsAcceptor),
     /// MQTT over WebSocket (subprotocol `mqtt`).
     WebSocket,
+    /// MQTT over WebSocket over TLS (`wss://`).
+    WebSocketTls(TlsAcceptor),
 }
 
 impl std::fmt::Debug for Transport {
@@ -172,6 +177,7 @@ impl std::fmt::Debug for Transport {
             Self::Tcp => "Tcp",
             Self::Tls(_) => "Tls",
             Self::WebSocket => "WebSocket",
+            Self::WebSocketTls(_) => "WebSocketTls",
         })
     }
 }
@@ -237,5 +243,13 @@ async fn connection(
             }
         }
         Transport::WebSocket => websocket::run(stream, peer, shared, cancel).await,
+        Transport::WebSocketTls(acceptor) => {
+            match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+            {
+                Ok(Ok(tls)) => websocket::run(tls, peer, shared, cancel).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "MQTT wss handshake failed."),
+                Err(_) => tracing::debug!(%peer, "MQTT wss handshake timed out."),
+            }
+        }
     }
 }

@@ -32,6 +32,7 @@ pub mod kind {
     pub const PUBCOMP: u8 = 7;
     pub const SUBSCRIBE: u8 = 8;
     pub const SUBACK: u8 = 9;
+    pub const UNSUBSCRIBE: u8 = 10;
 }
 
 /// The largest remaining length MQTT's four-byte integer can express.
@@ -281,6 +282,27 @@ pub fn parse_subscribe<'a>(
         properties,
         filters,
     })
+}
+
+/// The filters an UNSUBSCRIBE names.
+pub fn parse_unsubscribe<'a>(
+    packet: &'a [u8],
+    frame: &Frame,
+    version: Version,
+) -> Result<Vec<&'a str>, PacketError> {
+    let mut r = Reader::new(packet, frame, "UNSUBSCRIBE");
+    r.u16("packet id")?;
+    if version == Version::V5 {
+        r.properties()?;
+    }
+    let mut filters = Vec::new();
+    while r.pos < r.buf.len() {
+        filters.push(r.string("topic filter")?);
+    }
+    if filters.is_empty() {
+        return Err(r.malformed("no topic filter"));
+    }
+    Ok(filters)
 }
 
 /// A SUBACK: packet id, MQTT 5 properties (bytes, length included), and

@@ -80,6 +80,9 @@ pub struct Upstream {
     /// PUBREL is answered here, not forwarded.
     refused_qos2: HashSet<u16>,
     bucket: Option<TokenBucket>,
+    /// The filters this client holds (as far as the gate let them through),
+    /// for `mqtt.max_subscriptions`.
+    subscribed: HashSet<String>,
     /// The acknowledgements the broker is sent: the client's, and the
     /// gate's for deliveries it withheld.
     order: AckOrder,
@@ -96,6 +99,7 @@ impl Upstream {
             alias_bytes: 0,
             refused_qos2: HashSet::new(),
             bucket,
+            subscribed: HashSet::new(),
             order: AckOrder::new(version),
         }
     }
@@ -120,6 +124,13 @@ impl Upstream {
         match frame.kind() {
             kind::PUBLISH => self.publish(bytes, frame, batch),
             kind::SUBSCRIBE => self.subscribe(bytes, frame, batch),
+            kind::UNSUBSCRIBE => {
+                for filter in packet::parse_unsubscribe(bytes, &frame, self.version)? {
+                    self.subscribed.remove(filter);
+                }
+                batch.to_broker.extend_from_slice(&bytes[..frame.len]);
+                Ok(())
+            }
             kind::PUBREL => {
                 let id = packet::packet_id(bytes, &frame)?;
                 let phase = Phase::Completion;
@@ -286,7 +297,10 @@ impl Upstream {
         let plan: SubackPlan = subscribe
             .filters
             .iter()
-            .map(|(filter, _)| self.check_filter(filter))
+            .map(|(filter, _)| {
+                self.check_filter(filter)
+                    .or_else(|| self.take_subscription(filter))
+            })
             .collect();
         let refused = plan.iter().filter(|code| code.is_some()).count();
         if refused == 0 {
@@ -309,6 +323,25 @@ impl Upstream {
         packet::write_subscribe(&mut batch.to_broker, id, subscribe.properties, allowed);
         batch.subacks.push((id, plan));
         Ok(())
+    }
+
+    /// Records `filter` as held; `Some` failure code (counted) if that
+    /// would exceed `mqtt.max_subscriptions`. A filter already held is
+    /// replaced, not added.
+    fn take_subscription(&mut self, filter: &str) -> Option<u8> {
+        if self.subscribed.contains(filter) {
+            return None;
+        }
+        if self.subscribed.len() >= self.shared.max_subscriptions {
+            self.stats().limit(Protocol::Mqtt, Limit::Subscriptions);
+            tracing::debug!(principal = %self.principal, filter, "MQTT subscription refused: mqtt.max_subscriptions reached.");
+            return Some(match self.version {
+                Version::V311 => V311_FAILURE,
+                Version::V5 => QUOTA_EXCEEDED,
+            });
+        }
+        self.subscribed.insert(filter.to_owned());
+        None
     }
 
     /// `None` if the rules allow `filter`, else the failure code to answer.

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf,
+};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -33,16 +34,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes the pipe holds in each direction before its writer waits.
 const PIPE_BYTES: usize = 16 * 1024;
 
-type Sink = futures_util::stream::SplitSink<WebSocketStream<TcpStream>, Message>;
-type Stream = futures_util::stream::SplitStream<WebSocketStream<TcpStream>>;
+type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Message>;
+type Stream<S> = futures_util::stream::SplitStream<WebSocketStream<S>>;
 
-/// Upgrades one connection and relays it through a gate session.
-pub async fn run(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    cancel: CancellationToken,
-) {
+/// Upgrades one connection (plain, or TLS already accepted) and relays it
+/// through a gate session.
+pub async fn run<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>, cancel: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     // A frame or message may hold a whole packet, no more.
     let limits = WebSocketConfig::default()
         .max_message_size(Some(shared.max_packet + 8))
@@ -89,7 +89,10 @@ pub async fn run(
 }
 
 /// The client's binary frames, into the pipe.
-async fn frames_in(mut stream: Stream, mut pipe: WriteHalf<DuplexStream>) {
+async fn frames_in<S>(mut stream: Stream<S>, mut pipe: WriteHalf<DuplexStream>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     while let Some(frame) = stream.next().await {
         match frame {
             Ok(Message::Binary(bytes)) => {
@@ -113,7 +116,10 @@ async fn frames_in(mut stream: Stream, mut pipe: WriteHalf<DuplexStream>) {
 }
 
 /// What the session writes, as binary frames; a close frame at its end.
-async fn frames_out(mut pipe: ReadHalf<DuplexStream>, mut sink: Sink) {
+async fn frames_out<S>(mut pipe: ReadHalf<DuplexStream>, mut sink: Sink<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut buf = vec![0u8; PIPE_BYTES];
     loop {
         match pipe.read(&mut buf).await {

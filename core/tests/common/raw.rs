@@ -16,7 +16,7 @@ use super::TIMEOUT;
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Stream>>;
 
 enum Link {
     Bytes(Box<dyn Stream>),
@@ -138,15 +138,23 @@ impl RawMqtt {
 
     /// MQTT over WebSocket (subprotocol `mqtt`).
     pub async fn connect_ws(addr: SocketAddr, options: Connect<'_>) -> (Self, Option<u8>) {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Self::connect_ws_over(Box::new(stream), &format!("ws://{addr}/mqtt"), options).await
+    }
+
+    /// MQTT over WebSocket on an open byte stream (`wss://` over TLS).
+    pub async fn connect_ws_over(
+        stream: Box<dyn Stream>,
+        url: &str,
+        options: Connect<'_>,
+    ) -> (Self, Option<u8>) {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut request = format!("ws://{addr}/mqtt")
-            .into_client_request()
-            .expect("request");
+        let mut request = url.into_client_request().expect("request");
         request
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("header"));
         let (ws, response) =
-            tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request))
+            tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async(request, stream))
                 .await
                 .expect("upgrade in time")
                 .expect("WebSocket upgrade");
@@ -254,6 +262,21 @@ impl RawMqtt {
         assert_eq!(ack.packet_id(), id);
         let skip = if self.level == 5 { 3 } else { 2 };
         ack.body[skip..].to_vec()
+    }
+
+    /// Unsubscribes from `filters` under `id`, and waits for the UNSUBACK.
+    pub async fn unsubscribe(&mut self, id: u16, filters: &[&str]) {
+        let mut body = id.to_be_bytes().to_vec();
+        if self.level == 5 {
+            body.push(0);
+        }
+        for filter in filters {
+            string(&mut body, filter);
+        }
+        self.send(&packet(0xA2, &body)).await;
+        let ack = self.next_control().await;
+        assert_eq!(ack.kind(), 11, "UNSUBACK expected: {ack:?}");
+        assert_eq!(ack.packet_id(), id);
     }
 
     /// A PUBLISH; MQTT 5 may set a topic alias (and an empty topic uses it).
