@@ -245,11 +245,14 @@ fn tidewater(launch: &Launch, dir: &Path, extra_toml: &str) -> anyhow::Result<Sp
     let show = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
     // One HTTP worker: the server has one core. The load clients carry no
     // credentials, so anonymous access is on, as in the shipped bridge.toml.
+    // S6 posts everything from one address, as a trusted backend would: the
+    // per-client publish rate (a guard against one abusive client) is off.
     let config = format!(
         "[mqtt]\nlisten = \"{}\"\nmax_connections = 20000\n\n\
          [http]\nlisten = \"{}\"\nworkers = 1\n\n\
          [websocket]\nlisten = \"{}\"\n\n\
-         [auth]\nanonymous_web = true\nanonymous_mqtt = true\n\n{extra_toml}",
+         [auth]\nanonymous_web = true\nanonymous_mqtt = true\n\n\
+         [limits]\npublish_rate = 0\n\n{extra_toml}",
         show(addrs.mqtt),
         show(addrs.http),
         show(addrs.ws)
