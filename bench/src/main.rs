@@ -58,6 +58,10 @@ struct Cli {
     /// The Tidewater binary (default: `tidewater` next to this one).
     #[arg(long, global = true)]
     tidewater: Option<PathBuf>,
+    /// A TOML file appended to Tidewater's configuration in every scenario,
+    /// e.g. `[[auth.acl]]` rules, which put MQTT devices behind the gate.
+    #[arg(long, global = true)]
+    tidewater_config: Option<PathBuf>,
     /// Where to write the markdown table.
     #[arg(long, global = true, default_value = "bench-results.md")]
     out: PathBuf,
@@ -244,6 +248,11 @@ fn settings(cli: &Cli, pinned: bool) -> anyhow::Result<Settings> {
                 .unwrap_or_else(|| dir.join("tidewater")),
             rumqttd: dir.join("bench-rumqttd"),
             server_cpu: pinned.then_some(cli.server_cpu),
+            tidewater_extra: match &cli.tidewater_config {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                None => String::new(),
+            },
         },
         step_secs: cli.step_secs.unwrap_or(pick(2.0, 1.0)),
         warmup_secs: cli.warmup_secs.unwrap_or(pick(1.0, 0.5)),

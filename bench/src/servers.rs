@@ -72,6 +72,8 @@ pub struct Launch {
     pub rumqttd: PathBuf,
     /// The core servers are pinned to; `None` runs them unpinned.
     pub server_cpu: Option<usize>,
+    /// TOML appended to Tidewater's configuration (`--tidewater-config`).
+    pub tidewater_extra: String,
 }
 
 /// Where a running server listens.
@@ -252,10 +254,11 @@ fn tidewater(launch: &Launch, dir: &Path, extra_toml: &str) -> anyhow::Result<Sp
          [http]\nlisten = \"{}\"\nworkers = 1\n\n\
          [websocket]\nlisten = \"{}\"\n\n\
          [auth]\nanonymous_web = true\nanonymous_mqtt = true\n\n\
-         [limits]\npublish_rate = 0\n\n{extra_toml}",
+         [limits]\npublish_rate = 0\n\n{extra_toml}\n{}",
         show(addrs.mqtt),
         show(addrs.http),
-        show(addrs.ws)
+        show(addrs.ws),
+        launch.tidewater_extra
     );
     let path = dir.join("bridge.toml");
     std::fs::write(&path, config)?;
