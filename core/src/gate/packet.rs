@@ -260,14 +260,7 @@ pub fn parse_subscribe<'a>(
     version: Version,
 ) -> Result<Subscribe<'a>, PacketError> {
     let mut r = Reader::new(packet, frame, "SUBSCRIBE");
-    let packet_id = r.u16("packet id")?;
-    let properties = match version {
-        Version::V5 => {
-            let range = r.properties()?.range;
-            &r.buf[range]
-        }
-        Version::V311 => &[],
-    };
+    let (packet_id, properties) = r.id_and_properties(version)?;
     let mut filters = Vec::new();
     while r.pos < r.buf.len() {
         let filter = r.string("topic filter")?;
@@ -291,10 +284,7 @@ pub fn parse_unsubscribe<'a>(
     version: Version,
 ) -> Result<Vec<&'a str>, PacketError> {
     let mut r = Reader::new(packet, frame, "UNSUBSCRIBE");
-    r.u16("packet id")?;
-    if version == Version::V5 {
-        r.properties()?;
-    }
+    r.id_and_properties(version)?;
     let mut filters = Vec::new();
     while r.pos < r.buf.len() {
         filters.push(r.string("topic filter")?);
@@ -320,14 +310,7 @@ pub fn parse_suback<'a>(
     version: Version,
 ) -> Result<SubAck<'a>, PacketError> {
     let mut r = Reader::new(packet, frame, "SUBACK");
-    let packet_id = r.u16("packet id")?;
-    let properties = match version {
-        Version::V5 => {
-            let range = r.properties()?.range;
-            &r.buf[range]
-        }
-        Version::V311 => &[],
-    };
+    let (packet_id, properties) = r.id_and_properties(version)?;
     Ok(SubAck {
         packet_id,
         properties,

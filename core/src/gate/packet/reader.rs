@@ -1,7 +1,7 @@
 //! Reading a packet's fields front to back, MQTT 5 property blocks
 //! included, with errors that name the packet and the field.
 
-use super::{Frame, PacketError, Properties};
+use super::{Frame, PacketError, Properties, Version};
 
 /// MQTT 5 property identifiers the gate looks for.
 const TOPIC_ALIAS_MAXIMUM: usize = 0x22;
@@ -92,6 +92,24 @@ impl<'a> Reader<'a> {
 
     /// An MQTT 5 property block, every property read by its type (an
     /// unknown identifier is an error: its length cannot be known).
+    /// The packet id and, for MQTT 5, the properties (as bytes, length
+    /// included; empty for 3.1.1) that open a SUBSCRIBE, UNSUBSCRIBE or
+    /// SUBACK.
+    pub(super) fn id_and_properties(
+        &mut self,
+        version: Version,
+    ) -> Result<(u16, &'a [u8]), PacketError> {
+        let packet_id = self.u16("packet id")?;
+        let properties = match version {
+            Version::V5 => {
+                let range = self.properties()?.range;
+                &self.buf[range]
+            }
+            Version::V311 => &[],
+        };
+        Ok((packet_id, properties))
+    }
+
     pub(super) fn properties(&mut self) -> Result<Properties, PacketError> {
         let start = self.pos;
         let len = self.varint("property length")?;

@@ -260,6 +260,25 @@ fn subscribe_round_trip() {
     ));
 }
 
+/// An UNSUBSCRIBE names its filters, after the MQTT 5 properties; one
+/// without a filter is refused.
+#[test]
+fn unsubscribe_filters() {
+    let mut v311 = vec![0, 7];
+    string(&mut v311, "a/#");
+    string(&mut v311, "b");
+    let bytes = packet(0xa2, &v311);
+    let parsed = parse_unsubscribe(&bytes, &framed(&bytes), Version::V311).expect("valid");
+    assert_eq!(parsed, ["a/#", "b"]);
+    let mut v5 = vec![0, 7, 0];
+    string(&mut v5, "a/#");
+    let bytes = packet(0xa2, &v5);
+    let parsed = parse_unsubscribe(&bytes, &framed(&bytes), Version::V5).expect("valid");
+    assert_eq!(parsed, ["a/#"]);
+    let empty = packet(0xa2, &[0, 7]);
+    assert!(parse_unsubscribe(&empty, &framed(&empty), Version::V311).is_err());
+}
+
 /// The gate's own answers have the layouts MQTT prescribes.
 #[test]
 fn answers() {
@@ -286,6 +305,7 @@ proptest! {
                 let _ = parse_connect(&bytes, &frame);
                 let _ = parse_publish(&bytes, &frame, version);
                 let _ = parse_subscribe(&bytes, &frame, version);
+                let _ = parse_unsubscribe(&bytes, &frame, version);
                 let _ = parse_suback(&bytes, &frame, version);
                 let _ = packet_id(&bytes, &frame);
             }
@@ -305,6 +325,7 @@ proptest! {
             let _ = parse_connect(&bytes, &frame);
             let _ = parse_publish(&bytes, &frame, version);
             let _ = parse_subscribe(&bytes, &frame, version);
+            let _ = parse_unsubscribe(&bytes, &frame, version);
             let _ = parse_suback(&bytes, &frame, version);
         }
     }
