@@ -151,20 +151,7 @@ async fn json_format_fields() {
 async fn resume_with_last_event_id_loses_and_duplicates_nothing() {
     let bridge = start().await;
     let device = Device::connect(bridge.mqtt, "counter").await;
-    let publisher = {
-        let client = device.client.clone();
-        tokio::spawn(async move {
-            for i in 0..300u32 {
-                client
-                    .publish("count", rumqttc::QoS::AtLeastOnce, false, i.to_string())
-                    .await
-                    .expect("publish");
-                if i % 10 == 0 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        })
-    };
+    let publisher = device.count_in_background("count", 300);
     let mut seen: Vec<u32> = Vec::new();
     let mut last_id: Option<String> = None;
     // Three connections, each dropped after a few messages.

@@ -88,20 +88,7 @@ async fn publish_reaches_mqtt_and_sse_with_the_same_ids() {
 async fn since_after_a_dropped_connection_loses_and_duplicates_nothing() {
     let bridge = start().await;
     let device = Device::connect(bridge.mqtt, "counter").await;
-    let publisher = {
-        let client = device.client.clone();
-        tokio::spawn(async move {
-            for i in 0..300u32 {
-                client
-                    .publish("count", rumqttc::QoS::AtLeastOnce, false, i.to_string())
-                    .await
-                    .expect("publish");
-                if i % 10 == 0 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        })
-    };
+    let publisher = device.count_in_background("count", 300);
     let mut seen: Vec<u32> = Vec::new();
     let mut since = serde_json::Value::Null;
     loop {

@@ -162,6 +162,28 @@ pub struct Device {
 }
 
 impl Device {
+    /// Publishes `0`, `1`, … `count - 1` on `topic` at QoS 1 in the
+    /// background, pausing briefly every ten, so readers can drop and
+    /// resume while it runs.
+    pub fn count_in_background(
+        &self,
+        topic: &'static str,
+        count: u32,
+    ) -> tokio::task::JoinHandle<()> {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            for i in 0..count {
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, i.to_string())
+                    .await
+                    .expect("publish");
+                if i % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    }
+
     /// Connects and waits for the CONNACK.
     pub async fn connect(addr: SocketAddr, id: &str) -> Device {
         Self::try_connect(addr, id, None)
