@@ -118,23 +118,25 @@ impl Collector for StatsCollector {
         labelled(
             &mut encoder,
             "connections",
-            "Web connections open now.",
+            "Client connections open now (MQTT: those through the gate).",
             gauge,
             "protocol",
             &[
                 ("sse", read(&s.sse_streams_open)),
                 ("websocket", read(&s.ws_sessions_open)),
+                ("mqtt", read(&s.mqtt_connections_open)),
             ],
         )?;
         labelled(
             &mut encoder,
             "connections_opened",
-            "Web connections opened since start.",
+            "Client connections opened since start (MQTT: those through the gate).",
             total,
             "protocol",
             &[
                 ("sse", read(&s.sse_streams_opened)),
                 ("websocket", read(&s.ws_sessions_opened)),
+                ("mqtt", read(&s.mqtt_connections_opened)),
             ],
         )?;
         counter(

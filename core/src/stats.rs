@@ -70,6 +70,11 @@ counters! {
     ws_sessions_opened,
     /// WebSocket sessions open now.
     ws_sessions_open,
+    /// MQTT connections the gate accepted since start (devices that talk to
+    /// rumqttd directly, on an open bridge, are not seen).
+    mqtt_connections_opened,
+    /// MQTT connections through the gate open now.
+    mqtt_connections_open,
     /// Messages written to SSE streams.
     sse_messages_out,
     /// Messages written to WebSocket sessions.

@@ -343,6 +343,42 @@ async fn subscriptions_past_the_limit_are_refused() {
     bridge.shutdown().await;
 }
 
+/// Connections through the gate are in `/metrics`, open and opened.
+#[tokio::test]
+async fn gate_connections_are_in_metrics() {
+    let bridge = start_with(gated).await;
+    let connections = |series: &'static str| {
+        let http = bridge.http;
+        async move {
+            let text = String::from_utf8(common::get(http, "/metrics").await.body).expect("UTF-8");
+            text.lines()
+                .find_map(|line| line.strip_prefix(series)?.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        }
+    };
+    let first = login(bridge.mqtt, 4, "sensor", "one").await;
+    let _second = login(bridge.mqtt, 5, "sensor", "two").await;
+    assert_eq!(
+        connections("tidewater_connections{protocol=\"mqtt\"}").await,
+        2
+    );
+    drop(first);
+    let mut open = 2;
+    for _ in 0..100 {
+        open = connections("tidewater_connections{protocol=\"mqtt\"}").await;
+        if open == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(open, 1, "a closed connection leaves the gauge");
+    assert_eq!(
+        connections("tidewater_connections_opened_total{protocol=\"mqtt\"}").await,
+        2
+    );
+    bridge.shutdown().await;
+}
+
 /// `limits.mqtt_publish_rate` gives each MQTT connection a token bucket:
 /// past the burst, publishes are dropped and counted, and QoS 1 still gets
 /// its PUBACK (MQTT 5: reason 0x97, quota exceeded).

@@ -53,11 +53,30 @@ pub enum SessionError {
     WriteTimeout,
 }
 
+/// One connection in `mqtt_connections_open`, for as long as it lives,
+/// however its task ends.
+struct OpenConnection<'a>(&'a Stats);
+
+impl<'a> OpenConnection<'a> {
+    fn count(stats: &'a Stats) -> Self {
+        Stats::incr(&stats.mqtt_connections_opened);
+        Stats::incr(&stats.mqtt_connections_open);
+        Self(stats)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        Stats::decr(&self.0.mqtt_connections_open);
+    }
+}
+
 /// Serves one client connection until it or the broker closes, or `cancel`.
 pub async fn run<C>(client: C, shared: Arc<Shared>, cancel: CancellationToken)
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let _open = OpenConnection::count(&shared.stats);
     let result = tokio::select! {
         () = cancel.cancelled() => Ok(()),
         result = relay(client, &shared) => result,
