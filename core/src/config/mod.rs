@@ -562,6 +562,21 @@ mod tests {
         }
     }
 
+    /// `mqtt.websocket_tls` needs the listener it secures, and then the
+    /// `[tls]` certificate; each refusal names the key to fix.
+    #[test]
+    fn mqtt_websocket_tls_names_what_it_needs() {
+        let mut config = Config::default();
+        config.mqtt.websocket_tls = true;
+        let err = config.validate().expect_err("no listener").to_string();
+        assert!(err.contains("mqtt.websocket_tls"), "{err}");
+        assert!(err.contains("mqtt.websocket_listen"), "{err}");
+        config.mqtt.websocket_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let err = config.validate().expect_err("no certificate").to_string();
+        assert!(err.contains("tls.cert_path"), "{err}");
+        assert!(err.contains("mqtt.websocket_tls serves TLS"), "{err}");
+    }
+
     /// An event name with a line break would break the SSE framing.
     #[test]
     fn route_event_with_newline_is_refused() {
