@@ -182,7 +182,7 @@ impl Collector for StatsCollector {
         counter(
             &mut encoder,
             "slow_consumer_disconnects",
-            "Subscribers ended because their queue was full.",
+            "Subscribers ended because they fell too far behind (a full queue; MQTT through the gate: a write timeout).",
             read(&s.slow_consumer_disconnects),
         )?;
         labelled(

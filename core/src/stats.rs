@@ -42,7 +42,9 @@ counters! {
     messages_invalid,
     /// Copies handed to subscriber queues.
     deliveries,
-    /// Subscribers ended because their queue was full.
+    /// Subscribers ended because they fell too far behind: a full queue,
+    /// or (MQTT through the gate) a client that took nothing for a write
+    /// timeout.
     slow_consumer_disconnects,
     /// Publishes from web clients queued for the broker.
     publishes_accepted,

@@ -88,6 +88,11 @@ where
         if let SessionError::Overflow(_) = e {
             Stats::incr(&shared.stats.mqtt_gate_overflows);
         }
+        // A client that took no bytes for a whole write timeout is a slow
+        // consumer like an SSE stream whose queue overflowed: counted alike.
+        if let SessionError::WriteTimeout = e {
+            Stats::incr(&shared.stats.slow_consumer_disconnects);
+        }
         tracing::debug!(error = %e, "MQTT gate connection closed.");
     }
 }
