@@ -169,14 +169,18 @@ impl Bridge {
         // async workers. Behind the gate, its listeners are internal.
         let mqtt = if gated {
             internal(&config.mqtt)
-        } else if config.mqtt.websocket_tls {
-            // The gate serves wss://; rumqttd has no listener there.
+        } else {
             MqttConfig {
-                websocket_listen: None,
+                // MQTT 5 always goes through the gate (see `PublicMqtt`):
+                // rumqttd listens for it on loopback only.
+                listen_v5: config.mqtt.listen_v5.map(|_| LOOPBACK_ANY_PORT),
+                // With wss://, the gate serves that port too.
+                websocket_listen: config
+                    .mqtt
+                    .websocket_listen
+                    .filter(|_| !config.mqtt.websocket_tls),
                 ..config.mqtt.clone()
             }
-        } else {
-            config.mqtt.clone()
         };
         let broker_router = router.clone();
         let BrokerAddrs {
@@ -281,14 +285,18 @@ impl Bridge {
                 Transport::WebSocketTls(tokio_rustls::TlsAcceptor::from(tls.clone())),
             );
         }
+        let mqtt_v5 = match public.v5 {
+            Some(listener) => {
+                let addr = local(&listener, "mqtt_v5")?;
+                serve(listener, Transport::Tcp);
+                Some(addr)
+            }
+            None => None,
+        };
         let (mqtt_addr, mqtt_v5, mqtt_ws) = if gated {
-            let mut addrs = (mqtt_addr, None, None);
+            let mut addrs = (mqtt_addr, mqtt_v5, None);
             if let Some(listener) = public.tcp {
                 addrs.0 = local(&listener, "mqtt")?;
-                serve(listener, Transport::Tcp);
-            }
-            if let Some(listener) = public.v5 {
-                addrs.1 = Some(local(&listener, "mqtt_v5")?);
                 serve(listener, Transport::Tcp);
             }
             if let Some(listener) = public.websocket {
@@ -307,6 +315,7 @@ impl Bridge {
         };
         tracing::info!(addr = %mqtt_addr, path, "MQTT listener ready.");
         if let Some(addr) = mqtt_v5 {
+            let path = if gated { path } else { "through the gate" };
             tracing::info!(addr = %addr, path, "MQTT 5 listener ready.");
         }
         if let Some(addr) = mqtt_ws {
@@ -379,8 +388,12 @@ struct PublicMqtt {
 }
 
 impl PublicMqtt {
-    /// Every public MQTT listener when `gated`; only the TLS ones
-    /// otherwise (the broker serves the others itself).
+    /// Every public MQTT listener when `gated`; otherwise the TLS ones and
+    /// MQTT 5: rumqttd 0.20's MQTT 5 reader panics on packets only a server
+    /// sends (a CONNACK or UNSUBACK from a client), and a few hundred such
+    /// panics leave its MQTT 5 listener refusing every later client, so
+    /// even an open bridge puts the gate in front of it. The broker serves
+    /// plain MQTT 3.1.1 and `ws://` itself.
     fn bind(config: &MqttConfig, gated: bool) -> Result<Self, StartError> {
         let bind = |listener: &'static str, addr: Option<SocketAddr>| {
             addr.map(|addr| {
@@ -403,7 +416,7 @@ impl PublicMqtt {
         };
         Ok(Self {
             tcp: bind("mqtt", gated_addr(Some(config.listen)))?,
-            v5: bind("mqtt_v5", gated_addr(config.listen_v5))?,
+            v5: bind("mqtt_v5", config.listen_v5)?,
             websocket: bind("mqtt_websocket", plain_ws)?,
             websocket_tls: bind("mqtt_websocket", tls_ws)?,
             tls: bind("mqtt_tls", config.tls_listen)?,
@@ -415,8 +428,11 @@ impl PublicMqtt {
 /// listeners on loopback ports only the gate and the startup probe use
 /// (MQTT 5 even when `mqtt.listen_v5` is unset, so every public port takes
 /// both versions), and no WebSocket listener of its own.
+const LOOPBACK_ANY_PORT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
 fn internal(config: &MqttConfig) -> MqttConfig {
-    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let loopback = LOOPBACK_ANY_PORT;
     MqttConfig {
         listen: loopback,
         listen_v5: Some(loopback),

@@ -256,6 +256,35 @@ async fn an_open_bridge_keeps_the_direct_path() {
     bridge.shutdown().await;
 }
 
+/// Even on an open bridge the MQTT 5 listener is the gate's: clients that
+/// send packets only a server sends (rumqttd 0.20's MQTT 5 reader panics on
+/// them, and enough panics leave its listener refusing everyone) are cut
+/// off at the gate, and the next client is served.
+#[tokio::test]
+async fn mqtt5_clients_cannot_break_the_listener() {
+    let bridge =
+        start_with(|c| c.mqtt.listen_v5 = Some("127.0.0.1:0".parse().expect("addr"))).await;
+    let v5 = bridge.mqtt_v5.expect("MQTT 5 listener");
+    let options = || raw::Connect {
+        level: 5,
+        client_id: "same-id",
+        login: None,
+        will_topic: None,
+    };
+    for _ in 0..300 {
+        let (mut client, code) = RawMqtt::connect(v5, options()).await;
+        assert_eq!(code, Some(0));
+        client.send(&[0x20, 3, 0, 0, 0]).await; // a CONNACK, from a client
+        assert!(client.next().await.is_none(), "the gate closes it");
+    }
+    let (mut device, code) = RawMqtt::connect(v5, options()).await;
+    assert_eq!(code, Some(0), "the listener still serves");
+    assert_eq!(device.subscribe(1, &[("after/#", 0)]).await, [0]);
+    device.publish("after/1", b"ok", 0, 0).await;
+    assert_eq!(device.next_publish().await.topic, "after/1");
+    bridge.shutdown().await;
+}
+
 /// A packet larger than `mqtt.max_payload_bytes` plus the gate's headroom
 /// closes its connection as soon as its fixed header arrives, counted.
 #[tokio::test]

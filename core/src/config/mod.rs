@@ -42,8 +42,9 @@ pub struct Config {
 pub struct MqttConfig {
     /// MQTT 3.1.1 listener (and MQTT 5 behind the gate).
     pub listen: SocketAddr,
-    /// MQTT 5 listener; off when absent (rumqttd needs one listener per
-    /// version; behind the gate it takes 3.1.1 too).
+    /// MQTT 5 listener (3.1.1 too); off when absent. Always served by the
+    /// gate, which keeps packets that crash rumqttd 0.20's MQTT 5 reader
+    /// away from it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen_v5: Option<SocketAddr>,
     /// MQTT over WebSocket (subprotocol `mqtt`; MQTT 3.1.1, and 5 behind

@@ -23,9 +23,11 @@
 //! the gate uses, and the gate takes the public addresses: `mqtt.listen`,
 //! `mqtt.listen_v5`, `mqtt.tls_listen` and `mqtt.websocket_listen`
 //! ([`websocket`]). Each accepts MQTT 3.1.1 and 5, routed by the CONNECT's
-//! protocol level. With an open bridge, devices talk to rumqttd directly
-//! (no extra hop) and the gate serves only `mqtt.tls_listen`, allowing
-//! everything.
+//! protocol level. With an open bridge, MQTT 3.1.1 devices talk to
+//! rumqttd directly (no extra hop) and the gate serves only the TLS
+//! listeners and `mqtt.listen_v5`, allowing everything: rumqttd 0.20's
+//! MQTT 5 reader panics on packets only a server sends, and enough panics
+//! leave its MQTT 5 listener refusing everyone (see [`upstream`]).
 //!
 //! # Layout
 //! - this module: the listeners, their accept loops and connection limits,

@@ -33,6 +33,9 @@ pub mod kind {
     pub const SUBSCRIBE: u8 = 8;
     pub const SUBACK: u8 = 9;
     pub const UNSUBSCRIBE: u8 = 10;
+    pub const UNSUBACK: u8 = 11;
+    pub const PINGRESP: u8 = 13;
+    pub const AUTH: u8 = 15;
 }
 
 /// The largest remaining length MQTT's four-byte integer can express.

@@ -160,6 +160,12 @@ impl Upstream {
                 Ok(())
             }
             kind::CONNECT => Err(SessionError::Protocol("a second CONNECT")),
+            // Only a server sends these (and rumqttd 0.20 has no enhanced
+            // authentication): its MQTT 5 reader panics on some of them,
+            // so they end the connection here instead.
+            kind::CONNACK | kind::SUBACK | kind::UNSUBACK | kind::PINGRESP | kind::AUTH => {
+                Err(SessionError::Protocol("a packet only a server sends"))
+            }
             _ => {
                 batch.to_broker.extend_from_slice(&bytes[..frame.len]);
                 Ok(())
@@ -413,6 +419,30 @@ mod tests {
         let mut batch = Batch::default();
         up.packet(packet, frame, &mut batch)?;
         Ok(batch)
+    }
+
+    /// Packets only a server sends end the connection at the gate in both
+    /// versions, before they reach rumqttd (whose MQTT 5 reader panics on
+    /// a CONNACK or UNSUBACK from a client).
+    #[test]
+    fn server_packets_from_a_client_are_refused() {
+        for version in [Version::V311, Version::V5] {
+            for packet in [
+                &[0x20, 2, 0, 0][..],
+                &[0x90, 3, 0, 1, 0],
+                &[0xb0, 2, 0, 1],
+                &[0xd0, 0],
+                &[0xf0, 0],
+            ] {
+                let mut up = upstream(version);
+                assert!(
+                    matches!(send(&mut up, packet), Err(SessionError::Protocol(_))),
+                    "{version:?} {packet:?}"
+                );
+            }
+            let mut up = upstream(version);
+            assert!(send(&mut up, &[0xc0, 0]).is_ok(), "PINGREQ goes on");
+        }
     }
 
     /// An alias the broker never learned (its PUBLISH was dropped) is
