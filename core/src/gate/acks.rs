@@ -13,9 +13,9 @@
 //! answered by ([`Entry`]), before the PUBLISH goes on, so the entry is
 //! always there before the peer's acknowledgement.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
-use super::packet::{self, Version};
+use super::packet::{self, kind, Version};
 use super::SessionError;
 
 /// Acknowledgements owed at once on one side; MQTT's packet ids bound a
@@ -44,6 +44,32 @@ pub enum Entry {
         id: u16,
         reason: u8,
     },
+}
+
+/// A PUBREL passing through, in either direction: if its QoS 2 flow is one
+/// the gate took over (`gate_flows`: a publish it refused, a delivery it
+/// withheld), the gate answers it with a PUBCOMP of its own; otherwise it
+/// is forwarded to `out` and the peer's PUBCOMP is owed. Either way what
+/// answers it goes to `owed`, in order.
+pub fn pubrel(
+    id: u16,
+    whole: &[u8],
+    gate_flows: &mut HashSet<u16>,
+    out: &mut Vec<u8>,
+    owed: &mut Vec<Entry>,
+) {
+    let phase = Phase::Completion;
+    if gate_flows.remove(&id) {
+        owed.push(Entry::Gate {
+            phase,
+            kind: kind::PUBCOMP,
+            id,
+            reason: 0,
+        });
+    } else {
+        out.extend_from_slice(whole);
+        owed.push(Entry::Peer { phase, id });
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +132,18 @@ impl AckOrder {
             queue.remove(at);
         }
         self.flush(phase, out);
+    }
+
+    /// A PUBACK, PUBREC or PUBCOMP (`kind`) passing through: forwarded to
+    /// `out` whole, then the gate's answers it unblocks.
+    pub fn forward(&mut self, kind: u8, id: u16, whole: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(whole);
+        let phase = if kind == kind::PUBCOMP {
+            Phase::Completion
+        } else {
+            Phase::Receipt
+        };
+        self.acked(phase, id, out);
     }
 
     /// Writes the gate's answers at the front of `phase`'s queue.

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::acks::{AckOrder, Entry, Phase};
+use super::acks::{self, AckOrder, Entry, Phase};
 use super::packet::{self, kind, Frame, Version};
 use super::upstream::SubackPlan;
 use super::{SessionError, Shared};
@@ -144,29 +144,18 @@ impl Downstream {
             }
             kind::PUBREL => {
                 let id = packet::packet_id(bytes, &frame)?;
-                let phase = Phase::Completion;
-                if self.withheld_qos2.remove(&id) {
-                    let (kind, reason) = (kind::PUBCOMP, 0);
-                    batch.acks.push(Entry::Gate {
-                        phase,
-                        kind,
-                        id,
-                        reason,
-                    });
-                } else {
-                    batch.to_client.extend_from_slice(whole);
-                    batch.acks.push(Entry::Peer { phase, id });
-                }
+                acks::pubrel(
+                    id,
+                    whole,
+                    &mut self.withheld_qos2,
+                    &mut batch.to_client,
+                    &mut batch.acks,
+                );
             }
             kind::PUBACK | kind::PUBREC | kind::PUBCOMP => {
                 let id = packet::packet_id(bytes, &frame)?;
-                batch.to_client.extend_from_slice(whole);
-                let phase = if frame.kind() == kind::PUBCOMP {
-                    Phase::Completion
-                } else {
-                    Phase::Receipt
-                };
-                self.order.acked(phase, id, &mut batch.to_client);
+                self.order
+                    .forward(frame.kind(), id, whole, &mut batch.to_client);
             }
             kind::SUBACK => {
                 let suback = packet::parse_suback(bytes, &frame, self.version)?;

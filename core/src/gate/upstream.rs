@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::acks::{AckOrder, Entry, Phase};
+use super::acks::{self, AckOrder, Entry, Phase};
 use super::packet::{self, kind, Frame, Version};
 use super::{SessionError, Shared};
 use crate::auth::{Action, Principal};
@@ -133,30 +133,19 @@ impl Upstream {
             }
             kind::PUBREL => {
                 let id = packet::packet_id(bytes, &frame)?;
-                let phase = Phase::Completion;
-                if self.refused_qos2.remove(&id) {
-                    let (kind, reason) = (kind::PUBCOMP, 0);
-                    batch.acks.push(Entry::Gate {
-                        phase,
-                        kind,
-                        id,
-                        reason,
-                    });
-                } else {
-                    batch.to_broker.extend_from_slice(&bytes[..frame.len]);
-                    batch.acks.push(Entry::Peer { phase, id });
-                }
+                acks::pubrel(
+                    id,
+                    &bytes[..frame.len],
+                    &mut self.refused_qos2,
+                    &mut batch.to_broker,
+                    &mut batch.acks,
+                );
                 Ok(())
             }
             kind::PUBACK | kind::PUBREC | kind::PUBCOMP => {
                 let id = packet::packet_id(bytes, &frame)?;
-                batch.to_broker.extend_from_slice(&bytes[..frame.len]);
-                let phase = if frame.kind() == kind::PUBCOMP {
-                    Phase::Completion
-                } else {
-                    Phase::Receipt
-                };
-                self.order.acked(phase, id, &mut batch.to_broker);
+                self.order
+                    .forward(frame.kind(), id, &bytes[..frame.len], &mut batch.to_broker);
                 Ok(())
             }
             kind::CONNECT => Err(SessionError::Protocol("a second CONNECT")),
