@@ -338,6 +338,21 @@ impl Config {
                 return Err(ConfigError::invalid(key, "must be greater than 0"));
             }
         }
+        // Timers are deadlines on the monotonic clock: an absurd period
+        // would overflow it (and is a typo anyway).
+        let periods = [
+            ("sse.heartbeat_secs", self.sse.heartbeat_secs),
+            ("websocket.ping_interval_secs", ws.ping_interval_secs),
+            ("websocket.idle_timeout_secs", ws.idle_timeout_secs),
+        ];
+        for (key, secs) in periods {
+            if secs > MAX_PERIOD_SECS {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("must be at most {MAX_PERIOD_SECS} (a day)"),
+                ));
+            }
+        }
         if self.sse.max_filter_bytes == 0 || self.sse.max_filter_bytes > topic::MAX_TOPIC_BYTES {
             return Err(ConfigError::invalid(
                 "sse.max_filter_bytes",
@@ -490,9 +505,28 @@ fn check_origins(key: &str, origins: &[String], star: bool) -> Result<(), Config
     Ok(())
 }
 
+/// The longest heartbeat, ping or idle period accepted, in seconds.
+const MAX_PERIOD_SECS: u64 = 86_400;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A period too long for the clock is refused, naming the key, before
+    /// a timer could overflow.
+    #[test]
+    fn absurd_periods_are_refused() {
+        let mut config = Config::default();
+        config.sse.heartbeat_secs = u64::MAX;
+        let err = config.validate().expect_err("refused").to_string();
+        assert!(err.contains("sse.heartbeat_secs"), "{err}");
+        let mut config = Config::default();
+        config.websocket.idle_timeout_secs = 86_401;
+        let err = config.validate().expect_err("refused").to_string();
+        assert!(err.contains("websocket.idle_timeout_secs"), "{err}");
+        config.websocket.idle_timeout_secs = 86_400;
+        config.validate().expect("a day is fine");
+    }
 
     /// The built-in defaults pass their own validation.
     #[test]

@@ -223,26 +223,9 @@ impl Router {
             let Some(subscriber) = subscribers.get(id) else {
                 continue;
             };
-            // Reserved before sending so the receiver, which may run at
-            // once, never subtracts bytes that were not yet added.
-            let size = message.queued_size();
-            let queued = subscriber.queued_bytes.fetch_add(size, Ordering::Relaxed);
-            let queued_now = if queued + size > subscriber.max_bytes {
-                Err(true)
-            } else {
-                match subscriber.queue.try_send(message.clone()) {
-                    Ok(()) => Ok(()),
-                    Err(mpsc::error::TrySendError::Full(_)) => Err(true),
-                    Err(mpsc::error::TrySendError::Closed(_)) => Err(false),
-                }
-            };
-            if queued_now.is_err() {
-                subscriber.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-            }
-            // `Err(true)`: full, by count or bytes; `Err(false)`: gone.
-            match queued_now {
-                Ok(()) => delivered += 1,
-                Err(true) => {
+            match offer(subscriber, &message) {
+                Offer::Queued => delivered += 1,
+                Offer::Full => {
                     Stats::incr(&stats.slow_consumer_disconnects);
                     tracing::debug!(
                         subscriber = id,
@@ -251,7 +234,7 @@ impl Router {
                     );
                     ended.push(*id);
                 }
-                Err(false) => ended.push(*id),
+                Offer::Gone => ended.push(*id),
             }
         }
         for id in ended {
@@ -269,6 +252,39 @@ impl Router {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// What became of a message offered to one subscriber.
+enum Offer {
+    Queued,
+    /// Its queue is full, by message count or by bytes.
+    Full,
+    /// It has gone away.
+    Gone,
+}
+
+/// Queues `message` for `subscriber` without waiting. The byte bound only
+/// counts what is already queued: an empty queue takes any message, so one
+/// as large as the largest allowed payload never ends a reader that is
+/// keeping up.
+fn offer(subscriber: &Subscriber, message: &Arc<Message>) -> Offer {
+    // Reserved before sending so the receiver, which may run at once,
+    // never subtracts bytes that were not yet added.
+    let size = message.queued_size();
+    let queued = subscriber.queued_bytes.fetch_add(size, Ordering::Relaxed);
+    let offer = if queued > 0 && queued + size > subscriber.max_bytes {
+        Offer::Full
+    } else {
+        match subscriber.queue.try_send(message.clone()) {
+            Ok(()) => Offer::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
+        }
+    };
+    if !matches!(offer, Offer::Queued) {
+        subscriber.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+    }
+    offer
 }
 
 fn remove_subscriber(state: &mut State, id: SubscriberId) {

@@ -135,6 +135,25 @@ async fn full_queue_ends_only_that_subscription() {
     assert_eq!(h.router.subscriber_count(), 1);
 }
 
+/// A message larger than the whole byte bound still reaches a subscriber
+/// whose queue is empty: the bound limits a backlog, not a message.
+#[tokio::test]
+async fn one_large_message_fits_an_empty_queue() {
+    let mut h = harness(10);
+    let mut sub = h.router.open(QueueBound {
+        messages: 16,
+        bytes: 100,
+    });
+    sub.add(&Principal::Anonymous, &["t".into()], None, 4, 64)
+        .expect("add");
+    answer_retained(&mut h);
+    h.router.dispatch("t", Bytes::from(vec![b'x'; 1_000]));
+    assert_eq!(payloads(&mut sub, 1).await[0].len(), 1_000);
+    h.router.dispatch("t", Bytes::from(vec![b'y'; 1_000]));
+    assert_eq!(payloads(&mut sub, 1).await[0].len(), 1_000);
+    assert_eq!(h.router.stats().snapshot().slow_consumer_disconnects, 0);
+}
+
 /// The byte bound ends a subscription that falls behind on large messages
 /// long before its message count would; what it takes out makes room again.
 #[tokio::test]
