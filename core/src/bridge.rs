@@ -103,7 +103,7 @@ impl Bridge {
         // With rules to enforce, MQTT clients go through the gate; an open
         // bridge keeps the direct path (see `gate`).
         let gated = policy.is_enforced();
-        if policy.is_enforced() && !policy.has_rules() {
+        if gated && !policy.has_rules() {
             tracing::warn!("[auth] is configured without [[auth.acl]] rules: every web and plugin subscribe and publish will be refused.");
         }
         let web_auth = Arc::new(WebAuth::new(
@@ -260,18 +260,20 @@ impl Bridge {
                 ws_tasks.clone(),
             ));
         };
-        let local = |listener: &tokio::net::TcpListener, name: &'static str| {
+        let local = |listener: &tokio::net::TcpListener,
+                     name: &'static str,
+                     configured: Option<SocketAddr>| {
             listener
                 .local_addr()
                 .map_err(|source| StartError::MqttBind {
                     listener: name,
-                    addr: config.mqtt.listen,
+                    addr: configured.unwrap_or(config.mqtt.listen),
                     source,
                 })
         };
         let mut mqtt_tls_addr = None;
         if let (Some(listener), Some(tls)) = (public.tls, &tls) {
-            mqtt_tls_addr = Some(local(&listener, "mqtt_tls")?);
+            mqtt_tls_addr = Some(local(&listener, "mqtt_tls", config.mqtt.tls_listen)?);
             serve(
                 listener,
                 Transport::Tls(tokio_rustls::TlsAcceptor::from(tls.clone())),
@@ -279,7 +281,11 @@ impl Bridge {
         }
         let mut mqtt_ws = mqtt_ws;
         if let (Some(listener), Some(tls)) = (public.websocket_tls, &tls) {
-            mqtt_ws = Some(local(&listener, "mqtt_websocket")?);
+            mqtt_ws = Some(local(
+                &listener,
+                "mqtt_websocket",
+                config.mqtt.websocket_listen,
+            )?);
             serve(
                 listener,
                 Transport::WebSocketTls(tokio_rustls::TlsAcceptor::from(tls.clone())),
@@ -287,7 +293,7 @@ impl Bridge {
         }
         let mqtt_v5 = match public.v5 {
             Some(listener) => {
-                let addr = local(&listener, "mqtt_v5")?;
+                let addr = local(&listener, "mqtt_v5", config.mqtt.listen_v5)?;
                 serve(listener, Transport::Tcp);
                 Some(addr)
             }
@@ -296,11 +302,15 @@ impl Bridge {
         let (mqtt_addr, mqtt_v5, mqtt_ws) = if gated {
             let mut addrs = (mqtt_addr, mqtt_v5, None);
             if let Some(listener) = public.tcp {
-                addrs.0 = local(&listener, "mqtt")?;
+                addrs.0 = local(&listener, "mqtt", Some(config.mqtt.listen))?;
                 serve(listener, Transport::Tcp);
             }
             if let Some(listener) = public.websocket {
-                addrs.2 = Some(local(&listener, "mqtt_websocket")?);
+                addrs.2 = Some(local(
+                    &listener,
+                    "mqtt_websocket",
+                    config.mqtt.websocket_listen,
+                )?);
                 serve(listener, Transport::WebSocket);
             }
             addrs.2 = addrs.2.or(mqtt_ws);
@@ -424,13 +434,14 @@ impl PublicMqtt {
     }
 }
 
+/// A loopback port chosen by the system: where rumqttd listens for the gate.
+const LOOPBACK_ANY_PORT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
 /// The broker's configuration behind the gate: its MQTT 3.1.1 and 5
 /// listeners on loopback ports only the gate and the startup probe use
 /// (MQTT 5 even when `mqtt.listen_v5` is unset, so every public port takes
 /// both versions), and no WebSocket listener of its own.
-const LOOPBACK_ANY_PORT: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
-
 fn internal(config: &MqttConfig) -> MqttConfig {
     let loopback = LOOPBACK_ANY_PORT;
     MqttConfig {

@@ -90,8 +90,6 @@ impl<'a> Reader<'a> {
         rest
     }
 
-    /// An MQTT 5 property block, every property read by its type (an
-    /// unknown identifier is an error: its length cannot be known).
     /// The packet id and, for MQTT 5, the properties (as bytes, length
     /// included; empty for 3.1.1) that open a SUBSCRIBE, UNSUBSCRIBE or
     /// SUBACK.
@@ -110,6 +108,8 @@ impl<'a> Reader<'a> {
         Ok((packet_id, properties))
     }
 
+    /// An MQTT 5 property block, every property read by its type (an
+    /// unknown identifier is an error: its length cannot be known).
     pub(super) fn properties(&mut self) -> Result<Properties, PacketError> {
         let start = self.pos;
         let len = self.varint("property length")?;
