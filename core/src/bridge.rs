@@ -126,6 +126,7 @@ impl Bridge {
         let (retained_tx, retained_rx) = mpsc::channel(RETAINED_REQUESTS);
         let router = Router::new(
             RouterSettings {
+                max_payload_bytes: config.mqtt.max_payload_bytes,
                 replay_capacity: config.sse.replay_capacity,
                 replay_max_bytes: config.sse.replay_max_bytes,
                 routes: config.routes.clone(),

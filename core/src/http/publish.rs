@@ -173,6 +173,11 @@ fn publish_error(error: PublishError) -> ApiError {
                 .with("rule", source.rule())
         }
         PublishError::Denied(denied) => ApiError::forbidden(denied.to_string()),
+        PublishError::TooLarge { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            error.to_string(),
+        ),
         PublishError::Busy => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", error.to_string()).retry_after(1)
         }

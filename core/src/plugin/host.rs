@@ -108,7 +108,9 @@ impl HostContext {
                     Stats::incr(&self.status.publishes_busy);
                     TwStatus::BUSY
                 }
-                Err(PublishError::InvalidTopic { .. }) => TwStatus::INVALID_ARGUMENT,
+                Err(PublishError::InvalidTopic { .. } | PublishError::TooLarge { .. }) => {
+                    TwStatus::INVALID_ARGUMENT
+                }
                 Err(PublishError::Denied(_)) => {
                     live.router.stats().deny(Protocol::Plugin, Action::Publish);
                     TwStatus::DENIED

@@ -30,8 +30,9 @@ use crate::router::{Message, Router};
 use crate::stats::Stats;
 
 /// Filters a plugin may ask for faster than its thread adds them; past
-/// this, `subscribe` answers BUSY.
-const SUBSCRIBE_QUEUE: usize = 64;
+/// this, `subscribe` answers BUSY. As many as a plugin may hold, since
+/// `create` asks for all of them before the thread takes any.
+const SUBSCRIBE_QUEUE: usize = super::inbox::MAX_FILTERS;
 /// How long `create` and `start` together may take before startup gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `stop` and `destroy` may take at shutdown before the bridge

@@ -66,6 +66,9 @@ pub struct RouterSettings {
     pub routes: Vec<Route>,
     /// The access rules every subscribe and publish is checked against.
     pub policy: Arc<Policy>,
+    /// Largest payload any publish may carry into the broker
+    /// (`mqtt.max_payload_bytes`), whichever way it comes.
+    pub max_payload_bytes: usize,
 }
 
 /// A cheap, cloneable handle to the router.
@@ -80,6 +83,7 @@ struct Shared {
     routes: Vec<(String, Arc<str>)>,
     default_event: Arc<str>,
     policy: Arc<Policy>,
+    max_payload_bytes: usize,
     stats: Arc<Stats>,
     ingress: mpsc::Sender<IngressRequest>,
     retained: mpsc::Sender<RetainedRequest>,
@@ -132,6 +136,7 @@ impl Router {
                 routes,
                 default_event: Arc::from("message"),
                 policy: settings.policy,
+                max_payload_bytes: settings.max_payload_bytes,
                 stats,
                 ingress,
                 retained,

@@ -20,6 +20,10 @@ pub enum PublishError {
     InvalidTopic { topic: String, source: TopicError },
     #[error(transparent)]
     Denied(#[from] Denied),
+    #[error(
+        "the payload is {size} bytes; the broker takes at most {max} (mqtt.max_payload_bytes)"
+    )]
+    TooLarge { size: usize, max: usize },
     #[error("the broker's ingress queue is full; retry shortly")]
     Busy,
     #[error("the broker is not accepting publishes")]
@@ -82,6 +86,13 @@ impl Router {
             source,
         })?;
         self.policy().authorize(principal, Action::Publish, topic)?;
+        let max = self.shared.max_payload_bytes;
+        if payload.len() > max {
+            return Err(PublishError::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
         let request = IngressRequest {
             topic: topic.to_owned(),
             payload,

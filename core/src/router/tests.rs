@@ -12,7 +12,7 @@ use crate::auth::Principal;
 struct Harness {
     router: Router,
     retained: mpsc::Receiver<RetainedRequest>,
-    _ingress: mpsc::Receiver<IngressRequest>,
+    ingress: mpsc::Receiver<IngressRequest>,
 }
 
 fn harness(replay_capacity: usize) -> Harness {
@@ -27,6 +27,7 @@ fn harness(replay_capacity: usize) -> Harness {
                 event: "temperature".into(),
             }],
             policy: Arc::new(crate::auth::Policy::allow_all()),
+            max_payload_bytes: 1024 * 1024,
         },
         Arc::new(Stats::default()),
         ingress_tx,
@@ -35,7 +36,7 @@ fn harness(replay_capacity: usize) -> Harness {
     Harness {
         router,
         retained,
-        _ingress: ingress,
+        ingress,
     }
 }
 
@@ -299,6 +300,30 @@ async fn publish_checks_the_topic() {
         .await
         .expect_err("wildcard refused");
     assert!(matches!(err, PublishError::InvalidTopic { .. }));
+}
+
+/// Every way in (HTTP, WebSocket, plugins) is held to the broker's payload
+/// limit here, whatever its own checks: a larger payload never reaches the
+/// broker queue, and one at the limit does.
+#[tokio::test]
+async fn publish_checks_the_payload_size() {
+    let mut h = harness(10);
+    let max = 1024 * 1024;
+    let err = h
+        .router
+        .try_publish(
+            &Principal::Anonymous,
+            "a",
+            Bytes::from(vec![0; max + 1]),
+            false,
+        )
+        .expect_err("too large");
+    assert!(matches!(err, PublishError::TooLarge { size, .. } if size == max + 1));
+    assert!(h.ingress.try_recv().is_err(), "nothing was queued");
+    h.router
+        .try_publish(&Principal::Anonymous, "a", Bytes::from(vec![0; max]), false)
+        .expect("at the limit");
+    assert!(h.ingress.try_recv().is_ok());
 }
 
 /// Adding filters with a resume point replays what they missed, except

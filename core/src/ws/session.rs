@@ -407,6 +407,7 @@ fn publish_error(error: PublishError) -> ProtocolError {
                 .with("rule", source.rule())
         }
         PublishError::Denied(_) => "forbidden",
+        PublishError::TooLarge { .. } => "payload-too-large",
         PublishError::Busy => "busy",
         PublishError::Unavailable => "broker-unavailable",
         PublishError::Timeout(_) => "broker-timeout",

@@ -38,7 +38,7 @@ typedef uint32_t TwStatus;
 #define TW_STATUS_OK 0u               /* it worked */
 #define TW_STATUS_ERROR 1u            /* it failed; details were logged */
 #define TW_STATUS_BUSY 2u             /* a queue is full now; nothing was done */
-#define TW_STATUS_INVALID_ARGUMENT 3u /* bad topic, filter, qos or UTF-8 */
+#define TW_STATUS_INVALID_ARGUMENT 3u /* bad topic, filter, qos, UTF-8 or payload size */
 #define TW_STATUS_DENIED 4u           /* the access check refused it */
 #define TW_STATUS_CLOSED 5u           /* the other side no longer accepts calls */
 #define TW_STATUS_PANICKED 6u         /* the plugin is in an unknown state: mark it failed */

@@ -69,7 +69,8 @@ impl TwStatus {
     /// queue): nothing was done; try again later or drop the message.
     pub const BUSY: Self = Self(2);
     /// An argument is not acceptable: a topic that is not UTF-8 or has
-    /// wildcards, an invalid filter, a QoS other than 0 or 1.
+    /// wildcards, an invalid filter, a QoS other than 0 or 1, a payload
+    /// over `mqtt.max_payload_bytes`.
     pub const INVALID_ARGUMENT: Self = Self(3);
     /// The access check refused it.
     pub const DENIED: Self = Self(4);
