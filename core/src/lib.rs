@@ -23,7 +23,8 @@
 //! - [`auth`]: who may connect, read and write: identities (MQTT users with
 //!   argon2 password hashes, web clients with JSON Web Tokens), the access
 //!   rules, and the single check every subscribe and publish passes.
-//! - [`limits`]: publish rates, a token bucket per web client.
+//! - [`limits`]: publish rates, a token bucket per web client and per MQTT
+//!   connection through the gate.
 //! - [`stats`]: counters for everything accepted, delivered, refused or
 //!   dropped.
 //! - [`metrics`]: those counters in the Prometheus format, at `/metrics`.

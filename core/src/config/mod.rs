@@ -60,7 +60,7 @@ pub struct MqttConfig {
     pub tls_listen: Option<SocketAddr>,
     /// Topic filters one MQTT connection may hold; past it a SUBSCRIBE
     /// gets a failure code for the extra filters (counted). Enforced by
-    /// the gate, so only when `[auth]` is configured.
+    /// the gate, so on the listeners it serves.
     pub max_subscriptions: usize,
     /// Largest PUBLISH payload a device may send, in bytes.
     pub max_payload_bytes: usize,
@@ -229,8 +229,8 @@ pub struct WebSocketConfig {
     pub write_buffer_bytes: usize,
     /// Bytes read from the socket at a time. Every idle session holds
     /// this much (its first page touched); clients send small requests, so
-    /// 2 KiB keeps an idle session near 6.5 KiB (4 KiB: 8.6 KiB, measured
-    /// in BENCHMARKS.md) and a large publish just takes more reads.
+    /// 2 KiB keeps an idle session near 7.5 KiB (measured in BENCHMARKS.md;
+    /// 4 KiB cost 2 KiB more) and a large publish just takes more reads.
     pub read_buffer_bytes: usize,
 }
 
@@ -359,10 +359,13 @@ impl Config {
                 format!("must be between 1 and {}", topic::MAX_TOPIC_BYTES),
             ));
         }
-        if self.mqtt.max_payload_bytes > 256 * 1024 * 1024 {
+        // MQTT's remaining length tops out at 268,435,455 bytes, and the
+        // gate may write a packet back out with its topic and properties
+        // (up to 64 KiB more): the payload must leave room for both.
+        if self.mqtt.max_payload_bytes > MAX_PAYLOAD_BYTES {
             return Err(ConfigError::invalid(
                 "mqtt.max_payload_bytes",
-                "must be at most 268435456 (MQTT's own limit)",
+                format!("must be at most {MAX_PAYLOAD_BYTES} (MQTT's own limit, less room for a topic and properties)"),
             ));
         }
         check_origins(
@@ -505,12 +508,28 @@ fn check_origins(key: &str, origins: &[String], star: bool) -> Result<(), Config
     Ok(())
 }
 
+/// The largest `mqtt.max_payload_bytes`: MQTT's largest remaining length
+/// less 64 KiB for the topic, properties and headers around the payload.
+const MAX_PAYLOAD_BYTES: usize = 268_435_455 - 64 * 1024;
+
 /// The longest heartbeat, ping or idle period accepted, in seconds.
 const MAX_PERIOD_SECS: u64 = 86_400;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A payload limit that leaves no room under MQTT's largest packet for
+    /// the topic and properties is refused, naming the key.
+    #[test]
+    fn payload_limit_leaves_room_under_mqtts() {
+        let mut config = Config::default();
+        config.mqtt.max_payload_bytes = 268_435_455;
+        let err = config.validate().expect_err("refused").to_string();
+        assert!(err.contains("mqtt.max_payload_bytes"), "{err}");
+        config.mqtt.max_payload_bytes = MAX_PAYLOAD_BYTES;
+        config.validate().expect("the largest allowed");
+    }
 
     /// A period too long for the clock is refused, naming the key, before
     /// a timer could overflow.

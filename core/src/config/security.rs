@@ -120,7 +120,8 @@ pub struct LimitsConfig {
     /// Publishes a client may make at once before the rate applies.
     pub publish_burst: u32,
     /// Publishes per second per MQTT connection, applied by the MQTT gate
-    /// (so only while it runs: `[auth]` configured, or on `mqtt.tls_listen`);
+    /// (so on the listeners it serves: all with `[auth]` configured, else
+    /// `mqtt.listen_v5` and the TLS ones);
     /// 0 is unlimited.
     pub mqtt_publish_rate: u32,
     /// Publishes an MQTT connection may make at once before its rate applies.

@@ -91,10 +91,10 @@ pub struct Shared {
     /// claim nobody verified, and the client is anonymous to the rules.
     passwords_checked: bool,
     connect_timeout: Duration,
-    /// Largest packet from a client, and from the broker (which also
-    /// carries what web clients and plugins publish).
+    /// Largest packet from a client or from the broker: every publish,
+    /// whichever way it comes, is held to `mqtt.max_payload_bytes` (the
+    /// router checks web clients' and plugins').
     max_packet: usize,
-    max_broker_packet: usize,
     /// Room in each channel between a connection's two pumps.
     notes: usize,
     publish_rate: u32,
@@ -125,7 +125,6 @@ impl Shared {
             passwords_checked,
             connect_timeout: Duration::from_millis(config.mqtt.connection_timeout_ms.into()),
             max_packet: payload + HEADROOM,
-            max_broker_packet: payload.max(config.http.max_publish_bytes) + HEADROOM,
             notes: config.mqtt.max_inflight + pump::NOTES_MARGIN,
             publish_rate: config.limits.mqtt_publish_rate,
             publish_burst: config.limits.mqtt_publish_burst,

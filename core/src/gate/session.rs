@@ -204,7 +204,7 @@ where
         client_tx,
         from_up,
         to_up,
-        shared.max_broker_packet,
+        shared.max_packet,
     );
     // Either side ending ends the connection.
     tokio::select! {

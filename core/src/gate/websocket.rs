@@ -12,7 +12,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{
@@ -27,9 +26,6 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{session, Shared};
-
-/// A client has this long to complete the upgrade request.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bytes the pipe holds in each direction before its writer waits.
 const PIPE_BYTES: usize = 16 * 1024;
@@ -64,7 +60,7 @@ where
         Ok(response)
     };
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(limits));
-    let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
+    let ws = match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, upgrade).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "MQTT over WebSocket upgrade refused.");
@@ -78,8 +74,9 @@ where
     let (gate_end, pump_end) = tokio::io::duplex(PIPE_BYTES);
     let (pipe_rx, pipe_tx) = tokio::io::split(pump_end);
     let (sink, stream) = ws.split();
-    // The session ends when either loop does: each drops its half of the
-    // pipe, which the session reads as the client going away.
+    // The session ends when either loop does: `select!` then drops both
+    // loops and with them both halves of the pipe's far end, which the
+    // session reads as the client going away.
     tokio::join!(session::run(gate_end, shared, cancel), async {
         tokio::select! {
             () = frames_in(stream, pipe_tx) => {}
