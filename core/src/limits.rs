@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use crate::config::LimitsConfig;
 
 /// HTTP clients tracked at once; past this, buckets that have refilled are
-/// dropped (they hold no state worth keeping), and if none has, all are.
+/// dropped (they hold no state worth keeping), and if none has, the one
+/// heard from longest ago.
 const MAX_TRACKED: usize = 65_536;
 
 /// One client's publish allowance.
@@ -97,8 +98,17 @@ impl RateLimiter {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= MAX_TRACKED && !buckets.contains_key(client) {
             buckets.retain(|_, bucket| !bucket.refilled(now));
+            // Every tracked client is still being held back: forget the one
+            // heard from longest ago, never everyone's limits at once (a
+            // flood of new addresses would otherwise reset them all).
             if buckets.len() >= MAX_TRACKED {
-                buckets.clear();
+                let oldest = buckets
+                    .iter()
+                    .min_by_key(|(_, bucket)| bucket.updated)
+                    .map(|(name, _)| name.clone());
+                if let Some(oldest) = oldest {
+                    buckets.remove(&oldest);
+                }
             }
         }
         buckets.entry(client.to_owned()).or_insert(fresh).take(now)
@@ -157,6 +167,21 @@ mod tests {
     }
 
     /// Waits round up to whole seconds, never zero.
+    /// A flood of new clients cannot reset a throttled client's bucket:
+    /// when the table is full, the client heard from longest ago goes.
+    #[test]
+    fn a_full_table_forgets_only_the_oldest() {
+        let limiter = RateLimiter::new(config(1, 1));
+        for i in 0..MAX_TRACKED - 1 {
+            limiter.check(&format!("flood-{i}")).expect("first token");
+        }
+        limiter.check("victim").expect("first token");
+        assert!(limiter.check("victim").is_err(), "throttled");
+        limiter.check("newcomer").expect("room is made");
+        assert!(limiter.check("victim").is_err(), "still throttled");
+        assert!(limiter.buckets.lock().expect("lock").len() <= MAX_TRACKED);
+    }
+
     #[test]
     fn retry_after_rounds_up() {
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
