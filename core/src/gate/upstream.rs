@@ -169,13 +169,16 @@ impl Upstream {
         batch: &mut Batch,
     ) -> Result<(), SessionError> {
         let publish = packet::parse_publish(bytes, &frame, self.version)?;
+        // Taken first, so the topic below can be borrowed (from the packet
+        // or the alias table) rather than copied for every PUBLISH.
+        let within_rate = self.take_token();
         // The topic this PUBLISH is about, and whether it must be written
         // out because the broker does not know the alias's topic.
-        let (topic, restore) = match publish.topic_alias {
+        let (topic, restore): (&str, bool) = match publish.topic_alias {
             None if publish.topic.is_empty() => {
                 return Err(SessionError::Protocol("a PUBLISH without a topic"))
             }
-            None => (publish.topic.to_owned(), false),
+            None => (publish.topic, false),
             Some(alias) if alias == 0 || alias > MAX_TOPIC_ALIAS => {
                 return Err(SessionError::Protocol("a topic alias out of range"))
             }
@@ -184,23 +187,23 @@ impl Upstream {
                     .aliases
                     .get(&alias)
                     .ok_or(SessionError::Protocol("an unknown topic alias"))?;
-                (known.topic.clone(), !known.at_broker)
+                (known.topic.as_str(), !known.at_broker)
             }
             Some(alias) => {
                 self.set_alias(alias, publish.topic)?;
-                (publish.topic.to_owned(), false)
+                (publish.topic, false)
             }
         };
-        if topic::validate_topic(&topic).is_err() {
+        if topic::validate_topic(topic).is_err() {
             return Err(SessionError::Protocol("an invalid topic name"));
         }
-        let refusal = if !self.take_token() {
+        let refusal = if !within_rate {
             self.shared.stats.limit(Protocol::Mqtt, Limit::Rate);
             Some(QUOTA_EXCEEDED)
         } else if let Err(denied) =
             self.shared
                 .policy
-                .authorize(&self.principal, Action::Publish, &topic)
+                .authorize(&self.principal, Action::Publish, topic)
         {
             self.stats().deny(Protocol::Mqtt, Action::Publish);
             Stats::incr(&self.stats().mqtt_publishes_denied);
@@ -209,7 +212,6 @@ impl Upstream {
         } else {
             None
         };
-        let alias = publish.topic_alias.and_then(|a| self.aliases.get_mut(&a));
         let Some(reason) = refusal else {
             if restore {
                 packet::write_publish_with_topic(
@@ -217,12 +219,12 @@ impl Upstream {
                     bytes,
                     &frame,
                     publish.topic_range,
-                    &topic,
+                    topic,
                 );
             } else {
                 batch.to_broker.extend_from_slice(&bytes[..frame.len]);
             }
-            if let Some(alias) = alias {
+            if let Some(alias) = publish.topic_alias.and_then(|a| self.aliases.get_mut(&a)) {
                 alias.at_broker = true;
             }
             if let Some(id) = publish.packet_id {
