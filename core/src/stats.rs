@@ -209,9 +209,11 @@ fn action_index(action: crate::auth::Action) -> usize {
 /// [`Stats`] so `/healthz` shows them too.
 #[derive(Debug, Default)]
 pub struct Refusals {
-    auth: [[AtomicU64; 3]; 5],
-    denied: [[AtomicU64; 2]; 5],
-    limited: [[AtomicU64; 4]; 5],
+    // Sized by the enums' own lists, so a new variant grows the tables
+    // instead of indexing past them.
+    auth: [[AtomicU64; AuthFailure::ALL.len()]; Protocol::ALL.len()],
+    denied: [[AtomicU64; 2]; Protocol::ALL.len()],
+    limited: [[AtomicU64; Limit::ALL.len()]; Protocol::ALL.len()],
 }
 
 impl Refusals {
