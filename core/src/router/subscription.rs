@@ -84,6 +84,17 @@ enum Pending {
     Messages(VecDeque<Arc<Message>>),
 }
 
+/// What the front of a subscription holds once what was ready is taken.
+enum Ready {
+    Message(Arc<Message>),
+    /// The live queue is next.
+    Live,
+    /// A gap notice is next (left at the front until it is delivered).
+    Gap(EventId),
+    /// Retained values must be loaded first.
+    Retained,
+}
+
 /// A registered subscriber. Yields what each addition of filters owes (a gap
 /// notice, retained values, replayed messages) before live messages.
 /// Dropping it unsubscribes.
@@ -285,25 +296,55 @@ impl Subscription {
     /// (its queue overflowed) and everything queued before was delivered.
     pub async fn next(&mut self) -> Option<Delivery> {
         loop {
-            self.last_live = self.pending.is_empty();
-            match self.pending.front_mut() {
-                None => {
-                    let message = self.live.recv().await?;
-                    self.dequeued(&message);
-                    if self.readable(&message) {
-                        return Some(Delivery::Message(message));
-                    }
-                }
-                Some(Pending::Gap(after)) => {
-                    let after = *after;
+            match self.ready() {
+                Ready::Message(message) => return Some(Delivery::Message(message)),
+                Ready::Gap(after) => {
                     self.pending.pop_front();
                     return Some(Delivery::Gap { after });
                 }
-                Some(Pending::Retained { .. }) => self.load_retained().await,
+                Ready::Retained => self.load_retained().await,
+                Ready::Live => {
+                    let message = self.live.recv().await?;
+                    if let Some(delivery) = self.take_live(message) {
+                        return Some(delivery);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A delivery that is ready now, without waiting; used to batch several
+    /// into one write. Never skips ahead of [`Subscription::next`]'s order:
+    /// a gap notice or retained values still to load stop it.
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        loop {
+            match self.ready() {
+                Ready::Message(message) => return Some(Delivery::Message(message)),
+                Ready::Gap(_) | Ready::Retained => return None,
+                Ready::Live => {
+                    let message = self.live.try_recv().ok()?;
+                    if let Some(delivery) = self.take_live(message) {
+                        return Some(delivery);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes what the pending entries hold up to the next readable message
+    /// (withheld ones are skipped and counted), or says what the front
+    /// needs: the live queue, a gap notice, or retained values to load.
+    fn ready(&mut self) -> Ready {
+        loop {
+            self.last_live = self.pending.is_empty();
+            match self.pending.front_mut() {
+                None => return Ready::Live,
+                Some(Pending::Gap(after)) => return Ready::Gap(*after),
+                Some(Pending::Retained { .. }) => return Ready::Retained,
                 Some(Pending::Messages(queue)) => match queue.pop_front() {
                     Some(message) => {
                         if self.readable(&message) {
-                            return Some(Delivery::Message(message));
+                            return Ready::Message(message);
                         }
                     }
                     None => {
@@ -314,9 +355,13 @@ impl Subscription {
         }
     }
 
-    fn dequeued(&self, message: &Message) {
+    /// A message taken off the live queue: its bytes leave the queue's
+    /// count, and it is delivered if the rules let this subscriber read it.
+    fn take_live(&mut self, message: Arc<Message>) -> Option<Delivery> {
         self.queued_bytes
             .fetch_sub(message.queued_size(), Ordering::Relaxed);
+        self.readable(&message)
+            .then_some(Delivery::Message(message))
     }
 
     /// Whether the access rules let this subscriber see `message`; a
@@ -330,34 +375,6 @@ impl Subscription {
             Stats::incr(&self.router.stats().deliveries_withheld);
         }
         allowed
-    }
-
-    /// A delivery that is ready now, without waiting; used to batch several
-    /// into one write. Never skips ahead of [`Subscription::next`]'s order.
-    pub fn try_next(&mut self) -> Option<Delivery> {
-        loop {
-            self.last_live = self.pending.is_empty();
-            match self.pending.front_mut() {
-                None => {
-                    let message = self.live.try_recv().ok()?;
-                    self.dequeued(&message);
-                    if self.readable(&message) {
-                        return Some(Delivery::Message(message));
-                    }
-                }
-                Some(Pending::Gap(_) | Pending::Retained { .. }) => return None,
-                Some(Pending::Messages(queue)) => match queue.pop_front() {
-                    Some(message) => {
-                        if self.readable(&message) {
-                            return Some(Delivery::Message(message));
-                        }
-                    }
-                    None => {
-                        self.pending.pop_front();
-                    }
-                },
-            }
-        }
     }
 
     /// Replaces the pending retained entry at the front with its values.
