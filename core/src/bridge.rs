@@ -100,10 +100,10 @@ impl Bridge {
         let config = Arc::new(config);
         let stats = Arc::new(Stats::default());
         let policy = Arc::new(Policy::from_config(&config.auth)?);
-        // With rules to enforce, MQTT clients go through the gate; an open
-        // bridge keeps the direct path (see `gate`).
-        let gated = policy.is_enforced();
-        if gated && !policy.has_rules() {
+        // Every MQTT client goes through the gate, the broker's only door
+        // (see `gate`); an open bridge is a gate that allows everything.
+        let enforced = policy.is_enforced();
+        if enforced && !policy.has_rules() {
             tracing::warn!("[auth] is configured without [[auth.acl]] rules: every web and plugin subscribe and publish will be refused.");
         }
         let web_auth = Arc::new(WebAuth::new(
@@ -164,25 +164,11 @@ impl Bridge {
         } else {
             None
         };
-        let public = PublicMqtt::bind(&config.mqtt, gated)?;
+        let public = PublicMqtt::bind(&config.mqtt)?;
 
         // Starting the broker waits for its listeners: keep that off the
-        // async workers. Behind the gate, its listeners are internal.
-        let mqtt = if gated {
-            internal(&config.mqtt)
-        } else {
-            MqttConfig {
-                // MQTT 5 always goes through the gate (see `PublicMqtt`):
-                // rumqttd listens for it on loopback only.
-                listen_v5: config.mqtt.listen_v5.map(|_| LOOPBACK_ANY_PORT),
-                // With wss://, the gate serves that port too.
-                websocket_listen: config
-                    .mqtt
-                    .websocket_listen
-                    .filter(|_| !config.mqtt.websocket_tls),
-                ..config.mqtt.clone()
-            }
-        };
+        // async workers. Its listeners are internal, behind the gate.
+        let mqtt = internal(&config.mqtt);
         let broker_router = router.clone();
         let BrokerAddrs {
             mqtt: mqtt_addr,
@@ -239,7 +225,7 @@ impl Bridge {
 
         let shared = Arc::new(gate::Shared::new(
             &config,
-            if gated {
+            if enforced {
                 policy
             } else {
                 Arc::new(Policy::allow_all())
@@ -251,12 +237,13 @@ impl Bridge {
             },
             passwords_checked,
         ));
+        let slots = Arc::new(tokio::sync::Semaphore::new(config.mqtt.max_connections));
         let serve = |listener: tokio::net::TcpListener, transport| {
             ws_tasks.spawn(gate::serve(
                 listener,
                 transport,
                 shared.clone(),
-                config.mqtt.max_connections,
+                slots.clone(),
                 cancel.clone(),
                 ws_tasks.clone(),
             ));
@@ -300,33 +287,26 @@ impl Bridge {
             }
             None => None,
         };
-        let (mqtt_addr, mqtt_v5, mqtt_ws) = if gated {
-            let mut addrs = (mqtt_addr, mqtt_v5, None);
-            if let Some(listener) = public.tcp {
-                addrs.0 = local(&listener, "mqtt", Some(config.mqtt.listen))?;
-                serve(listener, Transport::Tcp);
-            }
-            if let Some(listener) = public.websocket {
-                addrs.2 = Some(local(
-                    &listener,
-                    "mqtt_websocket",
-                    config.mqtt.websocket_listen,
-                )?);
-                serve(listener, Transport::WebSocket);
-            }
-            addrs.2 = addrs.2.or(mqtt_ws);
-            addrs
-        } else {
-            (mqtt_addr, mqtt_v5, mqtt_ws)
-        };
-        let path = if gated {
+        let mut mqtt_addr = mqtt_addr;
+        if let Some(listener) = public.tcp {
+            mqtt_addr = local(&listener, "mqtt", Some(config.mqtt.listen))?;
+            serve(listener, Transport::Tcp);
+        }
+        if let Some(listener) = public.websocket {
+            mqtt_ws = Some(local(
+                &listener,
+                "mqtt_websocket",
+                config.mqtt.websocket_listen,
+            )?);
+            serve(listener, Transport::WebSocket);
+        }
+        let path = if enforced {
             "through the gate, access rules enforced"
         } else {
-            "direct to the broker"
+            "through the gate, open"
         };
         tracing::info!(addr = %mqtt_addr, path, "MQTT listener ready.");
         if let Some(addr) = mqtt_v5 {
-            let path = if gated { path } else { "through the gate" };
             tracing::info!(addr = %addr, path, "MQTT 5 listener ready.");
         }
         if let Some(addr) = mqtt_ws {
@@ -399,13 +379,8 @@ struct PublicMqtt {
 }
 
 impl PublicMqtt {
-    /// Every public MQTT listener when `gated`; otherwise the TLS ones and
-    /// MQTT 5: rumqttd 0.20's MQTT 5 reader panics on packets only a server
-    /// sends (a CONNACK or UNSUBACK from a client), and a few hundred such
-    /// panics leave its MQTT 5 listener refusing every later client, so
-    /// even an open bridge puts the gate in front of it. The broker serves
-    /// plain MQTT 3.1.1 and `ws://` itself.
-    fn bind(config: &MqttConfig, gated: bool) -> Result<Self, StartError> {
+    /// Every public MQTT listener: the gate serves them all (see `gate`).
+    fn bind(config: &MqttConfig) -> Result<Self, StartError> {
         let bind = |listener: &'static str, addr: Option<SocketAddr>| {
             addr.map(|addr| {
                 let error = |source| StartError::MqttBind {
@@ -419,14 +394,13 @@ impl PublicMqtt {
             })
             .transpose()
         };
-        let gated_addr = |addr: Option<SocketAddr>| addr.filter(|_| gated);
         let (plain_ws, tls_ws) = if config.websocket_tls {
             (None, config.websocket_listen)
         } else {
-            (gated_addr(config.websocket_listen), None)
+            (config.websocket_listen, None)
         };
         Ok(Self {
-            tcp: bind("mqtt", gated_addr(Some(config.listen)))?,
+            tcp: bind("mqtt", Some(config.listen))?,
             v5: bind("mqtt_v5", config.listen_v5)?,
             websocket: bind("mqtt_websocket", plain_ws)?,
             websocket_tls: bind("mqtt_websocket", tls_ws)?,
@@ -435,6 +409,10 @@ impl PublicMqtt {
     }
 }
 
+/// Broker connections that are not devices: the three links and the
+/// startup probes, with a margin for a connection rumqttd still tears down.
+const BROKER_OWN_CONNECTIONS: usize = 16;
+
 /// A loopback port chosen by the system: where rumqttd listens for the gate.
 const LOOPBACK_ANY_PORT: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
@@ -442,10 +420,15 @@ const LOOPBACK_ANY_PORT: SocketAddr =
 /// The broker's configuration behind the gate: its MQTT 3.1.1 and 5
 /// listeners on loopback ports only the gate and the startup probe use
 /// (MQTT 5 even when `mqtt.listen_v5` is unset, so every public port takes
-/// both versions), and no WebSocket listener of its own.
+/// both versions), and no WebSocket listener of its own. Its connection
+/// limit leaves room above the gate's for the bridge's own links and the
+/// startup probes, so the gate, not rumqttd, is where a device is refused.
 fn internal(config: &MqttConfig) -> MqttConfig {
     let loopback = LOOPBACK_ANY_PORT;
     MqttConfig {
+        max_connections: config
+            .max_connections
+            .saturating_add(BROKER_OWN_CONNECTIONS),
         listen: loopback,
         listen_v5: Some(loopback),
         websocket_listen: None,

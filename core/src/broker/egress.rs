@@ -36,7 +36,7 @@ fn rx_loop(rx: &mut LinkRx, router: &Router) -> Result<(), Box<rumqttd::local::L
             Some(Notification::Forward(forward)) => {
                 let publish = forward.publish;
                 match std::str::from_utf8(&publish.topic) {
-                    Ok(topic) => router.dispatch(topic, publish.payload),
+                    Ok(topic) => router.dispatch(super::name::topic_out(topic), publish.payload),
                     Err(_) => Stats::incr(&router.stats().messages_invalid),
                 }
             }

@@ -61,7 +61,17 @@ fn publish_loop(
     while requests.blocking_recv_many(&mut batch, BATCH) > 0 {
         let mut confirms = Vec::new();
         for request in batch.drain(..) {
-            let publish = Publish::new(Bytes::from(request.topic), request.payload, request.retain);
+            let topic = match super::name::topic_in(&request.topic) {
+                std::borrow::Cow::Borrowed(_) => request.topic,
+                std::borrow::Cow::Owned(escaped) => escaped,
+            };
+            // The escape may take a topic of MQTT's largest length past it.
+            if topic.len() > crate::topic::MAX_TOPIC_BYTES {
+                Stats::incr(&stats.publishes_failed);
+                tracing::warn!("Publish lost: its topic is too long for the broker once escaped.");
+                continue;
+            }
+            let publish = Publish::new(Bytes::from(topic), request.payload, request.retain);
             // `send` is an async fn with no await point inside: polled once it
             // completes (blocking this dedicated thread if the broker is busy).
             match tx.send(Packet::Publish(publish, None)).now_or_never() {

@@ -20,6 +20,7 @@
 
 mod egress;
 mod ingress;
+pub mod name;
 mod retained;
 
 use std::collections::HashMap;

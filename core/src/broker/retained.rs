@@ -123,6 +123,7 @@ impl RetainedLink {
                     let Ok(topic) = std::str::from_utf8(&publish.topic) else {
                         continue;
                     };
+                    let topic = super::name::topic_out(topic);
                     let event = self.router.event_for(topic);
                     retained.push(Arc::new(Message::new(
                         None,

@@ -64,8 +64,8 @@ pub struct MqttConfig {
     pub max_subscriptions: usize,
     /// Largest PUBLISH payload a device may send, in bytes.
     pub max_payload_bytes: usize,
-    /// Connections the broker accepts at once (devices and the bridge's own
-    /// links); also the gate's limit per listener.
+    /// Device connections at once, over every MQTT listener together (the
+    /// gate's limit; the broker's own is set a little above it).
     pub max_connections: usize,
     /// How long a new connection has to send CONNECT, in milliseconds.
     pub connection_timeout_ms: u16,

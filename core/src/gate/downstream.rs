@@ -16,6 +16,7 @@ use super::packet::{self, kind, Frame, Version};
 use super::upstream::SubackPlan;
 use super::{SessionError, Shared};
 use crate::auth::Principal;
+use crate::broker::name;
 use crate::stats::Stats;
 
 /// Reduced SUBSCRIBEs waiting for their SUBACK. The broker answers each
@@ -51,6 +52,9 @@ pub struct Downstream {
     /// broker's PUBREL for them is answered here.
     withheld_qos2: HashSet<u16>,
     connack_seen: bool,
+    /// PINGRESPs owed to the gate's own PINGREQs (keep-alive 0), kept from
+    /// the client.
+    gate_pings: u32,
     /// The acknowledgements the client is sent: the broker's, and the
     /// gate's for publishes it refused.
     order: AckOrder,
@@ -65,6 +69,7 @@ impl Downstream {
             pending: HashMap::new(),
             withheld_qos2: HashSet::new(),
             connack_seen: false,
+            gate_pings: 0,
             order: AckOrder::new(version),
         }
     }
@@ -82,6 +87,11 @@ impl Downstream {
     /// Whether the broker has answered the CONNECT.
     pub fn connack_seen(&self) -> bool {
         self.connack_seen
+    }
+
+    /// Counts PINGREQs the gate sent the broker itself.
+    pub fn expect_gate_pings(&mut self, pings: u32) {
+        self.gate_pings = self.gate_pings.saturating_add(pings);
     }
 
     /// Remembers a reduced SUBSCRIBE until its SUBACK.
@@ -110,13 +120,25 @@ impl Downstream {
             }
             kind::PUBLISH => {
                 let publish = packet::parse_publish(bytes, &frame, self.version)?;
+                // The real topic behind the broker's form of it.
+                let topic = name::topic_out(publish.topic);
                 // The gate set the client's Topic Alias Maximum to 0, so
                 // the broker names every topic; an empty one is unreadable.
-                let readable = !publish.topic.is_empty()
-                    && self.shared.policy.may_read(&self.principal, publish.topic);
+                let readable =
+                    !topic.is_empty() && self.shared.policy.may_read(&self.principal, topic);
                 let phase = Phase::Receipt;
                 if readable {
-                    batch.to_client.extend_from_slice(whole);
+                    if topic.len() == publish.topic.len() {
+                        batch.to_client.extend_from_slice(whole);
+                    } else {
+                        packet::write_publish_with_topic(
+                            &mut batch.to_client,
+                            bytes,
+                            &frame,
+                            publish.topic_range,
+                            topic,
+                        );
+                    }
                     if let Some(id) = publish.packet_id {
                         batch.acks.push(Entry::Peer { phase, id });
                     }
@@ -125,7 +147,7 @@ impl Downstream {
                 let stats = &self.shared.stats;
                 Stats::incr(&stats.deliveries_withheld);
                 Stats::incr(&stats.mqtt_deliveries_withheld);
-                tracing::trace!(principal = %self.principal, topic = publish.topic, "MQTT delivery withheld.");
+                tracing::trace!(principal = %self.principal, topic, "MQTT delivery withheld.");
                 if let Some(id) = publish.packet_id {
                     let kind = if publish.qos == 1 {
                         kind::PUBACK
@@ -173,6 +195,8 @@ impl Downstream {
                     }
                 }
             }
+            // PINGRESPs are all alike: the first ones answer the gate's.
+            kind::PINGRESP if self.gate_pings > 0 => self.gate_pings -= 1,
             _ => batch.to_client.extend_from_slice(whole),
         }
         Ok(())

@@ -184,17 +184,19 @@ impl std::fmt::Debug for Transport {
 }
 
 /// Accepts clients on `listener` until `cancel`, each served on `tracker`.
-/// At most `max_connections` at once; past that, a connection is closed at
-/// once (MQTT has no way to refuse before CONNECT) and counted.
+/// Each connection holds one of `slots` (shared by every listener, sized
+/// by `mqtt.max_connections`); with none left, a connection is closed at
+/// once (MQTT has no way to refuse before CONNECT) and counted. The
+/// broker's own limit is set above it, so a device retrying never finds
+/// rumqttd full (rumqttd 0.20 leaves its listener broken then).
 pub async fn serve(
     listener: TcpListener,
     transport: Transport,
     shared: Arc<Shared>,
-    max_connections: usize,
+    slots: Arc<Semaphore>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => return,

@@ -19,6 +19,7 @@ use std::ops::Range;
 use self::reader::Reader;
 pub use self::write::{
     ack, connack_refusal, put_varint, write_publish_with_topic, write_suback, write_subscribe,
+    write_with_strings,
 };
 
 /// Packet types (the high nibble of the first byte).
@@ -148,6 +149,14 @@ pub struct Connect {
     pub client_id: String,
     pub username: Option<String>,
     pub will_topic: Option<String>,
+    /// Where the client id and the will topic (length prefixes included)
+    /// lie in the packet, so the gate can give the broker its own form of
+    /// them (see [`crate::broker::name`]).
+    pub client_id_range: Range<usize>,
+    pub will_topic_range: Option<Range<usize>>,
+    /// The keep-alive in seconds (0 is "off"), and where it lies.
+    pub keep_alive: u16,
+    pub keep_alive_at: usize,
     /// MQTT 5: where the client's Topic Alias Maximum value lies in the
     /// packet, so the gate can set it to 0 (see the session).
     pub topic_alias_maximum_at: Option<usize>,
@@ -167,18 +176,24 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
     if flags & 0x01 != 0 {
         return Err(r.malformed("the reserved connect flag is set"));
     }
-    r.u16("keep alive")?;
+    let keep_alive_at = r.pos;
+    let keep_alive = r.u16("keep alive")?;
     let mut topic_alias_maximum_at = None;
     if version == Version::V5 {
         topic_alias_maximum_at = r.properties()?.topic_alias_maximum_at;
     }
+    let start = r.pos;
     let client_id = r.string("client id")?.to_owned();
+    let client_id_range = start..r.pos;
     let mut will_topic = None;
+    let mut will_topic_range = None;
     if flags & 0x04 != 0 {
         if version == Version::V5 {
             r.properties()?;
         }
+        let start = r.pos;
         will_topic = Some(r.string("will topic")?.to_owned());
+        will_topic_range = Some(start..r.pos);
         r.binary("will payload")?;
     } else if flags & 0x38 != 0 {
         return Err(r.malformed("will QoS or retain without a will"));
@@ -196,6 +211,10 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
         client_id,
         username,
         will_topic,
+        client_id_range,
+        will_topic_range,
+        keep_alive,
+        keep_alive_at,
         topic_alias_maximum_at,
     })
 }
@@ -286,11 +305,26 @@ pub fn parse_unsubscribe<'a>(
     frame: &Frame,
     version: Version,
 ) -> Result<Vec<&'a str>, PacketError> {
+    Ok(unsubscribe_filters(packet, frame, version)?
+        .into_iter()
+        .map(|(filter, _)| filter)
+        .collect())
+}
+
+/// The filters an UNSUBSCRIBE names, each with where it lies in the
+/// packet (length prefix included).
+pub fn unsubscribe_filters<'a>(
+    packet: &'a [u8],
+    frame: &Frame,
+    version: Version,
+) -> Result<Vec<(&'a str, Range<usize>)>, PacketError> {
     let mut r = Reader::new(packet, frame, "UNSUBSCRIBE");
     r.id_and_properties(version)?;
     let mut filters = Vec::new();
     while r.pos < r.buf.len() {
-        filters.push(r.string("topic filter")?);
+        let start = r.pos;
+        let filter = r.string("topic filter")?;
+        filters.push((filter, start..r.pos));
     }
     if filters.is_empty() {
         return Err(r.malformed("no topic filter"));

@@ -54,11 +54,17 @@ pub struct Note {
     subacks_answered: Vec<u8>,
     /// For the client: reduced SUBSCRIBEs whose SUBACK needs merging.
     subacks_expected: Vec<(u16, SubackPlan)>,
+    /// PINGREQs the gate sent the broker itself: their PINGRESPs are not
+    /// the client's.
+    gate_pings: u32,
 }
 
 impl Note {
     fn is_empty(&self) -> bool {
-        self.acks.is_empty() && self.subacks_answered.is_empty() && self.subacks_expected.is_empty()
+        self.acks.is_empty()
+            && self.subacks_answered.is_empty()
+            && self.subacks_expected.is_empty()
+            && self.gate_pings == 0
     }
 }
 
@@ -127,6 +133,11 @@ where
 {
     let mut batch = upstream::Batch::default();
     let mut out = Vec::new();
+    let mut ping = state.gate_pings().map(|every| {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
     loop {
         reset(&mut out);
         // Bytes that arrived with the CONNECT are decided on before reading.
@@ -142,6 +153,12 @@ where
                     if read? == 0 {
                         return Ok(());
                     }
+                }
+                () = next_tick(&mut ping) => {
+                    let note = Note { gate_pings: 1, ..Note::default() };
+                    send(&notes_out, note, "client")?;
+                    broker.write_all(&PINGREQ).await?;
+                    continue;
                 }
             }
         }
@@ -161,12 +178,26 @@ where
             acks: std::mem::take(&mut batch.acks),
             subacks_answered: std::mem::take(&mut batch.to_client),
             subacks_expected: std::mem::take(&mut batch.subacks),
+            gate_pings: 0,
         };
         send(&notes_out, note, "client")?;
         out.extend_from_slice(&batch.to_broker);
         if !out.is_empty() {
             broker.write_all(&out).await?;
         }
+    }
+}
+
+/// A PINGREQ, as the gate sends it for a client with keep-alive 0.
+const PINGREQ: [u8; 2] = [0xc0, 0];
+
+/// The next tick of the gate's own pings; never, without them.
+async fn next_tick(ping: &mut Option<tokio::time::Interval>) {
+    match ping {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -243,6 +274,7 @@ fn take_down(state: &mut Downstream, note: Note, out: &mut Vec<u8>) -> Result<()
         state.expect_suback(id, plan)?;
     }
     out.extend_from_slice(&note.subacks_answered);
+    state.expect_gate_pings(note.gate_pings);
     for entry in note.acks {
         state.owe(entry, out)?;
     }

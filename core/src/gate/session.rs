@@ -5,6 +5,7 @@
 //! The pumps are in [`pump`](super::pump); what they decide on each packet,
 //! in [`upstream`](super::upstream) and [`downstream`](super::downstream).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use super::pump::{self, read_frame, READ_CHUNK};
 use super::upstream::{Upstream, NOT_AUTHORIZED};
 use super::Shared;
 use crate::auth::Action;
+use crate::broker::name;
 use crate::stats::{AuthFailure, Limit, Protocol, Stats};
 
 /// The longest a write to a client may wait: a client that stops reading
@@ -33,6 +35,10 @@ pub const V311_NOT_AUTHORIZED: u8 = 5;
 /// MQTT 5 CONNACK reason codes.
 const V5_UNSUPPORTED_VERSION: u8 = 0x84;
 const V5_UNAVAILABLE: u8 = 0x88;
+
+/// The keep-alive the broker is told for a device that asked for none
+/// (keep-alive 0); the gate pings the broker at half of it.
+const BROKER_KEEP_ALIVE_SECS: u16 = 60;
 
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
@@ -182,12 +188,41 @@ where
         from_client[at] = 0;
         from_client[at + 1] = 0;
     }
-    broker_tx.write_all(&from_client[..frame.len]).await?;
+    // Keep-alive 0 means "off" in MQTT, but rumqttd 0.20 refuses it: the
+    // broker is told a keep-alive of its own and the gate keeps that side
+    // alive with PINGREQs of its own (their PINGRESPs stay at the gate),
+    // so the device may stay silent for as long as it likes.
+    let gate_pings = (connect.keep_alive == 0).then(|| {
+        let at = connect.keep_alive_at;
+        from_client[at..at + 2].copy_from_slice(&BROKER_KEEP_ALIVE_SECS.to_be_bytes());
+        Duration::from_secs(u64::from(BROKER_KEEP_ALIVE_SECS) / 2)
+    });
+    // The client id and will topic in the broker's own form (see
+    // `broker::name`): rumqttd cannot take every name MQTT allows.
+    let client_id = name::client_id_in(&connect.client_id);
+    let will = connect.will_topic.as_deref().map(name::topic_in);
+    let mut strings = Vec::new();
+    if let Cow::Owned(id) = &client_id {
+        strings.push((connect.client_id_range.clone(), id.as_str()));
+    }
+    if let (Some(Cow::Owned(topic)), Some(range)) = (&will, &connect.will_topic_range) {
+        strings.push((range.clone(), topic.as_str()));
+    }
+    if strings.iter().any(|(_, s)| s.len() > usize::from(u16::MAX)) {
+        return Err(SessionError::Protocol("a client id or will topic too long"));
+    }
+    if strings.is_empty() {
+        broker_tx.write_all(&from_client[..frame.len]).await?;
+    } else {
+        let mut rewritten = Vec::with_capacity(frame.len + 64);
+        packet::write_with_strings(&mut rewritten, &from_client, &frame, &strings);
+        broker_tx.write_all(&rewritten).await?;
+    }
     from_client.advance(frame.len);
 
     let (to_down, from_up) = mpsc::channel(shared.notes);
     let (to_up, from_down) = mpsc::channel(shared.notes);
-    let up = Upstream::new(shared.clone(), version, principal.clone());
+    let up = Upstream::new(shared.clone(), version, principal.clone()).with_gate_pings(gate_pings);
     let down = Downstream::new(shared.clone(), version, principal);
     let client_to_broker = pump::up(
         up,

@@ -1,8 +1,10 @@
 //! What a client sends, packet by packet, before it reaches the broker:
 //! PUBLISH checked against the rules (and the publish rate), SUBSCRIBE
 //! reduced to the filters the rules allow, the gate's own answers for what
-//! it refused, and everything else forwarded as it came.
+//! it refused, and everything else forwarded as it came. Topics and
+//! filters reach the broker in its own form ([`name`]).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,6 +13,7 @@ use super::acks::{self, AckOrder, Entry, Phase};
 use super::packet::{self, kind, Frame, Version};
 use super::{SessionError, Shared};
 use crate::auth::{Action, Principal};
+use crate::broker::name;
 use crate::limits::TokenBucket;
 use crate::stats::{Limit, Protocol, Stats};
 use crate::topic;
@@ -86,6 +89,9 @@ pub struct Upstream {
     /// The acknowledgements the broker is sent: the client's, and the
     /// gate's for deliveries it withheld.
     order: AckOrder,
+    /// How often the gate pings the broker itself; `None` but for a
+    /// client with keep-alive 0.
+    gate_pings: Option<std::time::Duration>,
 }
 
 impl Upstream {
@@ -101,7 +107,19 @@ impl Upstream {
             bucket,
             subscribed: HashSet::new(),
             order: AckOrder::new(version),
+            gate_pings: None,
         }
+    }
+
+    /// Has the gate ping the broker every `every` for this client (one
+    /// that asked for keep-alive 0; see the session).
+    pub fn with_gate_pings(mut self, every: Option<std::time::Duration>) -> Self {
+        self.gate_pings = every;
+        self
+    }
+
+    pub fn gate_pings(&self) -> Option<std::time::Duration> {
+        self.gate_pings
     }
 
     /// Records what a delivery to the client will be answered by (from
@@ -125,10 +143,26 @@ impl Upstream {
             kind::PUBLISH => self.publish(bytes, frame, batch),
             kind::SUBSCRIBE => self.subscribe(bytes, frame, batch),
             kind::UNSUBSCRIBE => {
-                for filter in packet::parse_unsubscribe(bytes, &frame, self.version)? {
+                let filters = packet::unsubscribe_filters(bytes, &frame, self.version)?;
+                let mut escaped = Vec::new();
+                for (filter, range) in filters {
                     self.subscribed.remove(filter);
+                    if let Cow::Owned(internal) = name::filter_in(filter) {
+                        if internal.len() > topic::MAX_TOPIC_BYTES {
+                            return Err(SessionError::Protocol("a topic filter too long"));
+                        }
+                        escaped.push((range, internal));
+                    }
                 }
-                batch.to_broker.extend_from_slice(&bytes[..frame.len]);
+                if escaped.is_empty() {
+                    batch.to_broker.extend_from_slice(&bytes[..frame.len]);
+                } else {
+                    let strings: Vec<_> = escaped
+                        .iter()
+                        .map(|(r, s)| (r.clone(), s.as_str()))
+                        .collect();
+                    packet::write_with_strings(&mut batch.to_broker, bytes, &frame, &strings);
+                }
                 Ok(())
             }
             kind::PUBREL => {
@@ -197,6 +231,14 @@ impl Upstream {
         if topic::validate_topic(topic).is_err() {
             return Err(SessionError::Protocol("an invalid topic name"));
         }
+        // The broker's form of the topic; written out when it differs and
+        // the packet names a topic (an alias the broker knows stands for
+        // the internal form it was set with).
+        let internal = name::topic_in(topic);
+        if internal.len() > topic::MAX_TOPIC_BYTES {
+            return Err(SessionError::Protocol("a topic name too long"));
+        }
+        let restore = restore || (!publish.topic.is_empty() && matches!(internal, Cow::Owned(_)));
         let refusal = if !within_rate {
             self.shared.stats.limit(Protocol::Mqtt, Limit::Rate);
             Some(QUOTA_EXCEEDED)
@@ -219,7 +261,7 @@ impl Upstream {
                     bytes,
                     &frame,
                     publish.topic_range,
-                    topic,
+                    &internal,
                 );
             } else {
                 batch.to_broker.extend_from_slice(&bytes[..frame.len]);
@@ -300,8 +342,30 @@ impl Upstream {
             })
             .collect();
         let refused = plan.iter().filter(|code| code.is_some()).count();
-        if refused == 0 {
+        let internal: Vec<(Cow<'_, str>, u8)> = subscribe
+            .filters
+            .iter()
+            .map(|(filter, options)| (name::filter_in(filter), *options))
+            .collect();
+        if internal
+            .iter()
+            .any(|(f, _)| f.len() > topic::MAX_TOPIC_BYTES)
+        {
+            return Err(SessionError::Protocol("a topic filter too long"));
+        }
+        let escaped = internal.iter().any(|(f, _)| matches!(f, Cow::Owned(_)));
+        if refused == 0 && !escaped {
             batch.to_broker.extend_from_slice(&bytes[..frame.len]);
+            return Ok(());
+        }
+        if refused == 0 {
+            let all = internal.iter().map(|(f, o)| (f.as_ref(), *o));
+            packet::write_subscribe(
+                &mut batch.to_broker,
+                subscribe.packet_id,
+                subscribe.properties,
+                all,
+            );
             return Ok(());
         }
         Stats::add(&self.stats().mqtt_subscriptions_denied, refused as u64);
@@ -311,12 +375,11 @@ impl Upstream {
             packet::write_suback(&mut batch.to_client, self.version, id, &[], &codes);
             return Ok(());
         }
-        let allowed = subscribe
-            .filters
+        let allowed = internal
             .iter()
             .zip(&plan)
             .filter(|(_, code)| code.is_none())
-            .map(|(filter, _)| *filter);
+            .map(|((filter, options), _)| (filter.as_ref(), *options));
         packet::write_subscribe(&mut batch.to_broker, id, subscribe.properties, allowed);
         batch.subacks.push((id, plan));
         Ok(())

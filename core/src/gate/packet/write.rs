@@ -96,16 +96,32 @@ pub fn write_publish_with_topic(
     topic_range: Range<usize>,
     topic: &str,
 ) {
-    let before = &packet[frame.header_len..topic_range.start];
-    let after = &packet[topic_range.end..frame.len];
+    write_with_strings(out, packet, frame, &[(topic_range, topic)]);
+}
+
+/// `packet` with each string at a range (length prefix included; the
+/// ranges in order and apart) replaced by its new value, everything else
+/// unchanged. Each new string must fit its two-byte length.
+pub fn write_with_strings(
+    out: &mut Vec<u8>,
+    packet: &[u8],
+    frame: &Frame,
+    strings: &[(Range<usize>, &str)],
+) {
+    let removed: usize = strings.iter().map(|(range, _)| range.len()).sum();
+    let added: usize = strings.iter().map(|(_, s)| 2 + s.len()).sum();
     header(
         out,
         frame.first,
-        before.len() + 2 + topic.len() + after.len(),
+        frame.len - frame.header_len - removed + added,
     );
-    out.extend_from_slice(before);
-    // A topic the client sent earlier: it fits its two-byte length.
-    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-    out.extend_from_slice(topic.as_bytes());
-    out.extend_from_slice(after);
+    let mut at = frame.header_len;
+    for (range, value) in strings {
+        debug_assert!(value.len() <= usize::from(u16::MAX));
+        out.extend_from_slice(&packet[at..range.start]);
+        out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        out.extend_from_slice(value.as_bytes());
+        at = range.end;
+    }
+    out.extend_from_slice(&packet[at..frame.len]);
 }
