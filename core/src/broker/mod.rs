@@ -14,9 +14,10 @@
 //! Every listener asks [`MqttAuth`] about each CONNECT that carries a
 //! username (rumqttd's `external_auth` hook), unless anonymous access is on
 //! and no user is configured. That hook is all rumqttd 0.20 offers: it has
-//! none for SUBSCRIBE or PUBLISH, which is why, once access rules are
-//! enforced, the listeners bind loopback ports behind the MQTT gate
-//! ([`crate::gate`]) instead of the configured addresses.
+//! none for SUBSCRIBE or PUBLISH, which is why the listeners bind loopback
+//! ports behind the MQTT gate ([`crate::gate`]) instead of the configured
+//! addresses, on every bridge. Every topic and client id crosses into the
+//! broker in the form [`name`] gives it.
 
 mod egress;
 mod ingress;

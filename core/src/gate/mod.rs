@@ -18,16 +18,16 @@
 //!   not read (an allowed `home/#` covers a denied `home/secret/x`) is
 //!   withheld and acknowledged to the broker.
 //!
-//! When the gate is on (the policy is enforced: `[auth]` configures users,
-//! tokens or rules), rumqttd's listeners move to loopback ports that only
-//! the gate uses, and the gate takes the public addresses: `mqtt.listen`,
-//! `mqtt.listen_v5`, `mqtt.tls_listen` and `mqtt.websocket_listen`
-//! ([`websocket`]). Each accepts MQTT 3.1.1 and 5, routed by the CONNECT's
-//! protocol level. With an open bridge, MQTT 3.1.1 devices talk to
-//! rumqttd directly (no extra hop) and the gate serves only the TLS
-//! listeners and `mqtt.listen_v5`, allowing everything: rumqttd 0.20's
-//! MQTT 5 reader panics on packets only a server sends, and enough panics
-//! leave its MQTT 5 listener refusing everyone (see [`upstream`]).
+//! The gate is the broker's only door, on every bridge: rumqttd's
+//! listeners are on loopback ports that only the gate uses, and the gate
+//! takes the public addresses: `mqtt.listen`, `mqtt.listen_v5`,
+//! `mqtt.tls_listen` and `mqtt.websocket_listen` ([`websocket`]). Each
+//! accepts MQTT 3.1.1 and 5, routed by the CONNECT's protocol level. An
+//! open bridge is a gate whose policy allows everything. Either way the
+//! gate keeps from rumqttd 0.20 the input that breaks it: packets only a
+//! server sends (see [`upstream`]), and names it cannot take, which cross
+//! in the broker's own form ([`crate::broker::name`]); and it accepts
+//! keep-alive 0, pinging the broker itself for such a device.
 //!
 //! # Layout
 //! - this module: the listeners, their accept loops and connection limits,
