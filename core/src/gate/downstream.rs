@@ -222,6 +222,63 @@ fn merge(plan: &[Option<u8>], broker: &[u8]) -> Result<Vec<u8>, SessionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::gate::Upstreams;
+
+    fn downstream() -> Downstream {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        let shared = Shared::new(
+            &Config::default(),
+            Arc::new(crate::auth::Policy::allow_all()),
+            Arc::new(Stats::default()),
+            Upstreams {
+                v311: addr,
+                v5: Some(addr),
+            },
+            false,
+        );
+        Downstream::new(Arc::new(shared), Version::V311, Principal::Anonymous)
+    }
+
+    /// What the client is sent for `packet` from the broker.
+    fn to_client(down: &mut Downstream, packet: &[u8]) -> Vec<u8> {
+        let frame = packet::frame(packet, 1 << 20)
+            .expect("valid")
+            .expect("whole");
+        let mut batch = Batch::default();
+        down.packet(packet, frame, &mut batch).expect("handled");
+        batch.to_client
+    }
+
+    /// The PINGRESPs that answer the gate's own PINGREQs (for a client
+    /// with keep-alive 0) stay at the gate; the client's own get through.
+    #[test]
+    fn pingresps_for_the_gate_are_kept_from_the_client() {
+        let mut down = downstream();
+        down.expect_gate_pings(2);
+        assert!(to_client(&mut down, &[0xd0, 0]).is_empty());
+        assert!(to_client(&mut down, &[0xd0, 0]).is_empty());
+        assert_eq!(to_client(&mut down, &[0xd0, 0]), [0xd0, 0]);
+    }
+
+    /// A delivery on a topic in the broker's escaped form reaches the
+    /// client with the topic it was published on.
+    #[test]
+    fn escaped_topics_are_delivered_as_published() {
+        let mut down = downstream();
+        let internal = name::topic_in("温度/客厅");
+        let mut publish = vec![0x30, (2 + internal.len() + 2) as u8];
+        publish.extend_from_slice(&(internal.len() as u16).to_be_bytes());
+        publish.extend_from_slice(internal.as_bytes());
+        publish.extend_from_slice(b"21");
+        let sent = to_client(&mut down, &publish);
+        let frame = packet::frame(&sent, 1 << 20)
+            .expect("valid")
+            .expect("whole");
+        let parsed = packet::parse_publish(&sent, &frame, Version::V311).expect("a PUBLISH");
+        assert_eq!(parsed.topic, "温度/客厅");
+        assert_eq!(&sent[frame.len - 2..frame.len], b"21");
+    }
 
     /// Refused positions keep the gate's code; the broker's codes fill the
     /// rest in order; a count that does not match is an error.
