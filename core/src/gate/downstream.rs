@@ -222,22 +222,9 @@ fn merge(plan: &[Option<u8>], broker: &[u8]) -> Result<Vec<u8>, SessionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::gate::Upstreams;
 
     fn downstream() -> Downstream {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
-        let shared = Shared::new(
-            &Config::default(),
-            Arc::new(crate::auth::Policy::allow_all()),
-            Arc::new(Stats::default()),
-            Upstreams {
-                v311: addr,
-                v5: Some(addr),
-            },
-            false,
-        );
-        Downstream::new(Arc::new(shared), Version::V311, Principal::Anonymous)
+        Downstream::new(Shared::for_tests(), Version::V311, Principal::Anonymous)
     }
 
     /// What the client is sent for `packet` from the broker.

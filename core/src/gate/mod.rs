@@ -132,6 +132,25 @@ impl Shared {
         }
     }
 
+    /// What a gate with the default config and no rules shares, for the
+    /// unit tests of one direction (the broker address is never dialled).
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Arc<Self> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let upstreams = Upstreams {
+            v311: addr,
+            v5: Some(addr),
+        };
+        let (policy, stats) = (Arc::new(Policy::allow_all()), Arc::default());
+        Arc::new(Self::new(
+            &Config::default(),
+            policy,
+            stats,
+            upstreams,
+            false,
+        ))
+    }
+
     /// Who a CONNECT says the client is; `None` when a username is required
     /// and missing (rumqttd would refuse it without asking the bridge).
     fn principal(&self, connect: &Connect) -> Option<Principal> {

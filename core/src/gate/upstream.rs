@@ -439,22 +439,9 @@ impl Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::gate::Upstreams;
 
     fn upstream(version: Version) -> Upstream {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
-        let shared = Shared::new(
-            &Config::default(),
-            Arc::new(crate::auth::Policy::allow_all()),
-            Arc::new(Stats::default()),
-            Upstreams {
-                v311: addr,
-                v5: Some(addr),
-            },
-            false,
-        );
-        Upstream::new(Arc::new(shared), version, Principal::Anonymous)
+        Upstream::new(Shared::for_tests(), version, Principal::Anonymous)
     }
 
     fn publish(topic: &str, alias: u16) -> Vec<u8> {
