@@ -83,6 +83,10 @@ pub struct Bridge {
     /// MQTT over TLS, when `mqtt.tls_listen` is set.
     pub mqtt_tls_addr: Option<SocketAddr>,
     pub ws_addr: SocketAddr,
+    /// The broker's own listeners, on loopback ports behind the gate. They
+    /// take only the gate's login, a secret made at each start: a client
+    /// that finds them cannot use a user's password or come in anonymously.
+    pub broker_addrs: BrokerAddrs,
     router: Router,
     /// The bridge's own listeners and their connections: WebSocket
     /// sessions and MQTT gate connections.
@@ -116,12 +120,12 @@ impl Bridge {
         let mqtt_auth = Arc::new(MqttAuth::new(
             &config.auth.users,
             config.auth.anonymous_mqtt,
+            config.mqtt.max_pending_logins,
             stats.clone(),
         ));
         if !config.auth.anonymous_mqtt && config.auth.users.is_empty() {
             tracing::warn!("Neither auth.anonymous_mqtt nor [[auth.users]] is set: every MQTT client will be refused.");
         }
-        let passwords_checked = mqtt_auth.enabled();
         let (ingress_tx, ingress_rx) = mpsc::channel(config.http.ingress_capacity);
         let (retained_tx, retained_rx) = mpsc::channel(RETAINED_REQUESTS);
         let router = Router::new(
@@ -170,15 +174,17 @@ impl Bridge {
         // async workers. Its listeners are internal, behind the gate.
         let mqtt = internal(&config.mqtt);
         let broker_router = router.clone();
+        let broker_auth = mqtt_auth.clone();
+        let broker_addrs = tokio::task::spawn_blocking(move || {
+            broker::start(&mqtt, &broker_auth, &broker_router, ingress_rx, retained_rx)
+        })
+        .await
+        .map_err(|e| StartError::Http(std::io::Error::other(e)))??;
         let BrokerAddrs {
             mqtt: mqtt_addr,
             mqtt_v5,
             mqtt_ws,
-        } = tokio::task::spawn_blocking(move || {
-            broker::start(&mqtt, &mqtt_auth, &broker_router, ingress_rx, retained_rx)
-        })
-        .await
-        .map_err(|e| StartError::Http(std::io::Error::other(e)))??;
+        } = broker_addrs;
 
         // Plugins start once the broker is up (their first publishes have
         // somewhere to go) and before HTTP serves, so a required plugin that
@@ -235,7 +241,7 @@ impl Bridge {
                 v311: broker::loopback(mqtt_addr),
                 v5: mqtt_v5.map(broker::loopback),
             },
-            passwords_checked,
+            mqtt_auth,
         ));
         let slots = Arc::new(tokio::sync::Semaphore::new(config.mqtt.max_connections));
         let serve = |listener: tokio::net::TcpListener, transport| {
@@ -324,6 +330,7 @@ impl Bridge {
             mqtt_ws_addr: mqtt_ws,
             mqtt_tls_addr,
             ws_addr,
+            broker_addrs,
             router,
             ws_tasks,
             plugins,

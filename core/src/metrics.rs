@@ -229,7 +229,7 @@ impl Collector for StatsCollector {
         counter_by_two(
             &mut encoder,
             "auth_failures",
-            "Clients refused for missing, invalid or expired credentials.",
+            "Clients refused for missing, invalid or expired credentials, or a client id not theirs.",
             ("protocol", "reason"),
             Protocol::ALL.into_iter().flat_map(|p| {
                 AuthFailure::ALL
@@ -254,7 +254,7 @@ impl Collector for StatsCollector {
         counter_by_two(
             &mut encoder,
             "limit_refusals",
-            "Requests refused by a limit: connections, subscriptions, rate, payload.",
+            "Requests refused by a limit: connections, subscriptions, rate, payload, logins, topic length, topics, filters, inflight.",
             ("protocol", "limit"),
             Protocol::ALL.into_iter().flat_map(|p| {
                 Limit::ALL

@@ -148,13 +148,16 @@ pub enum AuthFailure {
     Invalid,
     /// A token past its `exp`.
     Expired,
+    /// An MQTT client id that belongs to another user, or to none.
+    ClientId,
 }
 
 impl AuthFailure {
-    pub const ALL: [AuthFailure; 3] = [
+    pub const ALL: [AuthFailure; 4] = [
         AuthFailure::Missing,
         AuthFailure::Invalid,
         AuthFailure::Expired,
+        AuthFailure::ClientId,
     ];
 
     pub fn label(self) -> &'static str {
@@ -162,6 +165,7 @@ impl AuthFailure {
             AuthFailure::Missing => "missing",
             AuthFailure::Invalid => "invalid",
             AuthFailure::Expired => "expired",
+            AuthFailure::ClientId => "client_id",
         }
     }
 }
@@ -177,14 +181,29 @@ pub enum Limit {
     Rate,
     /// Size of one payload or message.
     Payload,
+    /// MQTT CONNECTs waiting for a password check (`mqtt.max_pending_logins`).
+    Logins,
+    /// Length of one topic or filter (`mqtt.max_topic_bytes`).
+    TopicLength,
+    /// Distinct topics the broker holds (`mqtt.max_topics`).
+    Topics,
+    /// Distinct filters the broker holds (`mqtt.max_filters`).
+    Filters,
+    /// QoS 1 and 2 publishes one client has in flight (`mqtt.max_inflight`).
+    Inflight,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 4] = [
+    pub const ALL: [Limit; 9] = [
         Limit::Connections,
         Limit::Subscriptions,
         Limit::Rate,
         Limit::Payload,
+        Limit::Logins,
+        Limit::TopicLength,
+        Limit::Topics,
+        Limit::Filters,
+        Limit::Inflight,
     ];
 
     pub fn label(self) -> &'static str {
@@ -193,6 +212,11 @@ impl Limit {
             Limit::Subscriptions => "subscriptions",
             Limit::Rate => "rate",
             Limit::Payload => "payload",
+            Limit::Logins => "logins",
+            Limit::TopicLength => "topic_length",
+            Limit::Topics => "topics",
+            Limit::Filters => "filters",
+            Limit::Inflight => "inflight",
         }
     }
 }

@@ -423,8 +423,8 @@ fn hash_password_prints_a_verifiable_hash() {
     let hash = stdout.trim_end();
     assert_eq!(stdout.lines().count(), 1);
     assert!(hash.starts_with("$argon2id$"), "{hash}");
-    assert!(tidewater::auth::password::verify("correct horse", hash));
-    assert!(!tidewater::auth::password::verify("correct horse\n", hash));
+    assert!(tidewater::auth::password::verify(b"correct horse", hash));
+    assert!(!tidewater::auth::password::verify(b"correct horse\n", hash));
 
     let empty = hash_password(b"\n");
     assert!(!empty.status.success());

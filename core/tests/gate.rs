@@ -52,7 +52,7 @@ async fn deliveries_the_rules_deny_are_withheld() {
 
     let mut readers = Vec::new();
     for (qos, level) in [(0, 4), (1, 4), (2, 4), (1, 5), (2, 5)] {
-        let id = format!("reader-{qos}-{level}");
+        let id = format!("sensor-reader-{qos}-{level}");
         let mut reader = login(bridge.mqtt, level, "sensor", &id).await;
         assert_eq!(reader.subscribe(1, &[("home/#", qos)]).await, [qos]);
         let retained = reader.next_publish().await;
@@ -88,7 +88,7 @@ async fn wills_must_be_publishable() {
         for (will, expected) in [("home/secret/will", refused), ("home/kitchen/will", 0)] {
             let options = raw::Connect {
                 level,
-                client_id: "willing",
+                client_id: "sensor-willing",
                 login: Some(("sensor", &password)),
                 will_topic: Some(will),
             };
@@ -104,7 +104,7 @@ async fn wills_must_be_publishable() {
 #[tokio::test]
 async fn usernames_and_client_ids_in_rules() {
     let bridge = start_with(gated).await;
-    let mut guest = login(bridge.mqtt, 4, "guest", "g-1").await;
+    let mut guest = login(bridge.mqtt, 4, "guest", "guest-1").await;
     let codes = guest
         .subscribe(
             1,
@@ -112,16 +112,22 @@ async fn usernames_and_client_ids_in_rules() {
         )
         .await;
     assert_eq!(codes, [1, 0x80, 0x80], "its own space only, and no role");
-    guest.publish("clients/g-1/out", b"mine", 1, 2).await;
+    guest.publish("clients/guest-1/out", b"mine", 1, 2).await;
     guest.ack(PUBACK, 2).await;
-    guest.publish("clients/g-2/out", b"not mine", 1, 3).await;
+    guest
+        .publish("clients/guest-2/out", b"not mine", 1, 3)
+        .await;
     guest.ack(PUBACK, 3).await;
     guest.publish("users/guest/note", b"end", 0, 0).await;
     assert_eq!(
         guest.topics_until("users/guest/note").await,
         ["users/guest/note"]
     );
-    assert_eq!(bridge.stats().mqtt_publishes_denied, 1, "clients/g-2/out");
+    assert_eq!(
+        bridge.stats().mqtt_publishes_denied,
+        1,
+        "clients/guest-2/out"
+    );
     bridge.shutdown().await;
 }
 
@@ -133,7 +139,7 @@ async fn usernames_and_client_ids_in_rules() {
 #[tokio::test]
 async fn mqtt5_reason_codes_and_topic_aliases() {
     let bridge = start_with(gated).await;
-    let mut v5 = login(bridge.mqtt, 5, "sensor", "v5").await;
+    let mut v5 = login(bridge.mqtt, 5, "sensor", "sensor-v5").await;
     let codes = v5
         .subscribe(1, &[("home/secret/#", 0), ("home/kitchen/#", 0)])
         .await;
@@ -178,7 +184,7 @@ async fn mqtt5_reason_codes_and_topic_aliases() {
         expected.map(|(t, p)| (t.to_owned(), p.to_owned()))
     );
 
-    let mut v4 = login(bridge.mqtt, 4, "sensor", "v4").await;
+    let mut v4 = login(bridge.mqtt, 4, "sensor", "sensor-v4").await;
     v4.publish("home/secret/e", b"x", 2, 7).await;
     assert_eq!(v4.ack(PUBREC, 7).await, 0);
     v4.send(&[0x62, 2, 0, 7]).await;
@@ -199,7 +205,7 @@ async fn mqtt_over_websocket_follows_the_rules() {
     let password = password("sensor");
     let options = raw::Connect {
         level: 4,
-        client_id: "browser",
+        client_id: "sensor-browser",
         login: Some(("sensor", &password)),
         will_topic: None,
     };
@@ -292,7 +298,7 @@ async fn oversized_packets_close_the_connection() {
         c.mqtt.max_payload_bytes = 1_024;
     })
     .await;
-    let mut sensor = login(bridge.mqtt, 4, "sensor", "big").await;
+    let mut sensor = login(bridge.mqtt, 4, "sensor", "sensor-big").await;
     let mut header = vec![0x30];
     raw::varint(&mut header, 1_000_000);
     sensor.send(&header).await;
@@ -346,7 +352,7 @@ async fn subscriptions_past_the_limit_are_refused() {
         c.mqtt.max_subscriptions = 2;
     })
     .await;
-    let mut sensor = login(bridge.mqtt, 5, "sensor", "many").await;
+    let mut sensor = login(bridge.mqtt, 5, "sensor", "sensor-many").await;
     let codes = sensor
         .subscribe(1, &[("home/a/#", 0), ("home/b/#", 0), ("home/c/#", 0)])
         .await;
@@ -356,7 +362,7 @@ async fn subscriptions_past_the_limit_are_refused() {
     assert_eq!(sensor.subscribe(4, &[("home/c/#", 0)]).await, [0]);
     sensor.publish("home/c/1", b"held", 0, 0).await;
     assert_eq!(sensor.next_publish().await.topic, "home/c/1");
-    let mut device = login(bridge.mqtt, 4, "sensor", "few").await;
+    let mut device = login(bridge.mqtt, 4, "sensor", "sensor-few").await;
     let codes = device
         .subscribe(1, &[("home/a/#", 0), ("home/b/#", 0), ("home/c/#", 0)])
         .await;
@@ -383,8 +389,8 @@ async fn gate_connections_are_in_metrics() {
                 .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
         }
     };
-    let first = login(bridge.mqtt, 4, "sensor", "one").await;
-    let _second = login(bridge.mqtt, 5, "sensor", "two").await;
+    let first = login(bridge.mqtt, 4, "sensor", "sensor-one").await;
+    let _second = login(bridge.mqtt, 5, "sensor", "sensor-two").await;
     assert_eq!(
         connections("tidewater_connections{protocol=\"mqtt\"}").await,
         2
@@ -417,7 +423,7 @@ async fn mqtt_publish_rate_is_limited() {
         c.limits.mqtt_publish_burst = 2;
     })
     .await;
-    let mut sensor = login(bridge.mqtt, 5, "sensor", "fast").await;
+    let mut sensor = login(bridge.mqtt, 5, "sensor", "sensor-fast").await;
     let mut reasons = Vec::new();
     for id in 1..=10 {
         sensor.publish("home/kitchen/fast", b"x", 1, id).await;
@@ -461,9 +467,109 @@ async fn a_silent_client_does_not_stall_the_gate() {
         login: Some(("sensor", &password)),
         will_topic: None,
     };
-    let (_, code) = RawMqtt::connect_ws(ws_addr, options("after-silent-ws")).await;
+    let (_, code) = RawMqtt::connect_ws(ws_addr, options("sensor-after-silent-ws")).await;
     assert_eq!(code, Some(0));
-    let (_, code) = RawMqtt::connect(bridge.mqtt, options("after-silent-tcp")).await;
+    let (_, code) = RawMqtt::connect(bridge.mqtt, options("sensor-after-silent-tcp")).await;
     assert_eq!(code, Some(0));
+    bridge.shutdown().await;
+}
+
+/// The broker's own listeners, on loopback ports, take no login but the
+/// gate's (a secret made at each start): a client on the machine that finds
+/// them cannot log in with a user's password, as anonymous, or by guessing
+/// the gate's, even where the gate lets anonymous clients in. The gate
+/// still admits the same clients.
+#[tokio::test]
+async fn the_broker_takes_only_the_gates_login() {
+    let bridge = start_with(|c| {
+        gated(c);
+        c.auth.anonymous_mqtt = true;
+    })
+    .await;
+    let sensor = password("sensor");
+    let logins = [
+        None,
+        Some(("sensor", sensor.as_str())),
+        Some(("$tidewater-gate", "guess")),
+    ];
+    let internal = [
+        (bridge.broker.mqtt, 4),
+        (bridge.broker.mqtt_v5.expect("internal MQTT 5 listener"), 5),
+    ];
+    for (addr, level) in internal {
+        for login in logins {
+            let options = raw::Connect {
+                level,
+                client_id: "sensor-direct",
+                login,
+                will_topic: None,
+            };
+            let (_, code) = RawMqtt::connect(addr, options).await;
+            assert_ne!(code, Some(0), "{login:?} straight to the broker at {addr}");
+        }
+    }
+    let mut through = login(bridge.mqtt, 4, "sensor", "sensor-direct").await;
+    assert_eq!(through.subscribe(1, &[("home/#", 0)]).await, [0]);
+    let anonymous = raw::Connect {
+        level: 5,
+        client_id: "panel",
+        login: None,
+        will_topic: None,
+    };
+    let (_, code) = RawMqtt::connect(bridge.mqtt, anonymous).await;
+    assert_eq!(code, Some(0), "anonymous through the gate");
+    bridge.shutdown().await;
+}
+
+/// A client id belongs to one user: its name, `<name>-…` and `<name>/…`,
+/// and the patterns in its `client_ids`. Another user or an anonymous
+/// client claiming it is refused at CONNECT (return code 2, reason code
+/// 0x85) and counted, so nobody can take over someone else's session or
+/// will. Ids nobody owns are free for anonymous clients.
+#[tokio::test]
+async fn client_ids_belong_to_their_users() {
+    let bridge = start_with(|c| {
+        gated(c);
+        c.auth.anonymous_mqtt = true;
+        let guest = c.auth.users.iter_mut().find(|u| u.name == "guest");
+        guest.expect("guest").client_ids = vec!["kiosk-*".into()];
+    })
+    .await;
+    let guest = password("guest");
+    let as_guest = Some(("guest", guest.as_str()));
+    let claims = [
+        (as_guest, "sensor", false),
+        (as_guest, "sensor-1", false),
+        (as_guest, "sensor/door", false),
+        (as_guest, "kiosk-7", true),
+        (as_guest, "guest-1", true),
+        (None, "sensor-2", false),
+        (None, "kiosk-8", false),
+        (None, "panel-1", true),
+    ];
+    let mut refused = 0;
+    for (level, refusal) in [(4, 2), (5, 0x85)] {
+        for (login, client_id, admitted) in claims {
+            let options = raw::Connect {
+                level,
+                client_id,
+                login,
+                will_topic: None,
+            };
+            let (_, code) = RawMqtt::connect(bridge.mqtt, options).await;
+            let expected = if admitted { 0 } else { refusal };
+            assert_eq!(
+                code,
+                Some(expected),
+                "{login:?} as {client_id}, level {level}"
+            );
+            refused += u64::from(!admitted);
+        }
+    }
+    let refusals = &bridge.router.stats().refusals;
+    assert_eq!(
+        refusals.auth(Protocol::Mqtt, tidewater::stats::AuthFailure::ClientId),
+        refused
+    );
     bridge.shutdown().await;
 }

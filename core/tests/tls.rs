@@ -288,7 +288,7 @@ async fn mqtt_over_tls_follows_the_rules() {
     let password = common::password("sensor");
     let options = common::raw::Connect {
         level: 5,
-        client_id: "tls-sensor",
+        client_id: "sensor-tls",
         login: Some(("sensor", &password)),
         will_topic: None,
     };
@@ -335,7 +335,7 @@ async fn mqtt_over_secure_websocket_follows_the_rules() {
     );
     let options = || common::raw::Connect {
         level: 4,
-        client_id: "wss-sensor",
+        client_id: "sensor-wss",
         login: None,
         will_topic: None,
     };

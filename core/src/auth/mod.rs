@@ -9,8 +9,9 @@
 //!   one (see [`acl`]).
 //! - [`acl`], [`pattern`], [`filter`]: the rules, their `%u`/`%c` patterns,
 //!   and the filter comparisons that decide subscriptions.
-//! - [`password`]: argon2 password hashes for MQTT users, and the check the
-//!   broker calls on every CONNECT.
+//! - [`password`]: argon2 password hashes for MQTT users, the gate's check
+//!   of every CONNECT, and the per-start secret the broker demands;
+//!   [`client_id`]: which client ids belong to which user.
 //! - [`token`]: JSON Web Tokens for web clients; [`carrier`]: where a
 //!   request carries one.
 //!
@@ -21,6 +22,7 @@
 
 pub mod acl;
 pub mod carrier;
+pub mod client_id;
 pub mod filter;
 pub mod password;
 pub mod pattern;

@@ -1,17 +1,18 @@
 //! Passwords of MQTT users: argon2 hashes in `bridge.toml` (never the
-//! passwords themselves; `tidewater hash-password` makes one), and the check
-//! the embedded broker calls on every CONNECT that carries a username.
+//! passwords themselves; `tidewater hash-password` makes one), checked by
+//! the MQTT gate on every CONNECT that carries a username; and the
+//! per-start secret the embedded broker demands of every connection, which
+//! only the gate knows, so nothing but the gate gets in.
 //!
-//! rumqttd calls [`MqttAuth::check`] from its own listener threads, each a
-//! single-threaded runtime serving every connection of that listener. An
-//! argon2 verification is deliberately slow (tens of milliseconds and 19 MiB
-//! with the default parameters), so it never runs there: it runs on the
-//! blocking pool, at most one per CPU at a time, while the listener thread
-//! goes on serving everyone else. Unknown users are checked against a dummy
-//! hash so that the answer takes as long as for a real one.
+//! An argon2 verification is deliberately slow (tens of milliseconds and
+//! 19 MiB with the default parameters), so it runs on the blocking pool, at
+//! most one per CPU at a time, and at most `mqtt.max_pending_logins`
+//! CONNECTs wait for one: past that a CONNECT is refused as "server busy"
+//! (counted) rather than queueing memory and time without bound. Unknown
+//! users are checked against a dummy hash so that the answer takes as long
+//! as for a real one.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use argon2::password_hash::phc::PasswordHash;
@@ -19,16 +20,17 @@ use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::Argon2;
 use tokio::sync::Semaphore;
 
+use super::client_id::ClientIds;
 use crate::config::UserConfig;
-use crate::stats::{AuthFailure, Protocol, Stats};
+use crate::stats::{AuthFailure, Limit, Protocol, Stats};
 
 /// Checked for unknown usernames: the argon2id hash, with the default
 /// parameters, of a random password nobody knows.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$FaVl8GDYOFETP5fRziG2lg$CV0Tr8wx3ih1FVLGy0n12LoGvEi1UoH/JT9vRc/MTNg";
 
-/// The username of the bridge's own startup probe (configured usernames
-/// cannot start with `$`).
-pub const PROBE_USER: &str = "$tidewater-probe";
+/// The username the gate gives the broker for every client (configured
+/// usernames cannot start with `$`).
+pub const GATE_USER: &str = "$tidewater-gate";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
@@ -69,22 +71,35 @@ pub fn check_hash(text: &str) -> Result<(), String> {
 
 /// Whether `password` matches the PHC string `hash`. Slow on purpose: call
 /// it off any thread that serves connections.
-pub fn verify(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|parsed| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-    })
+pub fn verify(password: &[u8], hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .is_ok_and(|parsed| Argon2::default().verify_password(password, &parsed).is_ok())
 }
 
-/// How MQTT clients of the embedded broker are admitted.
+/// Why a login was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LoginError {
+    /// Unknown user or wrong password (the two are not told apart).
+    #[error("bad username or password")]
+    Invalid,
+    /// `mqtt.max_pending_logins` CONNECTs are already waiting.
+    #[error("too many logins waiting for a password check")]
+    Busy,
+}
+
+/// How MQTT clients are admitted, at the gate and at the broker behind it.
 pub struct MqttAuth {
     users: HashMap<String, String>,
     anonymous: bool,
+    client_ids: ClientIds,
     /// Verifications running at once; the rest wait their turn.
     permits: Arc<Semaphore>,
+    /// CONNECTs waiting for a verification or in one.
+    pending: Arc<Semaphore>,
     stats: Arc<Stats>,
-    probe: Probe,
+    /// The broker's password for [`GATE_USER`]: random per start, held in
+    /// memory only.
+    broker_secret: String,
 }
 
 impl std::fmt::Debug for MqttAuth {
@@ -96,18 +111,19 @@ impl std::fmt::Debug for MqttAuth {
     }
 }
 
-/// A one-time credential for the bridge's own check that the broker's
-/// listeners answer: random, never written anywhere, and refused once
-/// startup is over.
-struct Probe {
-    password: String,
-    open: AtomicBool,
-}
-
 impl MqttAuth {
-    pub fn new(users: &[UserConfig], anonymous: bool, stats: Arc<Stats>) -> Self {
-        let secret = argon2::password_hash::generate_salt();
-        let password = secret.iter().map(|b| format!("{b:02x}")).collect();
+    pub fn new(
+        users: &[UserConfig],
+        anonymous: bool,
+        max_pending: usize,
+        stats: Arc<Stats>,
+    ) -> Self {
+        let mut secret = String::new();
+        for _ in 0..2 {
+            for b in argon2::password_hash::generate_salt() {
+                secret.push_str(&format!("{b:02x}"));
+            }
+        }
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         Self {
             users: users
@@ -115,49 +131,60 @@ impl MqttAuth {
                 .map(|u| (u.name.clone(), u.password_hash.clone()))
                 .collect(),
             anonymous,
+            client_ids: ClientIds::new(users),
             permits: Arc::new(Semaphore::new(cpus)),
+            pending: Arc::new(Semaphore::new(max_pending.max(1))),
             stats,
-            probe: Probe {
-                password,
-                open: AtomicBool::new(true),
-            },
+            broker_secret: secret,
         }
     }
 
-    /// Whether rumqttd needs the hook: without it, it admits every CONNECT.
-    /// With it, rumqttd refuses a CONNECT without a username before asking.
-    pub fn enabled(&self) -> bool {
-        !(self.anonymous && self.users.is_empty())
+    /// Whether a username must come with its password: without users, a
+    /// username is a claim nobody can check, and its client is anonymous.
+    pub fn passwords_checked(&self) -> bool {
+        !self.users.is_empty()
     }
 
-    /// The probe's username and password, while startup lasts.
-    pub fn probe_login(&self) -> Option<(&str, &str)> {
-        (self.enabled() && self.probe.open.load(Ordering::Acquire))
-            .then_some((PROBE_USER, self.probe.password.as_str()))
+    /// Whether clients without a username are let in.
+    pub fn anonymous(&self) -> bool {
+        self.anonymous
     }
 
-    /// Refuses the probe credential from now on.
-    pub fn close_probe(&self) {
-        self.probe.open.store(false, Ordering::Release);
+    pub fn client_ids(&self) -> &ClientIds {
+        &self.client_ids
     }
 
-    /// The check rumqttd runs for a CONNECT with a username.
-    pub async fn check(
-        self: Arc<Self>,
-        client_id: String,
-        username: String,
-        password: String,
-    ) -> bool {
-        if username == PROBE_USER {
-            let open = self.probe.open.load(Ordering::Acquire);
-            return open && constant_time_eq(password.as_bytes(), self.probe.password.as_bytes());
-        }
-        let hash = self
-            .users
-            .get(&username)
-            .cloned()
-            .unwrap_or_else(|| DUMMY_HASH.to_owned());
-        let known = self.users.contains_key(&username);
+    /// What the gate logs the broker in with, for every client.
+    pub fn broker_login(&self) -> (&str, &str) {
+        (GATE_USER, &self.broker_secret)
+    }
+
+    /// The broker's hook: only the gate's login gets in.
+    pub fn broker_admits(&self, username: &str, password: &str) -> bool {
+        username == GATE_USER
+            && constant_time_eq(password.as_bytes(), self.broker_secret.as_bytes())
+    }
+
+    /// Checks `password` against `username`'s hash, counting and logging a
+    /// refusal.
+    pub async fn verify(
+        &self,
+        client_id: &str,
+        username: &str,
+        password: &[u8],
+    ) -> Result<(), LoginError> {
+        let Ok(_pending) = self.pending.clone().try_acquire_owned() else {
+            self.stats.limit(Protocol::Mqtt, Limit::Logins);
+            tracing::warn!(
+                client_id,
+                username,
+                "MQTT CONNECT refused: mqtt.max_pending_logins password checks are waiting."
+            );
+            return Err(LoginError::Busy);
+        };
+        let known = self.users.get(username);
+        let hash = known.cloned().unwrap_or_else(|| DUMMY_HASH.to_owned());
+        let password = password.to_vec();
         let ok = match self.permits.clone().acquire_owned().await {
             Ok(permit) => tokio::task::spawn_blocking(move || {
                 let _permit = permit;
@@ -167,16 +194,16 @@ impl MqttAuth {
             .unwrap_or(false),
             Err(_) => false,
         };
-        let admitted = ok && known;
-        if !admitted {
-            self.stats.refuse_auth(Protocol::Mqtt, AuthFailure::Invalid);
-            tracing::info!(
-                client_id,
-                username,
-                "MQTT CONNECT refused: bad username or password."
-            );
+        if ok && known.is_some() {
+            return Ok(());
         }
-        admitted
+        self.stats.refuse_auth(Protocol::Mqtt, AuthFailure::Invalid);
+        tracing::info!(
+            client_id,
+            username,
+            "MQTT CONNECT refused: bad username or password."
+        );
+        Err(LoginError::Invalid)
     }
 }
 
@@ -193,6 +220,7 @@ mod tests {
             name: name.into(),
             password_hash: hash(password).expect("hash"),
             roles: Vec::new(),
+            client_ids: Vec::new(),
         }
     }
 
@@ -204,8 +232,8 @@ mod tests {
         assert!(hashed.starts_with("$argon2id$"));
         assert!(!hashed.contains("correct horse"));
         assert_eq!(check_hash(&hashed), Ok(()));
-        assert!(verify("correct horse", &hashed));
-        assert!(!verify("correct horse ", &hashed));
+        assert!(verify(b"correct horse", &hashed));
+        assert!(!verify(b"correct horse ", &hashed));
         assert!(matches!(hash(""), Err(HashError::Empty)));
     }
 
@@ -219,51 +247,65 @@ mod tests {
         assert_eq!(check_hash(DUMMY_HASH), Ok(()));
     }
 
-    /// The broker's check admits a known user with the right password and
-    /// refuses (and counts) a wrong password and an unknown user.
+    /// A known user with the right password is admitted; a wrong password
+    /// and an unknown user are refused alike, and counted.
     #[tokio::test]
-    async fn broker_check() {
+    async fn the_gate_checks_passwords() {
+        let stats = Arc::new(Stats::default());
+        let auth = MqttAuth::new(&[user("dev1", "s3cret")], false, 8, stats.clone());
+        assert_eq!(auth.verify("c", "dev1", b"s3cret").await, Ok(()));
+        assert_eq!(
+            auth.verify("c", "dev1", b"wrong").await,
+            Err(LoginError::Invalid)
+        );
+        assert_eq!(
+            auth.verify("c", "nobody", b"s3cret").await,
+            Err(LoginError::Invalid)
+        );
+        assert_eq!(stats.snapshot().auth_failures, 2);
+    }
+
+    /// Past `max_pending` CONNECTs waiting, the next is refused at once as
+    /// busy (and counted) instead of queueing.
+    #[tokio::test]
+    async fn waiting_logins_are_bounded() {
         let stats = Arc::new(Stats::default());
         let auth = Arc::new(MqttAuth::new(
             &[user("dev1", "s3cret")],
             false,
+            1,
             stats.clone(),
         ));
-        let check = |u: &str, p: &str| auth.clone().check("c".into(), u.into(), p.into());
-        assert!(check("dev1", "s3cret").await);
-        assert!(!check("dev1", "wrong").await);
-        assert!(!check("nobody", "s3cret").await);
-        assert_eq!(stats.snapshot().auth_failures, 2);
+        let first = tokio::spawn({
+            let auth = auth.clone();
+            async move { auth.verify("a", "dev1", b"s3cret").await }
+        });
+        // The first holds the only place until its check ends.
+        while auth.pending.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            auth.verify("b", "dev1", b"s3cret").await,
+            Err(LoginError::Busy)
+        );
+        assert_eq!(first.await.expect("first"), Ok(()));
+        assert_eq!(stats.refusals.limited(Protocol::Mqtt, Limit::Logins), 1);
+        assert_eq!(auth.verify("c", "dev1", b"s3cret").await, Ok(()));
     }
 
-    /// The probe credential works during startup only.
-    #[tokio::test]
-    async fn probe_closes() {
-        let auth = Arc::new(MqttAuth::new(&[], false, Arc::new(Stats::default())));
-        let (user, password) = auth.probe_login().expect("probe during startup");
-        let (user, password) = (user.to_owned(), password.to_owned());
-        assert!(
-            auth.clone()
-                .check("p".into(), user.clone(), password.clone())
-                .await
-        );
-        assert!(
-            !auth
-                .clone()
-                .check("p".into(), user.clone(), "guess".into())
-                .await
-        );
-        auth.close_probe();
-        assert!(auth.probe_login().is_none());
-        assert!(!auth.clone().check("p".into(), user, password).await);
-    }
-
-    /// Anonymous access with no users needs no hook at all.
+    /// The broker admits the gate's login, fresh each start, and nothing
+    /// else: not a user's own password, not a guess.
     #[test]
-    fn hook_only_when_needed() {
+    fn the_broker_admits_only_the_gate() {
         let stats = Arc::new(Stats::default());
-        assert!(!MqttAuth::new(&[], true, stats.clone()).enabled());
-        assert!(MqttAuth::new(&[], false, stats.clone()).enabled());
-        assert!(MqttAuth::new(&[user("a", "b")], false, stats).enabled());
+        let auth = MqttAuth::new(&[user("dev1", "s3cret")], false, 8, stats.clone());
+        let (name, secret) = auth.broker_login();
+        assert!(auth.broker_admits(name, secret));
+        assert!(!auth.broker_admits("dev1", "s3cret"));
+        assert!(!auth.broker_admits(name, "guess"));
+        assert!(!auth.broker_admits("dev1", secret));
+        let other = MqttAuth::new(&[], true, 8, stats);
+        assert_ne!(other.broker_login().1, secret, "a secret per start");
+        assert!(secret.len() >= 32);
     }
 }

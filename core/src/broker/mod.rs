@@ -11,13 +11,13 @@
 //! - **retained** ([`retained`]) reads the broker's retained store on demand,
 //!   because the egress stream carries no retain flag.
 //!
-//! Every listener asks [`MqttAuth`] about each CONNECT that carries a
-//! username (rumqttd's `external_auth` hook), unless anonymous access is on
-//! and no user is configured. That hook is all rumqttd 0.20 offers: it has
-//! none for SUBSCRIBE or PUBLISH, which is why the listeners bind loopback
-//! ports behind the MQTT gate ([`crate::gate`]) instead of the configured
-//! addresses, on every bridge. Every topic and client id crosses into the
-//! broker in the form [`name`] gives it.
+//! The listeners bind loopback ports behind the MQTT gate ([`crate::gate`])
+//! instead of the configured addresses, on every bridge, and admit only the
+//! gate: rumqttd's `external_auth` hook, its one hook, asks [`MqttAuth`],
+//! which wants the gate's per-start secret on every CONNECT (the gate has
+//! checked the device's own password by then). The hook has nothing for
+//! SUBSCRIBE or PUBLISH, which is why the gate exists. Every topic and
+//! client id crosses into the broker in the form [`name`] gives it.
 
 mod egress;
 mod ingress;
@@ -117,7 +117,7 @@ pub fn start(
         })
         .map_err(|e| BrokerError::Thread("broker", e))?;
 
-    let login = auth.probe_login();
+    let login = auth.broker_login();
     wait_listening("mqtt", addrs.mqtt, false, login)?;
     if let Some(addr) = addrs.mqtt_v5 {
         wait_listening("mqtt_v5", addr, true, login)?;
@@ -125,7 +125,6 @@ pub fn start(
     if let Some(addr) = addrs.mqtt_ws {
         wait_accepting("mqtt_websocket", addr)?;
     }
-    auth.close_probe();
     Ok(addrs)
 }
 
@@ -152,7 +151,7 @@ fn wait_listening(
     listener: &'static str,
     addr: SocketAddr,
     v5: bool,
-    login: Option<(&str, &str)>,
+    login: (&str, &str),
 ) -> Result<(), BrokerError> {
     let probe = loopback(addr);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -192,9 +191,9 @@ pub fn loopback(addr: SocketAddr) -> SocketAddr {
     probe
 }
 
-/// One MQTT session: CONNECT (keep-alive 10 s, with the probe's login when
-/// passwords are checked), expect a successful CONNACK, DISCONNECT.
-fn probe_connect(addr: SocketAddr, v5: bool, login: Option<(&str, &str)>) -> io::Result<()> {
+/// One MQTT session: CONNECT (keep-alive 10 s, with the gate's login),
+/// expect a successful CONNACK, DISCONNECT.
+fn probe_connect(addr: SocketAddr, v5: bool, login: (&str, &str)) -> io::Result<()> {
     use std::io::{Read, Write};
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;
@@ -205,8 +204,8 @@ fn probe_connect(addr: SocketAddr, v5: bool, login: Option<(&str, &str)>) -> io:
     let attempt = ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let client_id = format!("tidewater-probe-{}-{attempt}", std::process::id());
     let client_id = client_id.as_str();
-    // Clean session, plus the username and password flags with a login.
-    let flags = if login.is_some() { 0xc2 } else { 0x02 };
+    // Clean session, username and password.
+    let flags = 0xc2;
     let mut body = vec![
         0,
         4,
@@ -227,10 +226,8 @@ fn probe_connect(addr: SocketAddr, v5: bool, login: Option<(&str, &str)>) -> io:
         body.extend_from_slice(s.as_bytes());
     };
     string(client_id);
-    if let Some((username, password)) = login {
-        string(username);
-        string(password);
-    }
+    string(login.0);
+    string(login.1);
     let mut packet = vec![0x10];
     crate::gate::packet::put_varint(&mut packet, body.len());
     packet.extend(body);
@@ -261,12 +258,20 @@ fn rumqttd_config(
         external_auth: None,
         dynamic_filters: true,
     };
-    if auth.enabled() {
-        let auth = auth.clone();
-        connections.set_auth_handler(move |client_id, username, password| {
-            auth.clone().check(client_id, username, password)
-        });
-    }
+    // The broker admits the gate alone: every connection must carry the
+    // per-start secret only the gate knows (see `auth::password`), so a
+    // local process that finds these loopback ports still cannot log in.
+    let auth = auth.clone();
+    connections.set_auth_handler(move |_client_id, username, password| {
+        let admitted = auth.broker_admits(&username, &password);
+        if !admitted {
+            tracing::warn!(
+                username,
+                "The embedded broker refused a CONNECT that did not come from the gate."
+            );
+        }
+        std::future::ready(admitted)
+    });
     let server = |name: &str, listen: SocketAddr| {
         HashMap::from([(
             name.to_owned(),

@@ -69,6 +69,10 @@ pub struct MqttConfig {
     pub max_connections: usize,
     /// How long a new connection has to send CONNECT, in milliseconds.
     pub connection_timeout_ms: u16,
+    /// CONNECTs waiting for a password check at once; past it a CONNECT is
+    /// refused as "server busy" (counted). Protects the CPU and memory a
+    /// flood of logins would take (each argon2 check is slow on purpose).
+    pub max_pending_logins: usize,
     /// Unacknowledged QoS 1/2 messages in flight per device.
     pub max_inflight: usize,
     /// Most retained messages one subscription can receive. rumqttd reads at
@@ -93,6 +97,7 @@ impl Default for MqttConfig {
             max_payload_bytes: 256 * 1024,
             max_connections: 10_000,
             connection_timeout_ms: 5_000,
+            max_pending_logins: 256,
             max_inflight: 100,
             max_retained: 10_000,
             log_segment_bytes: 4 * 1024 * 1024,

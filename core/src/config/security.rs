@@ -18,9 +18,9 @@ pub struct AuthConfig {
     /// Web clients (SSE, WebSocket, HTTP publish) without a token are let in
     /// as `anonymous`. Off by default.
     pub anonymous_web: bool,
-    /// MQTT clients without a username are let in. Off by default; cannot
-    /// be combined with `[[auth.users]]` (rumqttd refuses a CONNECT without
-    /// a username once passwords are checked).
+    /// MQTT clients without a username are let in as `anonymous`. Off by
+    /// default. With `[[auth.users]]` too, a CONNECT with a username must
+    /// still carry its password.
     pub anonymous_mqtt: bool,
     /// MQTT users and their argon2 password hashes.
     pub users: Vec<UserConfig>,
@@ -42,6 +42,12 @@ pub struct UserConfig {
     /// Roles for `role:NAME` rules, as a web client's token carries them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    /// Client ids this user may connect with, besides its own name and
+    /// `<name>-…` / `<name>/…` (always allowed): exact ids, or a prefix
+    /// ending in `*` (`"kitchen-*"`). No other user, and no anonymous
+    /// client, may use them, so `%c` in a rule names this user's devices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_ids: Vec<String>,
 }
 
 /// `[auth.jwt]`: how web clients' tokens are checked.
@@ -172,12 +178,9 @@ impl AuthConfig {
                 ConfigError::invalid(format!("auth.users[{i}].password_hash"), problem)
             })?;
         }
-        if self.anonymous_mqtt && !self.users.is_empty() {
-            return Err(ConfigError::invalid(
-                "auth.anonymous_mqtt",
-                "cannot be combined with [[auth.users]]: once passwords are checked, the embedded broker (rumqttd 0.20) refuses every CONNECT without a username",
-            ));
-        }
+        crate::auth::client_id::validate(&self.users).map_err(|(i, problem)| {
+            ConfigError::invalid(format!("auth.users[{i}].client_ids"), problem)
+        })?;
         if let Some(jwt) = &self.jwt {
             jwt.validate()?;
         }
@@ -278,8 +281,8 @@ filter = "home/#"
                 "auth.users[0].name",
             ),
             (
-                format!("[auth]\nanonymous_mqtt = true\n[[auth.users]]\nname = \"a\"\npassword_hash = \"{}\"\n", hash()),
-                "auth.anonymous_mqtt",
+                format!("[[auth.users]]\nname = \"a\"\npassword_hash = \"{0}\"\n[[auth.users]]\nname = \"b\"\npassword_hash = \"{0}\"\nclient_ids = [\"a-1\"]\n", hash()),
+                "auth.users[1].client_ids",
             ),
             ("[auth.jwt]\nsecret = \"short\"\naudience = \"x\"\n".to_owned(), "auth.jwt.secret"),
             (

@@ -61,10 +61,11 @@ use tokio_util::task::TaskTracker;
 
 use self::packet::{Connect, Version};
 use self::session::SessionError;
+use crate::auth::password::{LoginError, MqttAuth};
 use crate::auth::{Identity, Policy, Principal};
 use crate::config::Config;
 use crate::limits::TokenBucket;
-use crate::stats::{Limit, Protocol, Stats};
+use crate::stats::{AuthFailure, Limit, Protocol, Stats};
 
 /// Room above `mqtt.max_payload_bytes` for a packet's topic, properties
 /// and headers: a packet larger than both is refused (and counted).
@@ -87,9 +88,8 @@ pub struct Shared {
     upstreams: Upstreams,
     /// Each MQTT user's roles, from `[[auth.users]]`.
     roles: HashMap<String, Vec<String>>,
-    /// Whether the broker checks passwords. Without it a username is a
-    /// claim nobody verified, and the client is anonymous to the rules.
-    passwords_checked: bool,
+    /// Passwords, client ids, and the broker's login for the gate.
+    auth: Arc<MqttAuth>,
     connect_timeout: Duration,
     /// Largest packet from a client or from the broker: every publish,
     /// whichever way it comes, is held to `mqtt.max_payload_bytes` (the
@@ -109,7 +109,7 @@ impl Shared {
         policy: Arc<Policy>,
         stats: Arc<Stats>,
         upstreams: Upstreams,
-        passwords_checked: bool,
+        auth: Arc<MqttAuth>,
     ) -> Self {
         let payload = config.mqtt.max_payload_bytes;
         Self {
@@ -122,7 +122,7 @@ impl Shared {
                 .iter()
                 .map(|u| (u.name.clone(), u.roles.clone()))
                 .collect(),
-            passwords_checked,
+            auth,
             connect_timeout: Duration::from_millis(config.mqtt.connection_timeout_ms.into()),
             max_packet: payload + HEADROOM,
             notes: config.mqtt.max_inflight + pump::NOTES_MARGIN,
@@ -141,30 +141,65 @@ impl Shared {
             v311: addr,
             v5: Some(addr),
         };
-        let (policy, stats) = (Arc::new(Policy::allow_all()), Arc::default());
+        let (policy, stats): (_, Arc<Stats>) = (Arc::new(Policy::allow_all()), Arc::default());
+        let auth = Arc::new(MqttAuth::new(&[], true, 1, stats.clone()));
         Arc::new(Self::new(
             &Config::default(),
             policy,
             stats,
             upstreams,
-            false,
+            auth,
         ))
     }
 
-    /// Who a CONNECT says the client is; `None` when a username is required
-    /// and missing (rumqttd would refuse it without asking the bridge).
-    fn principal(&self, connect: &Connect) -> Option<Principal> {
-        match (&connect.username, self.passwords_checked) {
-            (Some(name), true) => Some(Principal::User(Arc::new(Identity {
-                name: name.clone(),
+    /// Who the client of `connect` is, once its login and client id pass:
+    /// a user whose password the gate checked (and who may use the client
+    /// id), or anonymous where that is allowed. Without configured users a
+    /// username proves nothing, and its client is anonymous.
+    async fn admit(&self, connect: &Connect) -> Result<Principal, Refused> {
+        let id = connect.client_id.as_str();
+        let user = match &connect.username {
+            Some(name) if self.auth.passwords_checked() || !self.auth.anonymous() => {
+                let password = connect.password.as_deref().unwrap_or_default();
+                self.auth
+                    .verify(id, name, password)
+                    .await
+                    .map_err(|e| match e {
+                        LoginError::Invalid => Refused::BadLogin,
+                        LoginError::Busy => Refused::Busy,
+                    })?;
+                Some(name.as_str())
+            }
+            Some(_) => None,
+            None if self.auth.anonymous() => None,
+            None => {
+                self.stats.refuse_auth(Protocol::Mqtt, AuthFailure::Missing);
+                tracing::info!(client_id = id, "MQTT CONNECT refused: no username.");
+                return Err(Refused::NoLogin);
+            }
+        };
+        if !self.auth.client_ids().may_use(user, id) {
+            self.stats
+                .refuse_auth(Protocol::Mqtt, AuthFailure::ClientId);
+            let owner = self.auth.client_ids().owner(id);
+            tracing::info!(
+                client_id = id,
+                username = user.unwrap_or("(anonymous)"),
+                owner = owner.unwrap_or("(none)"),
+                "MQTT CONNECT refused: the client id is not this client's."
+            );
+            return Err(Refused::ClientId);
+        }
+        Ok(match user {
+            Some(name) => Principal::User(Arc::new(Identity {
+                name: name.to_owned(),
                 roles: self.roles.get(name).cloned().unwrap_or_default(),
-                client_id: (!connect.client_id.is_empty()).then(|| connect.client_id.clone()),
+                client_id: (!id.is_empty()).then(|| id.to_owned()),
                 grants: None,
                 expires_at: None,
-            }))),
-            (None, true) => None,
-            (_, false) => Some(Principal::Anonymous),
-        }
+            })),
+            None => Principal::Anonymous,
+        })
     }
 
     fn upstream(&self, version: Version) -> Option<SocketAddr> {
@@ -177,6 +212,31 @@ impl Shared {
     /// A connection's publish allowance; `None` when unlimited.
     fn publish_bucket(&self, now: Instant) -> Option<TokenBucket> {
         TokenBucket::with_rate(self.publish_rate, self.publish_burst, now)
+    }
+}
+
+/// Why the gate refused a CONNECT, each with its own CONNACK code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// No username where one is required.
+    NoLogin,
+    /// Unknown user or wrong password.
+    BadLogin,
+    /// Too many logins waiting for a password check.
+    Busy,
+    /// A client id bound to another user, or to none.
+    ClientId,
+}
+
+impl Refused {
+    /// The CONNACK return code (MQTT 3.1.1) and reason code (MQTT 5).
+    fn codes(self) -> (u8, u8) {
+        match self {
+            Self::NoLogin => (5, 0x87),
+            Self::BadLogin => (4, 0x86),
+            Self::Busy => (3, 0x89),
+            Self::ClientId => (2, 0x85),
+        }
     }
 }
 

@@ -18,8 +18,8 @@ use std::ops::Range;
 
 use self::reader::Reader;
 pub use self::write::{
-    ack, connack_refusal, put_varint, write_publish_with_topic, write_suback, write_subscribe,
-    write_with_strings,
+    ack, connack_refusal, put_varint, write_connect, write_publish_with_topic, write_suback,
+    write_subscribe, write_with_strings,
 };
 
 /// Packet types (the high nibble of the first byte).
@@ -160,6 +160,13 @@ pub struct Connect {
     /// MQTT 5: where the client's Topic Alias Maximum value lies in the
     /// packet, so the gate can set it to 0 (see the session).
     pub topic_alias_maximum_at: Option<usize>,
+    /// The password, when the CONNECT has one (MQTT calls it binary data).
+    pub password: Option<Vec<u8>>,
+    /// Where the connect flags lie, and where the login (username and
+    /// password, always last) starts: the end of the packet without one.
+    /// The gate replaces the login with its own (see the session).
+    pub flags_at: usize,
+    pub login_at: usize,
 }
 
 pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketError> {
@@ -172,6 +179,7 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
         ("MQTT" | "MQIsdp", _) => return Err(PacketError::UnsupportedLevel(level)),
         _ => return Err(r.malformed("unknown protocol name")),
     };
+    let flags_at = r.pos;
     let flags = r.u8("connect flags")?;
     if flags & 0x01 != 0 {
         return Err(r.malformed("the reserved connect flag is set"));
@@ -198,14 +206,17 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
     } else if flags & 0x38 != 0 {
         return Err(r.malformed("will QoS or retain without a will"));
     }
+    let login_at = r.pos;
     let username = if flags & 0x80 != 0 {
         Some(r.string("username")?.to_owned())
     } else {
         None
     };
-    if flags & 0x40 != 0 {
-        r.binary("password")?;
-    }
+    let password = if flags & 0x40 != 0 {
+        Some(r.binary("password")?.to_vec())
+    } else {
+        None
+    };
     Ok(Connect {
         version,
         client_id,
@@ -216,6 +227,9 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
         keep_alive,
         keep_alive_at,
         topic_alias_maximum_at,
+        password,
+        flags_at,
+        login_at,
     })
 }
 

@@ -22,7 +22,7 @@ use super::upstream::{Upstream, NOT_AUTHORIZED};
 use super::Shared;
 use crate::auth::Action;
 use crate::broker::name;
-use crate::stats::{AuthFailure, Limit, Protocol, Stats};
+use crate::stats::{Limit, Protocol, Stats};
 
 /// The longest a write to a client may wait: a client that stops reading
 /// is closed rather than holding its connection (and its slot) forever.
@@ -136,17 +136,11 @@ where
     let refuse = |v311: u8, v5: u8| {
         packet::connack_refusal(version, if version == Version::V5 { v5 } else { v311 })
     };
-    let principal = match shared.principal(&connect) {
-        Some(principal) => principal,
-        None => {
-            shared
-                .stats
-                .refuse_auth(Protocol::Mqtt, AuthFailure::Missing);
-            tracing::info!(
-                client_id = connect.client_id,
-                "MQTT CONNECT refused: no username."
-            );
-            write_client(&mut client_tx, &refuse(V311_NOT_AUTHORIZED, NOT_AUTHORIZED)).await?;
+    let principal = match shared.admit(&connect).await {
+        Ok(principal) => principal,
+        Err(refused) => {
+            let (v311, v5) = refused.codes();
+            write_client(&mut client_tx, &refuse(v311, v5)).await?;
             return Ok(());
         }
     };
@@ -211,13 +205,18 @@ where
     if strings.iter().any(|(_, s)| s.len() > usize::from(u16::MAX)) {
         return Err(SessionError::Protocol("a client id or will topic too long"));
     }
-    if strings.is_empty() {
-        broker_tx.write_all(&from_client[..frame.len]).await?;
-    } else {
-        let mut rewritten = Vec::with_capacity(frame.len + 64);
-        packet::write_with_strings(&mut rewritten, &from_client, &frame, &strings);
-        broker_tx.write_all(&rewritten).await?;
-    }
+    // The broker admits the gate's login only (see `auth::password`): the
+    // device's own was checked above.
+    let mut rewritten = Vec::with_capacity(frame.len + 128);
+    packet::write_connect(
+        &mut rewritten,
+        &from_client,
+        &frame,
+        &strings,
+        (connect.flags_at, connect.login_at),
+        shared.auth.broker_login(),
+    );
+    broker_tx.write_all(&rewritten).await?;
     from_client.advance(frame.len);
 
     let (to_down, from_up) = mpsc::channel(shared.notes);

@@ -27,6 +27,8 @@ pub struct TestBridge {
     pub mqtt_ws: Option<SocketAddr>,
     pub mqtt_tls: Option<SocketAddr>,
     pub ws: SocketAddr,
+    /// The broker's own loopback listeners, behind the gate.
+    pub broker: tidewater::broker::BrokerAddrs,
     pub router: tidewater::router::Router,
     cancel: CancellationToken,
     stopped: Option<tokio::task::JoinHandle<()>>,
@@ -71,6 +73,7 @@ pub fn gated(config: &mut Config) {
         name: name.into(),
         password_hash: tidewater::auth::password::hash(&password(name)).expect("hash"),
         roles: roles.iter().map(|r| r.to_string()).collect(),
+        client_ids: Vec::new(),
     })
     .collect();
     let rule = |principal: &str, effect, action, filter: &str| AclRuleConfig {
@@ -109,6 +112,7 @@ pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestBridge {
     let (http, mqtt, mqtt_v5) = (bridge.http_addr, bridge.mqtt_addr, bridge.mqtt_v5_addr);
     let (mqtt_ws, ws) = (bridge.mqtt_ws_addr, bridge.ws_addr);
     let mqtt_tls = bridge.mqtt_tls_addr;
+    let broker = bridge.broker_addrs;
     let router = bridge.router().clone();
     let stopped = Some(tokio::spawn(bridge.stopped()));
     TestBridge {
@@ -118,6 +122,7 @@ pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestBridge {
         mqtt_ws,
         mqtt_tls,
         ws,
+        broker,
         router,
         cancel,
         stopped,

@@ -130,6 +130,45 @@ fn connect_fields() {
     assert_eq!((parsed.username, parsed.will_topic), (None, None));
 }
 
+/// The broker's CONNECT carries the gate's login in place of the
+/// device's, whatever the device sent, with every other field as it was
+/// (the client id in the broker's form).
+#[test]
+fn connect_rewritten_with_the_gates_login() {
+    for level in [4, 5] {
+        for login in [None, Some(("ann", "pw")), Some(("a-much-longer-name", ""))] {
+            let bytes = connect(level, Some("wills/a"), login);
+            let parsed = parse_connect(&bytes, &framed(&bytes)).expect("valid CONNECT");
+            assert_eq!(parsed.password.as_deref(), login.map(|l| l.1.as_bytes()));
+            let mut out = Vec::new();
+            let strings = [(parsed.client_id_range.clone(), "client.2d1")];
+            let at = (parsed.flags_at, parsed.login_at);
+            write_connect(
+                &mut out,
+                &bytes,
+                &framed(&bytes),
+                &strings,
+                at,
+                ("$gate", "s3"),
+            );
+            let again = parse_connect(&out, &framed(&out)).expect("rewritten CONNECT parses");
+            assert_eq!(again.client_id, "client.2d1");
+            assert_eq!(again.username.as_deref(), Some("$gate"));
+            assert_eq!(again.password.as_deref(), Some(&b"s3"[..]));
+            assert_eq!(again.will_topic.as_deref(), Some("wills/a"));
+            assert_eq!(
+                (again.version, again.keep_alive),
+                (parsed.version, parsed.keep_alive)
+            );
+            assert_eq!(
+                out[again.flags_at] & 0x3f,
+                bytes[parsed.flags_at] & 0x3f,
+                "will and clean flags kept"
+            );
+        }
+    }
+}
+
 /// Malformed CONNECTs are typed errors: a truncated field, an unknown
 /// protocol, an unsupported level, an unknown property, bad UTF-8.
 #[test]

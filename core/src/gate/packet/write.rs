@@ -125,3 +125,36 @@ pub fn write_with_strings(
     }
     out.extend_from_slice(&packet[at..frame.len]);
 }
+
+/// A CONNECT as the broker gets it from the gate: `packet` with its strings
+/// replaced as [`write_with_strings`] does (every range before `login_at`),
+/// and its login, whatever it was (none, a username, a username and
+/// password), replaced by `login`: the device's own was checked by the gate
+/// and means nothing to the broker.
+pub fn write_connect(
+    out: &mut Vec<u8>,
+    packet: &[u8],
+    frame: &Frame,
+    strings: &[(Range<usize>, &str)],
+    (flags_at, login_at): (usize, usize),
+    (username, password): (&str, &str),
+) {
+    let mut body = Vec::with_capacity(frame.len + username.len() + password.len());
+    let mut at = frame.header_len;
+    for (range, value) in strings {
+        debug_assert!(range.end <= login_at && value.len() <= usize::from(u16::MAX));
+        body.extend_from_slice(&packet[at..range.start]);
+        body.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        body.extend_from_slice(value.as_bytes());
+        at = range.end;
+    }
+    body.extend_from_slice(&packet[at..login_at]);
+    // The flags' offset in the new body: only strings after it moved.
+    body[flags_at - frame.header_len] |= 0xc0;
+    for field in [username, password] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    header(out, frame.first, body.len());
+    out.extend_from_slice(&body);
+}
