@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::password::MqttAuth;
 use crate::auth::token::WebAuth;
 use crate::auth::Policy;
+use crate::broker::health::{BrokerHealth, Probe, DOWN_GRACE};
 use crate::broker::{self, BrokerAddrs, BrokerError};
 use crate::config::{Config, MqttConfig};
 use crate::gate::{self, Transport, Upstreams};
@@ -87,6 +88,10 @@ pub struct Bridge {
     /// take only the gate's login, a secret made at each start: a client
     /// that finds them cannot use a user's password or come in anonymously.
     pub broker_addrs: BrokerAddrs,
+    broker_health: Arc<BrokerHealth>,
+    /// The gate's login at the broker, for tests that must reach rumqttd
+    /// itself (in-process code can read it anyway).
+    broker_login: (String, String),
     router: Router,
     /// The bridge's own listeners and their connections: WebSocket
     /// sessions and MQTT gate connections.
@@ -175,8 +180,17 @@ impl Bridge {
         let mqtt = internal(&config.mqtt);
         let broker_router = router.clone();
         let broker_auth = mqtt_auth.clone();
+        let health = BrokerHealth::new();
+        let broker_health = health.clone();
         let broker_addrs = tokio::task::spawn_blocking(move || {
-            broker::start(&mqtt, &broker_auth, &broker_router, ingress_rx, retained_rx)
+            broker::start(
+                &mqtt,
+                &broker_auth,
+                &broker_router,
+                ingress_rx,
+                retained_rx,
+                &broker_health,
+            )
         })
         .await
         .map_err(|e| StartError::Http(std::io::Error::other(e)))??;
@@ -203,6 +217,7 @@ impl Bridge {
             auth: web_auth.clone(),
             publish_limiter: Arc::new(crate::limits::RateLimiter::new(config.limits.clone())),
             sse_slots: Arc::new(tokio::sync::Semaphore::new(config.sse.max_streams)),
+            broker: health.clone(),
         };
         let http_tls = tls.clone().filter(|_| config.http.tls);
         let server = match http::serve(listener, state, http_tls) {
@@ -241,7 +256,32 @@ impl Bridge {
                 v311: broker::loopback(mqtt_addr),
                 v5: mqtt_v5.map(broker::loopback),
             },
-            mqtt_auth,
+            mqtt_auth.clone(),
+        ));
+        // A failed broker stops the gate at once, and the whole bridge once
+        // `/healthz` has shown 503 for a moment (see `broker::health`).
+        let gate_stop = cancel.child_token();
+        ws_tasks.spawn(stop_when_down(
+            health.clone(),
+            gate_stop.clone(),
+            cancel.clone(),
+        ));
+        let (login, password) = mqtt_auth.broker_login();
+        let mut probes = vec![Probe {
+            name: "mqtt",
+            addr: broker::loopback(mqtt_addr),
+            v5: false,
+        }];
+        probes.extend(mqtt_v5.map(|addr| Probe {
+            name: "mqtt_v5",
+            addr: broker::loopback(addr),
+            v5: true,
+        }));
+        ws_tasks.spawn(broker::health::watch(
+            health.clone(),
+            probes,
+            (login.to_owned(), password.to_owned()),
+            cancel.clone(),
         ));
         let slots = Arc::new(tokio::sync::Semaphore::new(config.mqtt.max_connections));
         let serve = |listener: tokio::net::TcpListener, transport| {
@@ -250,7 +290,7 @@ impl Bridge {
                 transport,
                 shared.clone(),
                 slots.clone(),
-                cancel.clone(),
+                gate_stop.clone(),
                 ws_tasks.clone(),
             ));
         };
@@ -331,6 +371,8 @@ impl Bridge {
             mqtt_tls_addr,
             ws_addr,
             broker_addrs,
+            broker_health: health,
+            broker_login: (login.to_owned(), password.to_owned()),
             router,
             ws_tasks,
             plugins,
@@ -342,6 +384,18 @@ impl Bridge {
 
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    /// Whether the embedded broker still works; once it has failed, the
+    /// bridge stops on its own and the caller should exit non-zero.
+    pub fn broker_health(&self) -> Arc<BrokerHealth> {
+        self.broker_health.clone()
+    }
+
+    /// The gate's per-start login at the broker's internal listeners.
+    #[doc(hidden)]
+    pub fn broker_login(&self) -> (String, String) {
+        self.broker_login.clone()
     }
 
     /// Every configured plugin's status, as `GET /plugins` shows it.
@@ -413,6 +467,23 @@ impl PublicMqtt {
             websocket_tls: bind("mqtt_websocket", tls_ws)?,
             tls: bind("mqtt_tls", config.tls_listen)?,
         })
+    }
+}
+
+/// Stops the gate as soon as the broker fails, and the bridge
+/// [`DOWN_GRACE`] later; returns at shutdown otherwise.
+async fn stop_when_down(
+    health: Arc<BrokerHealth>,
+    gate: CancellationToken,
+    bridge: CancellationToken,
+) {
+    tokio::select! {
+        () = bridge.cancelled() => {}
+        () = health.down() => {
+            gate.cancel();
+            tokio::time::sleep(DOWN_GRACE).await;
+            bridge.cancel();
+        }
     }
 }
 

@@ -112,13 +112,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let bridge = Bridge::start(config, cancel.clone()).await?;
         summarise(&bridge, &source);
         tokio::spawn(signals.cancel_on_signal(cancel));
+        let health = bridge.broker_health();
+        tokio::spawn(exit_when_stuck(health.clone()));
         bridge.stopped().await;
+        if let Some(cause) = health.cause() {
+            anyhow::bail!("the embedded broker failed ({cause}); exiting so that a supervisor restarts the bridge");
+        }
         anyhow::Ok(())
     })?;
     // rumqttd's threads never return; leave without waiting for them.
     runtime.shutdown_background();
     Ok(())
 }
+
+/// A failed broker makes the bridge stop on its own; should that shutdown
+/// hang (a plugin that never returns from `stop`), the process still exits
+/// non-zero, so its supervisor is never left with a bridge that routes
+/// nothing.
+async fn exit_when_stuck(health: std::sync::Arc<tidewater::broker::health::BrokerHealth>) {
+    use std::io::Write;
+    health.down().await;
+    tokio::time::sleep(tidewater::broker::health::DOWN_GRACE + STUCK_SHUTDOWN).await;
+    // Not eprintln!: it panics when stderr is a closed pipe.
+    let _ = writeln!(
+        std::io::stderr(),
+        "error: the embedded broker failed ({}) and shutdown did not finish in time; exiting",
+        health.cause().unwrap_or("unknown cause")
+    );
+    std::process::exit(EXIT_BROKER_STUCK);
+}
+
+/// How long a shutdown after a broker failure may take.
+const STUCK_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The exit status when shutdown after a broker failure hung (EX_SOFTWARE).
+const EXIT_BROKER_STUCK: i32 = 70;
 
 /// `tidewater hash-password`: the password from standard input, its hash to
 /// standard output, nothing else (so it can be captured by a script).

@@ -330,3 +330,39 @@ async fn past_the_connection_limit_the_gate_closes_and_keeps_serving() {
     assert_eq!(third.next().await.topic, "home/x");
     bridge.shutdown().await;
 }
+
+/// A broker that dies anyway is never left serving. Here rumqttd's router
+/// thread panics on a topic whose first character is not ASCII, sent
+/// straight to the broker with the gate's login (the gate's translation
+/// keeps such topics from it otherwise): `/healthz` answers 503 with the
+/// cause, the gate stops accepting, and the bridge shuts itself down, after
+/// which the binary exits non-zero for its supervisor to restart it.
+#[tokio::test]
+async fn a_dead_broker_stops_the_bridge() {
+    use common::raw::{self, RawMqtt};
+    let mut bridge = start().await;
+    let (user, password) = bridge.broker_login.clone();
+    let options = raw::Connect {
+        level: 4,
+        client_id: "past-the-gate",
+        login: Some((&user, &password)),
+        will_topic: None,
+    };
+    let (mut direct, code) = RawMqtt::connect(bridge.broker.mqtt, options).await;
+    assert_eq!(code, Some(0), "the gate's login opens the broker");
+    direct.publish("°C/salon", b"21.5", 0, 0).await;
+
+    let health = bridge.broker_health.clone();
+    eventually("the broker declared down", || health.cause().is_some()).await;
+    let cause = health.cause().expect("cause").to_owned();
+    assert!(cause.contains("link closed"), "{cause}");
+    let answer = get(bridge.http, "/healthz").await;
+    assert_eq!(answer.status, 503, "within the grace period");
+    assert_eq!(answer.json()["status"], "broker-down");
+    assert_eq!(answer.json()["cause"], cause.as_str());
+    eventually("the gate closed its listener", || {
+        std::net::TcpStream::connect(bridge.mqtt).is_err()
+    })
+    .await;
+    bridge.stops_on_its_own().await;
+}

@@ -1,16 +1,23 @@
 //! The egress link: every message the broker routes, read in order on a
 //! dedicated thread and handed to the router.
 
+use std::sync::Arc;
 use std::thread;
 
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::Notification;
 
+use super::health::BrokerHealth;
 use super::BrokerError;
 use crate::router::Router;
 use crate::stats::Stats;
 
-pub(super) fn spawn(mut tx: LinkTx, mut rx: LinkRx, router: Router) -> Result<(), BrokerError> {
+pub(super) fn spawn(
+    mut tx: LinkTx,
+    mut rx: LinkRx,
+    router: Router,
+    health: Arc<BrokerHealth>,
+) -> Result<(), BrokerError> {
     tx.subscribe("#").map_err(|e| BrokerError::Link {
         link: "egress",
         reason: e.to_string(),
@@ -23,7 +30,9 @@ pub(super) fn spawn(mut tx: LinkTx, mut rx: LinkRx, router: Router) -> Result<()
             let _tx = tx;
             if let Err(e) = rx_loop(&mut rx, &router) {
                 Stats::incr(&router.stats().broker_link_failures);
-                tracing::error!(error = %e, "Broker egress link closed; no more messages will be routed.");
+                health.fail(format!(
+                    "the broker's egress link closed ({e}): its router thread is gone"
+                ));
             }
         })
         .map_err(|e| BrokerError::Thread("egress", e))?;

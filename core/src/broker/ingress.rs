@@ -19,6 +19,7 @@ use rumqttd::protocol::{Packet, PingReq, Publish};
 use rumqttd::Notification;
 use tokio::sync::{mpsc, oneshot};
 
+use super::health::BrokerHealth;
 use super::BrokerError;
 use crate::router::IngressRequest;
 use crate::stats::Stats;
@@ -33,6 +34,7 @@ pub(super) fn spawn(
     rx: LinkRx,
     requests: mpsc::Receiver<IngressRequest>,
     stats: Arc<Stats>,
+    health: Arc<BrokerHealth>,
 ) -> Result<(), BrokerError> {
     let waiting: Confirmations = Arc::default();
     let acks = waiting.clone();
@@ -44,7 +46,9 @@ pub(super) fn spawn(
         .name("tidewater-ingress-acks".into())
         .spawn(move || {
             if let Err(e) = ack_loop(rx, acks) {
-                tracing::error!(error = %e, "Broker ingress link closed.");
+                health.fail(format!(
+                    "the broker's ingress link closed ({e}): its router thread is gone"
+                ));
             }
         })
         .map_err(|e| BrokerError::Thread("ingress-acks", e))?;

@@ -20,6 +20,7 @@
 //! client id crosses into the broker in the form [`name`] gives it.
 
 mod egress;
+pub mod health;
 mod ingress;
 pub mod name;
 mod retained;
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use self::health::BrokerHealth;
 use crate::auth::password::MqttAuth;
 use crate::config::MqttConfig;
 use crate::router::{IngressRequest, RetainedRequest, Router};
@@ -72,6 +74,7 @@ pub fn start(
     router: &Router,
     ingress: mpsc::Receiver<IngressRequest>,
     retained: mpsc::Receiver<RetainedRequest>,
+    health: &Arc<BrokerHealth>,
 ) -> Result<BrokerAddrs, BrokerError> {
     let addrs = BrokerAddrs {
         mqtt: reserve("mqtt", config.listen)?,
@@ -98,8 +101,14 @@ pub fn start(
     let (ingress_tx, ingress_rx) = link("ingress")?;
     let (retained_tx, retained_rx) = link("retained")?;
 
-    egress::spawn(egress_tx, egress_rx, router.clone())?;
-    ingress::spawn(ingress_tx, ingress_rx, ingress, router.stats().clone())?;
+    egress::spawn(egress_tx, egress_rx, router.clone(), health.clone())?;
+    ingress::spawn(
+        ingress_tx,
+        ingress_rx,
+        ingress,
+        router.stats().clone(),
+        health.clone(),
+    )?;
     retained::spawn(
         retained_tx,
         retained_rx,
@@ -108,12 +117,15 @@ pub fn start(
         config.max_retained,
     )?;
 
+    let broker_health = health.clone();
     thread::Builder::new()
         .name("tidewater-broker".into())
         .spawn(move || {
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "Embedded broker stopped.");
-            }
+            let cause = match broker.start() {
+                Ok(()) => "the embedded broker's thread returned".to_owned(),
+                Err(e) => format!("the embedded broker stopped: {e}"),
+            };
+            broker_health.fail(cause);
         })
         .map_err(|e| BrokerError::Thread("broker", e))?;
 
@@ -156,7 +168,7 @@ fn wait_listening(
     let probe = loopback(addr);
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if probe_connect(probe, v5, login).is_ok() {
+        if probe_connect(probe, v5, login, Duration::from_secs(1)).is_ok() {
             return Ok(());
         }
         thread::sleep(Duration::from_millis(20));
@@ -192,11 +204,16 @@ pub fn loopback(addr: SocketAddr) -> SocketAddr {
 }
 
 /// One MQTT session: CONNECT (keep-alive 10 s, with the gate's login),
-/// expect a successful CONNACK, DISCONNECT.
-fn probe_connect(addr: SocketAddr, v5: bool, login: (&str, &str)) -> io::Result<()> {
+/// expect a successful CONNACK within `timeout`, DISCONNECT.
+fn probe_connect(
+    addr: SocketAddr,
+    v5: bool,
+    login: (&str, &str),
+    timeout: Duration,
+) -> io::Result<()> {
     use std::io::{Read, Write};
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
-    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200).max(timeout))?;
+    stream.set_read_timeout(Some(timeout))?;
     // A fresh client id per attempt: rumqttd 0.20's MQTT 5 handler panics
     // when a new connection takes over the id of one it is still tearing
     // down, and then refuses every later connection on that listener.

@@ -37,6 +37,8 @@ pub struct AppState {
     pub publish_limiter: Arc<crate::limits::RateLimiter>,
     /// One permit per SSE stream open (`sse.max_streams`).
     pub sse_slots: Arc<tokio::sync::Semaphore>,
+    /// Whether the embedded broker still works (`/healthz`).
+    pub broker: Arc<crate::broker::health::BrokerHealth>,
 }
 
 /// Builds the server on an already bound listener, serving HTTPS with `tls`
@@ -106,12 +108,15 @@ fn cors(config: &HttpConfig) -> Cors {
     cors
 }
 
-/// 200 while the broker link feeds the router; 503 once it has failed.
+/// 200 while the broker works; 503 once it has failed, with the cause
+/// (the bridge then stops, see `broker::health`).
 async fn health(state: web::Data<AppState>) -> HttpResponse {
     let stats = state.router.stats().snapshot();
-    let up = stats.broker_link_failures == 0;
+    let cause = state.broker.cause();
+    let up = cause.is_none() && stats.broker_link_failures == 0;
     let body = serde_json::json!({
-        "status": if up { "ok" } else { "broker-link-down" },
+        "status": if up { "ok" } else { "broker-down" },
+        "cause": cause,
         "epoch": state.router.epoch(),
         "subscribers": state.router.subscriber_count(),
         "stats": stats,

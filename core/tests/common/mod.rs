@@ -29,6 +29,9 @@ pub struct TestBridge {
     pub ws: SocketAddr,
     /// The broker's own loopback listeners, behind the gate.
     pub broker: tidewater::broker::BrokerAddrs,
+    /// The gate's login at the broker, to reach rumqttd past the gate.
+    pub broker_login: (String, String),
+    pub broker_health: std::sync::Arc<tidewater::broker::health::BrokerHealth>,
     pub router: tidewater::router::Router,
     cancel: CancellationToken,
     stopped: Option<tokio::task::JoinHandle<()>>,
@@ -113,6 +116,7 @@ pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestBridge {
     let (mqtt_ws, ws) = (bridge.mqtt_ws_addr, bridge.ws_addr);
     let mqtt_tls = bridge.mqtt_tls_addr;
     let broker = bridge.broker_addrs;
+    let (broker_login, broker_health) = (bridge.broker_login(), bridge.broker_health());
     let router = bridge.router().clone();
     let stopped = Some(tokio::spawn(bridge.stopped()));
     TestBridge {
@@ -123,6 +127,8 @@ pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestBridge {
         mqtt_tls,
         ws,
         broker,
+        broker_login,
+        broker_health,
         router,
         cancel,
         stopped,
@@ -143,6 +149,15 @@ impl TestBridge {
                 .expect("bridge stops in time")
                 .expect("stop task");
         }
+    }
+
+    /// Waits for the bridge to stop without being asked to.
+    pub async fn stops_on_its_own(&mut self) {
+        let stopped = self.stopped.take().expect("not stopped yet");
+        tokio::time::timeout(TIMEOUT, stopped)
+            .await
+            .expect("the bridge stopped on its own in time")
+            .expect("shutdown did not panic");
     }
 
     pub fn stats(&self) -> tidewater::stats::StatsSnapshot {
