@@ -151,6 +151,12 @@ impl Collector for StatsCollector {
             "Broker messages skipped because their topic was not UTF-8.",
             read(&s.messages_invalid),
         )?;
+        counter(
+            &mut encoder,
+            "messages_unstamped",
+            "Broker messages without the bridge's QoS and retain stamp, routed as QoS 0.",
+            read(&s.messages_unstamped),
+        )?;
         labelled(
             &mut encoder,
             "messages_in",

@@ -40,6 +40,9 @@ counters! {
     messages_routed,
     /// Messages from the broker whose topic was not UTF-8 (skipped).
     messages_invalid,
+    /// Messages from the broker without the bridge's stamp, routed as QoS 0
+    /// (none should exist: every way into the broker stamps).
+    messages_unstamped,
     /// Copies handed to subscriber queues.
     deliveries,
     /// Subscribers ended because they fell too far behind: a full queue,

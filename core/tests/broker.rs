@@ -77,19 +77,30 @@ async fn subscription_qos_is_delivery_qos() {
     bridge.shutdown().await;
 }
 
-/// Known limit: a non-retained publish with an empty payload deletes the
-/// topic's retained message; web subscribers see the same.
+/// As MQTT says, only a *retained* publish with an empty payload deletes a
+/// topic's retained value; an empty payload published without retain is an
+/// ordinary message (rumqttd alone deletes on both: the gate's stamp keeps
+/// the second from looking empty to it).
 #[tokio::test]
-async fn empty_publish_deletes_the_retained_value() {
+async fn only_a_retained_empty_publish_deletes_the_retained_value() {
     let bridge = start().await;
-    let device = Device::connect(bridge.mqtt, "eraser").await;
+    let mut device = Device::connect(bridge.mqtt, "eraser").await;
+    device.subscribe("state").await;
     device.publish("state", "kept", true).await;
     device.publish("state", "", false).await;
-    eventually("both routed", || bridge.stats().messages_routed >= 2).await;
-    let mut sse = SseClient::connect(bridge.http, "/events?topic=state", &[]).await;
+    assert_eq!(device.next().await.payload, "kept");
+    let empty = device.next().await;
+    assert!(empty.payload.is_empty(), "delivered as an empty message");
+    let sse = SseClient::connect(bridge.http, "/events?topic=state", &[]).await;
+    let mut sse = sse;
+    assert_eq!(sse.expect_event().await.data, "kept", "still retained");
+
+    device.publish("state", "", true).await;
+    eventually("all three routed", || bridge.stats().messages_routed >= 3).await;
+    let mut later = SseClient::connect(bridge.http, "/events?topic=state", &[]).await;
     device.publish("state", "live", false).await;
     assert_eq!(
-        sse.expect_event().await.data,
+        later.expect_event().await.data,
         "live",
         "no retained value is left"
     );
@@ -365,4 +376,60 @@ async fn a_dead_broker_stops_the_bridge() {
     })
     .await;
     bridge.stops_on_its_own().await;
+}
+
+/// A will is published as it was set, whichever way it was: a device that
+/// vanishes without DISCONNECT has its will (QoS 1, retained) delivered to
+/// MQTT subscribers with its exact payload, and to web clients with its
+/// QoS and retain flag; it stays the topic's retained value.
+#[tokio::test]
+async fn a_will_reaches_everyone_as_it_was_set() {
+    use common::raw;
+    let bridge = start().await;
+    let mut watcher = Device::connect(bridge.mqtt, "watcher").await;
+    watcher.subscribe("wills/#").await;
+    let mut sse = SseClient::connect(bridge.http, "/events?topic=wills/%23&format=json", &[]).await;
+    for level in [4, 5] {
+        let topic = format!("wills/{level}");
+        let options = raw::Connect {
+            level,
+            client_id: "mortal",
+            login: None,
+            will_topic: Some(&topic),
+        };
+        let mut connect = raw::connect_packet(&options);
+        // Will QoS 1 and will retain, in the flags after "MQTT" and the level.
+        connect[2 + 6 + 1] |= 0x08 | 0x20;
+        let mut stream = TcpStream::connect(bridge.mqtt).await.expect("connect");
+        stream.write_all(&connect).await.expect("CONNECT");
+        let mut connack = [0u8; 4];
+        tokio::time::timeout(TIMEOUT, stream.read_exact(&mut connack))
+            .await
+            .expect("CONNACK in time")
+            .expect("CONNACK");
+        assert_eq!((connack[0], connack[3]), (0x20, 0), "level {level}");
+        drop(stream);
+
+        let will = watcher.next().await;
+        assert_eq!(
+            (will.topic.as_str(), &will.payload[..]),
+            (topic.as_str(), &b"gone"[..])
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&sse.expect_event().await.data).expect("json");
+        assert_eq!(json["topic"], topic.as_str());
+        assert_eq!(json["payload"], "gone");
+        assert_eq!(
+            (json["qos"].as_u64(), json["retain"].as_bool()),
+            (Some(1), Some(true))
+        );
+    }
+    let mut later = SseClient::connect(bridge.http, "/events?topic=wills/%23", &[]).await;
+    let mut retained = vec![
+        later.expect_event().await.data,
+        later.expect_event().await.data,
+    ];
+    retained.sort();
+    assert_eq!(retained, ["gone", "gone"]);
+    bridge.shutdown().await;
 }

@@ -71,7 +71,8 @@ async fn wildcard_and_multiple_filters() {
 }
 
 /// A new stream first receives the retained value of each matching topic
-/// (without an id, flagged retained in JSON), then live messages.
+/// (without an id, flagged retained in JSON), then live messages (with an
+/// id, and the retain flag they were published with).
 #[tokio::test]
 async fn retained_values_come_first() {
     let bridge = start().await;
@@ -102,6 +103,7 @@ async fn retained_values_come_first() {
         );
         let json: serde_json::Value = serde_json::from_str(&event.data).expect("json");
         assert_eq!(json["retain"], true);
+        assert_eq!(json["qos"], 1, "as the device published it");
         retained.push((
             json["topic"].as_str().unwrap_or_default().to_owned(),
             json["payload"].as_str().unwrap_or_default().to_owned(),
@@ -120,16 +122,18 @@ async fn retained_values_come_first() {
     let json: serde_json::Value = serde_json::from_str(&live.data).expect("json");
     assert_eq!(json["payload"], "off");
     assert_eq!(
-        json["retain"], false,
-        "live messages are not flagged retained"
+        json["retain"], true,
+        "a live message carries its retain flag as published"
     );
-    assert!(live.id.is_some());
+    assert!(live.id.is_some(), "and is a position in the stream");
     bridge.shutdown().await;
 }
 
-/// JSON format carries topic, payload, encoding, qos, retain and ts.
+/// JSON format carries topic, payload, encoding, qos, retain and ts; `qos`
+/// and `retain` are the publisher's, whichever protocol it used.
 #[tokio::test]
 async fn json_format_fields() {
+    use common::raw::{self, RawMqtt};
     let bridge = start().await;
     let mut sse = SseClient::connect(bridge.http, "/events?topic=bin/%23&format=json", &[]).await;
     let device = Device::connect(bridge.mqtt, "bin").await;
@@ -139,9 +143,64 @@ async fn json_format_fields() {
     assert_eq!(json["topic"], "bin/x");
     assert_eq!(json["payload"], "/wA=");
     assert_eq!(json["encoding"], "base64");
-    assert_eq!(json["qos"], 0);
+    assert_eq!(json["qos"], 1, "rumqttc publishes at QoS 1 here");
     assert_eq!(json["retain"], false);
     assert!(json["ts"].as_u64().is_some_and(|ts| ts > 1_600_000_000_000));
+
+    for level in [4, 5] {
+        let options = raw::Connect {
+            level,
+            client_id: "raw-publisher",
+            login: None,
+            will_topic: None,
+        };
+        let (mut raw, code) = RawMqtt::connect(bridge.mqtt, options).await;
+        assert_eq!(code, Some(0));
+        for (qos, retain) in [(0, true), (2, false), (1, true)] {
+            let topic = format!("bin/{level}/{qos}");
+            if retain {
+                let mut packet = raw.publish_packet(&topic, b"v", qos, u16::from(qos), None);
+                packet[0] |= 1;
+                raw.send(&packet).await;
+            } else {
+                raw.publish(&topic, b"v", qos, u16::from(qos)).await;
+            }
+            match qos {
+                1 => _ = raw.ack(4, 1).await,
+                // The broker routes a QoS 2 message once it is released.
+                2 => {
+                    raw.ack(5, 2).await;
+                    raw.send(&[0x62, 2, 0, 2]).await;
+                    raw.ack(7, 2).await;
+                }
+                _ => {}
+            }
+            let json: serde_json::Value =
+                serde_json::from_str(&sse.expect_event().await.data).expect("json");
+            assert_eq!(json["topic"], topic.as_str());
+            assert_eq!(
+                (json["qos"].as_u64(), json["retain"].as_bool()),
+                (Some(u64::from(qos)), Some(retain)),
+                "{topic}"
+            );
+        }
+    }
+    let post = common::request(
+        bridge.http,
+        "POST",
+        "/publish/bin/web?qos=1&retain=true",
+        &[],
+        b"w",
+    )
+    .await;
+    assert!(post.status < 300, "{}", post.status);
+    let json: serde_json::Value =
+        serde_json::from_str(&sse.expect_event().await.data).expect("json");
+    assert_eq!(
+        (json["qos"].as_u64(), json["retain"].as_bool()),
+        (Some(1), Some(true)),
+        "a web publish that waited for the broker"
+    );
     bridge.shutdown().await;
 }
 

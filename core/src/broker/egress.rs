@@ -45,7 +45,13 @@ fn rx_loop(rx: &mut LinkRx, router: &Router) -> Result<(), Box<rumqttd::local::L
             Some(Notification::Forward(forward)) => {
                 let publish = forward.publish;
                 match std::str::from_utf8(&publish.topic) {
-                    Ok(topic) => router.dispatch(super::name::topic_out(topic), publish.payload),
+                    Ok(topic) => {
+                        let (payload, meta, read) = super::stamp::split(publish.payload);
+                        if read == super::stamp::Read::Unstamped {
+                            Stats::incr(&router.stats().messages_unstamped);
+                        }
+                        router.dispatch(super::name::topic_out(topic), payload, meta);
+                    }
                     Err(_) => Stats::incr(&router.stats().messages_invalid),
                 }
             }

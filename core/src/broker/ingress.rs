@@ -75,7 +75,12 @@ fn publish_loop(
                 tracing::warn!("Publish lost: its topic is too long for the broker once escaped.");
                 continue;
             }
-            let publish = Publish::new(Bytes::from(topic), request.payload, request.retain);
+            let meta = super::stamp::Meta {
+                qos: request.qos,
+                retain: request.retain,
+            };
+            let payload = super::stamp::stamp(meta, &request.payload);
+            let publish = Publish::new(Bytes::from(topic), payload, request.retain);
             // `send` is an async fn with no await point inside: polled once it
             // completes (blocking this dedicated thread if the broker is busy).
             match tx.send(Packet::Publish(publish, None)).now_or_never() {

@@ -24,6 +24,7 @@ pub mod health;
 mod ingress;
 pub mod name;
 mod retained;
+pub mod stamp;
 
 use std::collections::HashMap;
 use std::io;

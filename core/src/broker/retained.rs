@@ -125,13 +125,10 @@ impl RetainedLink {
                     };
                     let topic = super::name::topic_out(topic);
                     let event = self.router.event_for(topic);
-                    retained.push(Arc::new(Message::new(
-                        None,
-                        topic.into(),
-                        publish.payload,
-                        true,
-                        event,
-                    )));
+                    let (payload, meta, _) = super::stamp::split(publish.payload);
+                    let mut message = Message::new(None, topic.into(), payload, true, event);
+                    message.qos = meta.qos;
+                    retained.push(Arc::new(message));
                 }
                 Some(Notification::Unschedule) => self.rx.ready()?,
                 Some(ack @ Notification::DeviceAck(_)) => {

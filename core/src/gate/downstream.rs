@@ -12,11 +12,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::acks::{self, AckOrder, Entry, Phase};
-use super::packet::{self, kind, Frame, Version};
+use super::packet::{self, kind, Edit, Frame, Piece, Version};
 use super::upstream::SubackPlan;
 use super::{SessionError, Shared};
 use crate::auth::Principal;
-use crate::broker::name;
+use crate::broker::{name, stamp};
 use crate::stats::Stats;
 
 /// Reduced SUBSCRIBEs waiting for their SUBACK. The broker answers each
@@ -128,16 +128,26 @@ impl Downstream {
                     !topic.is_empty() && self.shared.policy.may_read(&self.principal, topic);
                 let phase = Phase::Receipt;
                 if readable {
-                    if topic.len() == publish.topic.len() {
+                    // The topic as it was published, and the payload
+                    // without the bridge's stamp (see `broker::stamp`).
+                    let at = publish.payload_at;
+                    let stamped =
+                        matches!(stamp::read(&bytes[at..frame.len]), stamp::Read::Stamped(_));
+                    let renamed = topic.len() != publish.topic.len();
+                    let unstamp = (at..at + stamp::LEN, Piece::Raw(&[]));
+                    let edits: &[Edit<'_>] = match (renamed, stamped) {
+                        (false, false) => &[],
+                        (false, true) => &[unstamp],
+                        (true, false) => &[(publish.topic_range, Piece::Field(topic.as_bytes()))],
+                        (true, true) => &[
+                            (publish.topic_range, Piece::Field(topic.as_bytes())),
+                            unstamp,
+                        ],
+                    };
+                    if edits.is_empty() {
                         batch.to_client.extend_from_slice(whole);
                     } else {
-                        packet::write_publish_with_topic(
-                            &mut batch.to_client,
-                            bytes,
-                            &frame,
-                            publish.topic_range,
-                            topic,
-                        );
+                        packet::write_edited(&mut batch.to_client, bytes, &frame, edits);
                     }
                     if let Some(id) = publish.packet_id {
                         batch.acks.push(Entry::Peer { phase, id });

@@ -18,8 +18,8 @@ use std::ops::Range;
 
 use self::reader::Reader;
 pub use self::write::{
-    ack, connack_refusal, put_varint, write_connect, write_publish_with_topic, write_suback,
-    write_subscribe, write_with_strings,
+    ack, connack_refusal, put_varint, write_connect, write_edited, write_publish_with_topic,
+    write_suback, write_subscribe, write_with_strings, Edit, Piece,
 };
 
 /// Packet types (the high nibble of the first byte).
@@ -154,6 +154,12 @@ pub struct Connect {
     /// them (see [`crate::broker::name`]).
     pub client_id_range: Range<usize>,
     pub will_topic_range: Option<Range<usize>>,
+    /// Where the will payload (length prefix included) lies, and the will's
+    /// QoS and retain flag, so the gate can stamp it (see
+    /// [`crate::broker::stamp`]).
+    pub will_payload_range: Option<Range<usize>>,
+    pub will_qos: u8,
+    pub will_retain: bool,
     /// The keep-alive in seconds (0 is "off"), and where it lies.
     pub keep_alive: u16,
     pub keep_alive_at: usize,
@@ -195,6 +201,11 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
     let client_id_range = start..r.pos;
     let mut will_topic = None;
     let mut will_topic_range = None;
+    let mut will_payload_range = None;
+    let will_qos = (flags >> 3) & 0x03;
+    if will_qos == 3 {
+        return Err(r.malformed("will QoS 3"));
+    }
     if flags & 0x04 != 0 {
         if version == Version::V5 {
             r.properties()?;
@@ -202,7 +213,9 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
         let start = r.pos;
         will_topic = Some(r.string("will topic")?.to_owned());
         will_topic_range = Some(start..r.pos);
+        let start = r.pos;
         r.binary("will payload")?;
+        will_payload_range = Some(start..r.pos);
     } else if flags & 0x38 != 0 {
         return Err(r.malformed("will QoS or retain without a will"));
     }
@@ -224,6 +237,9 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
         will_topic,
         client_id_range,
         will_topic_range,
+        will_payload_range,
+        will_qos,
+        will_retain: flags & 0x20 != 0,
         keep_alive,
         keep_alive_at,
         topic_alias_maximum_at,
@@ -237,6 +253,7 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish<'a> {
     pub qos: u8,
+    pub retain: bool,
     /// Present for QoS 1 and 2 (and never 0).
     pub packet_id: Option<u16>,
     /// Empty when an MQTT 5 topic alias stands for it.
@@ -244,6 +261,8 @@ pub struct Publish<'a> {
     /// Where the topic (length prefix included) lies in the packet.
     pub topic_range: Range<usize>,
     pub topic_alias: Option<u16>,
+    /// Where the payload starts (it runs to the end of the packet).
+    pub payload_at: usize,
 }
 
 pub fn parse_publish<'a>(
@@ -274,6 +293,8 @@ pub fn parse_publish<'a>(
     };
     Ok(Publish {
         qos,
+        retain: frame.first & 0x01 != 0,
+        payload_at: r.pos,
         packet_id,
         topic,
         topic_range,

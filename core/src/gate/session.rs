@@ -16,12 +16,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::downstream::Downstream;
-use super::packet::{self, kind, PacketError, Version};
+use super::packet::{self, kind, PacketError, Piece, Version};
 use super::pump::{self, read_frame, READ_CHUNK};
 use super::upstream::{Upstream, NOT_AUTHORIZED};
 use super::Shared;
 use crate::auth::Action;
-use crate::broker::name;
+use crate::broker::{name, stamp};
 use crate::stats::{Limit, Protocol, Stats};
 
 /// The longest a write to a client may wait: a client that stops reading
@@ -195,15 +195,34 @@ where
     // `broker::name`): rumqttd cannot take every name MQTT allows.
     let client_id = name::client_id_in(&connect.client_id);
     let will = connect.will_topic.as_deref().map(name::topic_in);
-    let mut strings = Vec::new();
+    if [Some(&client_id), will.as_ref()]
+        .iter()
+        .flatten()
+        .any(|s| s.len() > usize::from(u16::MAX))
+    {
+        return Err(SessionError::Protocol("a client id or will topic too long"));
+    }
+    let mut edits = Vec::new();
     if let Cow::Owned(id) = &client_id {
-        strings.push((connect.client_id_range.clone(), id.as_str()));
+        edits.push((connect.client_id_range.clone(), Piece::Field(id.as_bytes())));
     }
     if let (Some(Cow::Owned(topic)), Some(range)) = (&will, &connect.will_topic_range) {
-        strings.push((range.clone(), topic.as_str()));
+        edits.push((range.clone(), Piece::Field(topic.as_bytes())));
     }
-    if strings.iter().any(|(_, s)| s.len() > usize::from(u16::MAX)) {
-        return Err(SessionError::Protocol("a client id or will topic too long"));
+    // The will's payload carries its QoS and retain flag, as every payload
+    // in the broker does (see `broker::stamp`).
+    if let Some(range) = &connect.will_payload_range {
+        let data = &from_client[range.start + 2..range.end];
+        let meta = stamp::Meta {
+            qos: connect.will_qos,
+            retain: connect.will_retain,
+        };
+        if let Some(byte) = stamp::byte(meta, data.len()) {
+            if data.len() >= usize::from(u16::MAX) {
+                return Err(SessionError::Protocol("a will payload too long"));
+            }
+            edits.push((range.clone(), Piece::StampedField(byte, data)));
+        }
     }
     // The broker admits the gate's login only (see `auth::password`): the
     // device's own was checked above.
@@ -212,7 +231,7 @@ where
         &mut rewritten,
         &from_client,
         &frame,
-        &strings,
+        &edits,
         (connect.flags_at, connect.login_at),
         shared.auth.broker_login(),
     );

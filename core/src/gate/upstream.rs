@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::acks::{self, AckOrder, Entry, Phase};
-use super::packet::{self, kind, Frame, Version};
+use super::packet::{self, kind, Edit, Frame, Piece, Version};
 use super::{SessionError, Shared};
 use crate::auth::{Action, Principal};
-use crate::broker::name;
+use crate::broker::{name, stamp};
 use crate::limits::TokenBucket;
 use crate::stats::{Limit, Protocol, Stats};
 use crate::topic;
@@ -255,16 +255,29 @@ impl Upstream {
             None
         };
         let Some(reason) = refusal else {
-            if restore {
-                packet::write_publish_with_topic(
-                    &mut batch.to_broker,
-                    bytes,
-                    &frame,
-                    publish.topic_range,
-                    &internal,
-                );
-            } else {
+            // The broker's form of the topic where it differs, and the
+            // stamp with the publish's QoS and retain flag before its
+            // payload (see `broker::stamp`).
+            let meta = stamp::Meta {
+                qos: publish.qos,
+                retain: publish.retain,
+            };
+            let stamp = stamp::byte(meta, frame.len - publish.payload_at);
+            let stamp = stamp.as_ref().map(std::slice::from_ref);
+            let at = publish.payload_at;
+            let edits: &[Edit<'_>] = match (restore, stamp) {
+                (false, None) => &[],
+                (false, Some(stamp)) => &[(at..at, Piece::Raw(stamp))],
+                (true, None) => &[(publish.topic_range, Piece::Field(internal.as_bytes()))],
+                (true, Some(stamp)) => &[
+                    (publish.topic_range, Piece::Field(internal.as_bytes())),
+                    (at..at, Piece::Raw(stamp)),
+                ],
+            };
+            if edits.is_empty() {
                 batch.to_broker.extend_from_slice(&bytes[..frame.len]);
+            } else {
+                packet::write_edited(&mut batch.to_broker, bytes, &frame, edits);
             }
             if let Some(alias) = publish.topic_alias.and_then(|a| self.aliases.get_mut(&a)) {
                 alias.at_broker = true;
@@ -501,7 +514,13 @@ mod tests {
             packet::parse_publish(&batch.to_broker, &restored, Version::V5).expect("PUBLISH");
         assert_eq!((parsed.topic, parsed.topic_alias), ("a/b", Some(1)));
         let again = send(&mut up, &publish("", 1)).expect("allowed");
-        assert_eq!(again.to_broker, publish("", 1), "forwarded as it came");
+        let mut stamped = publish("", 1);
+        stamped[1] += 1;
+        stamped.insert(stamped.len() - b"payload".len(), 0xa0);
+        assert_eq!(
+            again.to_broker, stamped,
+            "the alias alone, the payload stamped"
+        );
     }
 
     /// Aliases out of range, unknown, or a PUBLISH without topic or alias

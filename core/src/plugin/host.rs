@@ -98,7 +98,7 @@ impl HostContext {
             let payload = Bytes::copy_from_slice(payload);
             match live
                 .router
-                .try_publish(&self.principal, topic, payload, retain == 1)
+                .try_publish(&self.principal, topic, payload, qos, retain == 1)
             {
                 Ok(()) => {
                     Stats::incr(&self.status.messages_out);

@@ -73,7 +73,10 @@ pub struct Message {
     pub id: Option<EventId>,
     pub topic: Box<str>,
     pub payload: Bytes,
+    /// The QoS it was published with.
     pub qos: u8,
+    /// Its retain flag as published (for a retained value from the
+    /// broker's store, always set).
     pub retain: bool,
     /// Milliseconds since the Unix epoch when the router received it.
     pub received_at_ms: u64,
@@ -102,8 +105,8 @@ impl Message {
             id,
             topic,
             payload,
-            // rumqttd hands local links every message at the link's
-            // subscription QoS, which is 0: the publisher's QoS is not known.
+            // Set by whoever knows it: the broker's stamp (see
+            // `broker::stamp`) says what the publisher used.
             qos: 0,
             retain,
             received_at_ms: now_ms(),

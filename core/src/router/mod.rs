@@ -47,6 +47,7 @@ pub type SubscriberId = u64;
 pub struct IngressRequest {
     pub topic: String,
     pub payload: Bytes,
+    pub qos: u8,
     pub retain: bool,
     pub confirm: Option<oneshot::Sender<()>>,
 }
@@ -195,7 +196,7 @@ impl Router {
 
     /// Routes one message read from the broker: assigns its id, keeps it for
     /// replay and queues it for every matching subscriber without waiting.
-    pub fn dispatch(&self, topic: &str, payload: Bytes) {
+    pub fn dispatch(&self, topic: &str, payload: Bytes, meta: crate::broker::stamp::Meta) {
         let event = self.event_for(topic);
         let stats = &self.shared.stats;
         let mut state = self.lock();
@@ -205,7 +206,9 @@ impl Router {
             epoch: self.shared.epoch,
             seq,
         };
-        let message = Arc::new(Message::new(Some(id), topic.into(), payload, false, event));
+        let mut message = Message::new(Some(id), topic.into(), payload, meta.retain, event);
+        message.qos = meta.qos;
+        let message = Arc::new(message);
         // Counted before any subscriber can see it, so the counters never
         // lag behind what a client has already received.
         Stats::incr(&stats.messages_routed);

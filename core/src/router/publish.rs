@@ -34,7 +34,8 @@ pub enum PublishError {
 
 impl Router {
     /// Sends a publish into the broker. With `confirm`, returns once the
-    /// broker has appended it to its log; otherwise once it is queued.
+    /// broker has appended it to its log (a QoS 1 publish, as subscribers
+    /// see it); otherwise once it is queued (QoS 0).
     pub async fn publish(
         &self,
         principal: &Principal,
@@ -49,7 +50,8 @@ impl Router {
         } else {
             (None, None)
         };
-        self.enqueue(principal, topic, payload, retain, reply)?;
+        let qos = u8::from(confirm);
+        self.enqueue(principal, topic, payload, (qos, retain), reply)?;
         if let Some(confirmation) = confirmation {
             match tokio::time::timeout(CONFIRM_TIMEOUT, confirmation).await {
                 Ok(Ok(())) => {}
@@ -62,15 +64,17 @@ impl Router {
 
     /// Queues a publish for the broker without waiting at all: for callers
     /// outside the async runtime, such as plugin threads. A full queue is
-    /// [`PublishError::Busy`].
+    /// [`PublishError::Busy`]. `qos` (0 to 2) is what subscribers are told
+    /// it was published with.
     pub fn try_publish(
         &self,
         principal: &Principal,
         topic: &str,
         payload: Bytes,
+        qos: u8,
         retain: bool,
     ) -> Result<(), PublishError> {
-        self.enqueue(principal, topic, payload, retain, None)
+        self.enqueue(principal, topic, payload, (qos.min(2), retain), None)
     }
 
     fn enqueue(
@@ -78,7 +82,7 @@ impl Router {
         principal: &Principal,
         topic: &str,
         payload: Bytes,
-        retain: bool,
+        (qos, retain): (u8, bool),
         confirm: Option<oneshot::Sender<()>>,
     ) -> Result<(), PublishError> {
         topic::validate_topic(topic).map_err(|source| PublishError::InvalidTopic {
@@ -96,6 +100,7 @@ impl Router {
         let request = IngressRequest {
             topic: topic.to_owned(),
             payload,
+            qos,
             retain,
             confirm,
         };

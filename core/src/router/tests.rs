@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::auth::Principal;
+use crate::broker::stamp::Meta;
 
 struct Harness {
     router: Router,
@@ -83,9 +84,13 @@ async fn ids_are_sequential_and_events_routed() {
         .subscribe(request(&["#"], None, 8))
         .expect("subscribe");
     answer_retained(&mut h);
+    h.router.dispatch(
+        "home/kitchen/temperature",
+        Bytes::from_static(b"1"),
+        Meta::default(),
+    );
     h.router
-        .dispatch("home/kitchen/temperature", Bytes::from_static(b"1"));
-    h.router.dispatch("other", Bytes::from_static(b"2"));
+        .dispatch("other", Bytes::from_static(b"2"), Meta::default());
     let mut ids = Vec::new();
     let mut events = Vec::new();
     for _ in 0..2 {
@@ -109,8 +114,10 @@ async fn overlapping_filters_deliver_once() {
         .subscribe(request(&["a/#", "a/+", "a/b"], None, 8))
         .expect("subscribe");
     answer_retained(&mut h);
-    h.router.dispatch("a/b", Bytes::from_static(b"x"));
-    h.router.dispatch("a/c", Bytes::from_static(b"y"));
+    h.router
+        .dispatch("a/b", Bytes::from_static(b"x"), Meta::default());
+    h.router
+        .dispatch("a/c", Bytes::from_static(b"y"), Meta::default());
     assert_eq!(payloads(&mut sub, 2).await, vec!["x", "y"]);
     assert_eq!(h.router.stats().snapshot().deliveries, 2);
 }
@@ -124,7 +131,8 @@ async fn full_queue_ends_only_that_subscription() {
     let mut fast = h.router.subscribe(request(&["t"], None, 16)).expect("fast");
     answer_retained(&mut h);
     for i in 0..5 {
-        h.router.dispatch("t", Bytes::from(i.to_string()));
+        h.router
+            .dispatch("t", Bytes::from(i.to_string()), Meta::default());
     }
     assert_eq!(payloads(&mut fast, 5).await, vec!["0", "1", "2", "3", "4"]);
     assert_eq!(payloads(&mut slow, 2).await, vec!["0", "1"]);
@@ -148,9 +156,11 @@ async fn one_large_message_fits_an_empty_queue() {
     sub.add(&Principal::Anonymous, &["t".into()], None, 4, 64)
         .expect("add");
     answer_retained(&mut h);
-    h.router.dispatch("t", Bytes::from(vec![b'x'; 1_000]));
+    h.router
+        .dispatch("t", Bytes::from(vec![b'x'; 1_000]), Meta::default());
     assert_eq!(payloads(&mut sub, 1).await[0].len(), 1_000);
-    h.router.dispatch("t", Bytes::from(vec![b'y'; 1_000]));
+    h.router
+        .dispatch("t", Bytes::from(vec![b'y'; 1_000]), Meta::default());
     assert_eq!(payloads(&mut sub, 1).await[0].len(), 1_000);
     assert_eq!(h.router.stats().snapshot().slow_consumer_disconnects, 0);
 }
@@ -174,10 +184,10 @@ async fn queued_bytes_are_bounded_too() {
     answer_retained(&mut h);
     let big = Bytes::from(vec![b'x'; 1_000]); // 1,001 bytes with its topic
     for _ in 0..3 {
-        h.router.dispatch("t", big.clone());
+        h.router.dispatch("t", big.clone(), Meta::default());
     }
     assert_eq!(payloads(&mut keeping_up, 3).await.len(), 3);
-    h.router.dispatch("t", big.clone());
+    h.router.dispatch("t", big.clone(), Meta::default());
     assert_eq!(
         payloads(&mut keeping_up, 1).await.len(),
         1,
@@ -201,15 +211,19 @@ async fn resume_replays_then_goes_live() {
         .subscribe(request(&["r/#"], None, 16))
         .expect("subscribe");
     answer_retained(&mut h);
-    h.router.dispatch("r/1", Bytes::from_static(b"1"));
+    h.router
+        .dispatch("r/1", Bytes::from_static(b"1"), Meta::default());
     let Some(Delivery::Message(m)) = first.next().await else {
         panic!("message expected")
     };
     let last = m.id.expect("id");
     drop(first);
-    h.router.dispatch("r/2", Bytes::from_static(b"2"));
-    h.router.dispatch("elsewhere", Bytes::from_static(b"no"));
-    h.router.dispatch("r/3", Bytes::from_static(b"3"));
+    h.router
+        .dispatch("r/2", Bytes::from_static(b"2"), Meta::default());
+    h.router
+        .dispatch("elsewhere", Bytes::from_static(b"no"), Meta::default());
+    h.router
+        .dispatch("r/3", Bytes::from_static(b"3"), Meta::default());
     let mut resumed = h
         .router
         .subscribe(request(&["r/#"], Some(last), 16))
@@ -218,7 +232,8 @@ async fn resume_replays_then_goes_live() {
         h.retained.try_recv().is_err(),
         "a resume does not ask for retained values"
     );
-    h.router.dispatch("r/4", Bytes::from_static(b"4"));
+    h.router
+        .dispatch("r/4", Bytes::from_static(b"4"), Meta::default());
     assert_eq!(payloads(&mut resumed, 3).await, vec!["2", "3", "4"]);
     assert_eq!(h.router.stats().snapshot().replay_hits, 1);
 }
@@ -315,13 +330,20 @@ async fn publish_checks_the_payload_size() {
             &Principal::Anonymous,
             "a",
             Bytes::from(vec![0; max + 1]),
+            0,
             false,
         )
         .expect_err("too large");
     assert!(matches!(err, PublishError::TooLarge { size, .. } if size == max + 1));
     assert!(h.ingress.try_recv().is_err(), "nothing was queued");
     h.router
-        .try_publish(&Principal::Anonymous, "a", Bytes::from(vec![0; max]), false)
+        .try_publish(
+            &Principal::Anonymous,
+            "a",
+            Bytes::from(vec![0; max]),
+            0,
+            false,
+        )
         .expect("at the limit");
     assert!(h.ingress.try_recv().is_ok());
 }
@@ -331,7 +353,8 @@ async fn publish_checks_the_payload_size() {
 #[tokio::test]
 async fn added_filters_replay_without_duplicates() {
     let mut h = harness(100);
-    h.router.dispatch("warmup", Bytes::from_static(b"w"));
+    h.router
+        .dispatch("warmup", Bytes::from_static(b"w"), Meta::default());
     let mut sub = h.router.open(QueueBound {
         messages: 16,
         bytes: usize::MAX,
@@ -339,8 +362,10 @@ async fn added_filters_replay_without_duplicates() {
     sub.add(&Principal::Anonymous, &["x/#".to_owned()], None, 4, 64)
         .expect("add x/#");
     answer_retained(&mut h);
-    h.router.dispatch("x/y", Bytes::from_static(b"both"));
-    h.router.dispatch("z", Bytes::from_static(b"z-only"));
+    h.router
+        .dispatch("x/y", Bytes::from_static(b"both"), Meta::default());
+    h.router
+        .dispatch("z", Bytes::from_static(b"z-only"), Meta::default());
     assert_eq!(payloads(&mut sub, 1).await, vec!["both"]);
     let since = EventId {
         epoch: h.router.epoch(),
@@ -354,10 +379,13 @@ async fn added_filters_replay_without_duplicates() {
         64,
     )
     .expect("add with since");
-    h.router.dispatch("z", Bytes::from_static(b"live"));
+    h.router
+        .dispatch("z", Bytes::from_static(b"live"), Meta::default());
     assert_eq!(payloads(&mut sub, 2).await, vec!["z-only", "live"]);
     assert_eq!(sub.remove(&["z".to_owned(), "nope".to_owned()]), 1);
-    h.router.dispatch("z", Bytes::from_static(b"gone"));
-    h.router.dispatch("x/y", Bytes::from_static(b"still"));
+    h.router
+        .dispatch("z", Bytes::from_static(b"gone"), Meta::default());
+    h.router
+        .dispatch("x/y", Bytes::from_static(b"still"), Meta::default());
     assert_eq!(payloads(&mut sub, 1).await, vec!["still"]);
 }

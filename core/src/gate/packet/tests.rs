@@ -132,7 +132,7 @@ fn connect_fields() {
 
 /// The broker's CONNECT carries the gate's login in place of the
 /// device's, whatever the device sent, with every other field as it was
-/// (the client id in the broker's form).
+/// (the client id in the broker's form, the will payload stamped).
 #[test]
 fn connect_rewritten_with_the_gates_login() {
     for level in [4, 5] {
@@ -141,13 +141,18 @@ fn connect_rewritten_with_the_gates_login() {
             let parsed = parse_connect(&bytes, &framed(&bytes)).expect("valid CONNECT");
             assert_eq!(parsed.password.as_deref(), login.map(|l| l.1.as_bytes()));
             let mut out = Vec::new();
-            let strings = [(parsed.client_id_range.clone(), "client.2d1")];
+            let will = parsed.will_payload_range.clone().expect("a will");
+            assert_eq!(&bytes[will.clone()], b"\0\x03bye");
+            let edits = [
+                (parsed.client_id_range.clone(), Piece::Field(b"client.2d1")),
+                (will, Piece::StampedField(0xa0, b"bye")),
+            ];
             let at = (parsed.flags_at, parsed.login_at);
             write_connect(
                 &mut out,
                 &bytes,
                 &framed(&bytes),
-                &strings,
+                &edits,
                 at,
                 ("$gate", "s3"),
             );
@@ -156,6 +161,8 @@ fn connect_rewritten_with_the_gates_login() {
             assert_eq!(again.username.as_deref(), Some("$gate"));
             assert_eq!(again.password.as_deref(), Some(&b"s3"[..]));
             assert_eq!(again.will_topic.as_deref(), Some("wills/a"));
+            let will = again.will_payload_range.clone().expect("a will");
+            assert_eq!(&out[will], b"\0\x04\xa0bye");
             assert_eq!(
                 (again.version, again.keep_alive),
                 (parsed.version, parsed.keep_alive)

@@ -87,6 +87,75 @@ pub fn write_suback(
     out.extend_from_slice(codes);
 }
 
+/// What takes the place of a range of a packet the gate rewrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// An MQTT string or binary field: its two-byte length, then the bytes
+    /// (which must fit that length).
+    Field(&'a [u8]),
+    /// A binary field whose data gets a stamp byte first (a will payload,
+    /// see [`crate::broker::stamp`]).
+    StampedField(u8, &'a [u8]),
+    /// Bytes as they are; empty to remove the range.
+    Raw(&'a [u8]),
+}
+
+impl Piece<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Piece::Field(bytes) => 2 + bytes.len(),
+            Piece::StampedField(_, bytes) => 3 + bytes.len(),
+            Piece::Raw(bytes) => bytes.len(),
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match *self {
+            Piece::Field(bytes) => {
+                debug_assert!(bytes.len() <= usize::from(u16::MAX));
+                out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+                out.extend_from_slice(bytes);
+            }
+            Piece::StampedField(stamp, bytes) => {
+                debug_assert!(bytes.len() < usize::from(u16::MAX));
+                out.extend_from_slice(&(bytes.len() as u16 + 1).to_be_bytes());
+                out.push(stamp);
+                out.extend_from_slice(bytes);
+            }
+            Piece::Raw(bytes) => out.extend_from_slice(bytes),
+        }
+    }
+}
+
+/// One change to a packet: the bytes at the range (an empty range inserts)
+/// replaced by the piece.
+pub type Edit<'a> = (Range<usize>, Piece<'a>);
+
+/// `packet` with each edit applied (the ranges in order and apart),
+/// everything else unchanged, under a fixed header of the new length.
+pub fn write_edited(out: &mut Vec<u8>, packet: &[u8], frame: &Frame, edits: &[Edit<'_>]) {
+    let removed: usize = edits.iter().map(|(range, _)| range.len()).sum();
+    let added: usize = edits.iter().map(|(_, piece)| piece.len()).sum();
+    header(
+        out,
+        frame.first,
+        frame.len - frame.header_len - removed + added,
+    );
+    splice(out, packet, frame.header_len, frame.len, edits);
+}
+
+/// `packet[from..to]` with the edits (all inside it) applied.
+fn splice(out: &mut Vec<u8>, packet: &[u8], from: usize, to: usize, edits: &[Edit<'_>]) {
+    let mut at = from;
+    for (range, piece) in edits {
+        debug_assert!(at <= range.start && range.end <= to);
+        out.extend_from_slice(&packet[at..range.start]);
+        piece.write(out);
+        at = range.end;
+    }
+    out.extend_from_slice(&packet[at..to]);
+}
+
 /// `packet` (a PUBLISH whose topic lies at `topic_range`) with `topic` in
 /// place of its topic, everything else unchanged.
 pub fn write_publish_with_topic(
@@ -108,52 +177,32 @@ pub fn write_with_strings(
     frame: &Frame,
     strings: &[(Range<usize>, &str)],
 ) {
-    let removed: usize = strings.iter().map(|(range, _)| range.len()).sum();
-    let added: usize = strings.iter().map(|(_, s)| 2 + s.len()).sum();
-    header(
-        out,
-        frame.first,
-        frame.len - frame.header_len - removed + added,
-    );
-    let mut at = frame.header_len;
-    for (range, value) in strings {
-        debug_assert!(value.len() <= usize::from(u16::MAX));
-        out.extend_from_slice(&packet[at..range.start]);
-        out.extend_from_slice(&(value.len() as u16).to_be_bytes());
-        out.extend_from_slice(value.as_bytes());
-        at = range.end;
-    }
-    out.extend_from_slice(&packet[at..frame.len]);
+    let edits: Vec<Edit<'_>> = strings
+        .iter()
+        .map(|(range, s)| (range.clone(), Piece::Field(s.as_bytes())))
+        .collect();
+    write_edited(out, packet, frame, &edits);
 }
 
-/// A CONNECT as the broker gets it from the gate: `packet` with its strings
-/// replaced as [`write_with_strings`] does (every range before `login_at`),
-/// and its login, whatever it was (none, a username, a username and
-/// password), replaced by `login`: the device's own was checked by the gate
-/// and means nothing to the broker.
+/// A CONNECT as the broker gets it from the gate: `packet` with the edits
+/// applied (every range before `login_at`), and its login, whatever it was
+/// (none, a username, a username and password), replaced by `login`: the
+/// device's own was checked by the gate and means nothing to the broker.
 pub fn write_connect(
     out: &mut Vec<u8>,
     packet: &[u8],
     frame: &Frame,
-    strings: &[(Range<usize>, &str)],
+    edits: &[Edit<'_>],
     (flags_at, login_at): (usize, usize),
     (username, password): (&str, &str),
 ) {
-    let mut body = Vec::with_capacity(frame.len + username.len() + password.len());
-    let mut at = frame.header_len;
-    for (range, value) in strings {
-        debug_assert!(range.end <= login_at && value.len() <= usize::from(u16::MAX));
-        body.extend_from_slice(&packet[at..range.start]);
-        body.extend_from_slice(&(value.len() as u16).to_be_bytes());
-        body.extend_from_slice(value.as_bytes());
-        at = range.end;
-    }
-    body.extend_from_slice(&packet[at..login_at]);
-    // The flags' offset in the new body: only strings after it moved.
+    let mut body = Vec::with_capacity(frame.len + username.len() + password.len() + 8);
+    debug_assert!(edits.iter().all(|(range, _)| range.start > flags_at));
+    splice(&mut body, packet, frame.header_len, login_at, edits);
+    // The flags' offset in the new body: only what comes after it moved.
     body[flags_at - frame.header_len] |= 0xc0;
     for field in [username, password] {
-        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
-        body.extend_from_slice(field.as_bytes());
+        Piece::Field(field.as_bytes()).write(&mut body);
     }
     header(out, frame.first, body.len());
     out.extend_from_slice(&body);
