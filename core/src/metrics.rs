@@ -153,6 +153,30 @@ impl Collector for StatsCollector {
         )?;
         counter(
             &mut encoder,
+            "device_connects",
+            "MQTT devices the broker accepted (through the gate).",
+            read(&s.device_connects),
+        )?;
+        counter(
+            &mut encoder,
+            "device_disconnects",
+            "MQTT device connections that ended, however they ended.",
+            read(&s.device_disconnects),
+        )?;
+        counter(
+            &mut encoder,
+            "mqtt_connect_retries",
+            "CONNECTs the gate sent the broker again after it closed one without answering.",
+            read(&s.mqtt_connect_retries),
+        )?;
+        counter(
+            &mut encoder,
+            "device_events_lagged",
+            "Device events lost by a listener that fell more than mqtt.device_events_capacity behind.",
+            read(&s.device_events_lagged),
+        )?;
+        counter(
+            &mut encoder,
             "messages_unstamped",
             "Broker messages without the bridge's QoS and retain stamp, routed as QoS 0.",
             read(&s.messages_unstamped),

@@ -43,6 +43,14 @@ counters! {
     /// Messages from the broker without the bridge's stamp, routed as QoS 0
     /// (none should exist: every way into the broker stamps).
     messages_unstamped,
+    /// Devices the broker accepted, and connections of them that ended.
+    device_connects,
+    device_disconnects,
+    /// CONNECTs the gate sent the broker again after it closed one
+    /// without answering.
+    mqtt_connect_retries,
+    /// Device events a listener fell too far behind to receive.
+    device_events_lagged,
     /// Copies handed to subscriber queues.
     deliveries,
     /// Subscribers ended because they fell too far behind: a full queue,

@@ -433,3 +433,60 @@ async fn a_will_reaches_everyone_as_it_was_set() {
     assert_eq!(retained, ["gone", "gone"]);
     bridge.shutdown().await;
 }
+
+/// Devices that drop their connection and reconnect at once, with the
+/// same client id and a will, many at a time and alternating MQTT 3.1.1
+/// and 5, with sessions that end with the connection or outlive it, are
+/// let back in every time, and the broker keeps serving: rumqttd 0.20
+/// alone panics on such reconnects while holding a lock, and its MQTT 5
+/// listener then refuses everyone (see `gate::registry`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_that_reconnect_at_once_are_let_back_in() {
+    use common::raw;
+    let bridge = start().await;
+    let addr = bridge.mqtt;
+    let mut flappers = Vec::new();
+    for device in 0..8 {
+        flappers.push(tokio::spawn(async move {
+            let client_id = format!("flappy/{device}");
+            let persistent = device % 2 == 1;
+            for round in 0..30 {
+                let level = 4 + (round % 2) as u8;
+                let options = raw::Connect {
+                    level,
+                    client_id: &client_id,
+                    login: None,
+                    will_topic: Some("wills/flappy"),
+                };
+                let mut connect = raw::connect_packet(&options);
+                if persistent {
+                    // Clean Session / Clean Start off, in the connect flags.
+                    connect[2 + 6 + 1] &= !0x02;
+                }
+                let mut stream = TcpStream::connect(addr).await.expect("connect");
+                stream.write_all(&connect).await.expect("CONNECT");
+                let mut connack = [0u8; 4];
+                let answer = tokio::time::timeout(TIMEOUT, stream.read_exact(&mut connack)).await;
+                assert!(
+                    matches!(answer, Ok(Ok(_))) && connack[0] == 0x20 && connack[3] == 0,
+                    "{client_id}, level {level}, round {round}: {connack:?}"
+                );
+            }
+        }));
+    }
+    for flapper in flappers {
+        flapper.await.expect("every reconnect admitted");
+    }
+    for level in [4, 5] {
+        let options = common::raw::Connect {
+            level,
+            client_id: "after",
+            login: None,
+            will_topic: None,
+        };
+        let (_, code) = common::raw::RawMqtt::connect(bridge.mqtt, options).await;
+        assert_eq!(code, Some(0), "the MQTT {level} listener still serves");
+    }
+    assert_eq!(get(bridge.http, "/healthz").await.status, 200);
+    bridge.shutdown().await;
+}

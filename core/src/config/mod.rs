@@ -73,6 +73,10 @@ pub struct MqttConfig {
     /// refused as "server busy" (counted). Protects the CPU and memory a
     /// flood of logins would take (each argon2 check is slow on purpose).
     pub max_pending_logins: usize,
+    /// Device connect and disconnect events a listener (presence, the log)
+    /// may fall behind by before it loses the oldest (counted). Protects
+    /// memory from a listener that stalls while devices come and go.
+    pub device_events_capacity: usize,
     /// Unacknowledged QoS 1/2 messages in flight per device.
     pub max_inflight: usize,
     /// Most retained messages one subscription can receive. rumqttd reads at
@@ -98,6 +102,7 @@ impl Default for MqttConfig {
             max_connections: 10_000,
             connection_timeout_ms: 5_000,
             max_pending_logins: 256,
+            device_events_capacity: 4_096,
             max_inflight: 100,
             max_retained: 10_000,
             log_segment_bytes: 4 * 1024 * 1024,

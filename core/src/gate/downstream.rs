@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::acks::{self, AckOrder, Entry, Phase};
 use super::packet::{self, kind, Edit, Frame, Piece, Version};
+use super::presence::Presence;
 use super::upstream::SubackPlan;
 use super::{SessionError, Shared};
 use crate::auth::Principal;
@@ -58,6 +59,8 @@ pub struct Downstream {
     /// The acknowledgements the client is sent: the broker's, and the
     /// gate's for publishes it refused.
     order: AckOrder,
+    /// Told when the broker accepts the CONNECT, for its device event.
+    presence: Option<Arc<Presence>>,
 }
 
 impl Downstream {
@@ -71,7 +74,14 @@ impl Downstream {
             connack_seen: false,
             gate_pings: 0,
             order: AckOrder::new(version),
+            presence: None,
         }
+    }
+
+    /// Tells `presence` when the broker accepts the CONNECT.
+    pub fn with_presence(mut self, presence: Arc<Presence>) -> Self {
+        self.presence = Some(presence);
+        self
     }
 
     /// Records what a publish of the client will be answered by (from the
@@ -116,6 +126,12 @@ impl Downstream {
         match frame.kind() {
             kind::CONNACK => {
                 self.connack_seen = true;
+                // Flags, then the return (or reason) code: 0 is success.
+                if whole.get(3) == Some(&0) {
+                    if let Some(presence) = &self.presence {
+                        presence.connected();
+                    }
+                }
                 batch.to_client.extend_from_slice(whole);
             }
             kind::PUBLISH => {

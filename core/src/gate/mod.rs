@@ -36,14 +36,17 @@
 //! - [`pump`]: the two directions of a connection and the notes between
 //!   them; [`acks`]: the order of acknowledgements on one side;
 //! - [`upstream`], [`downstream`]: the decision on each packet, per
-//!   direction;
+//!   direction; [`presence`]: the device events a connection makes;
+//!   [`registry`]: which connection holds each client id;
 //! - [`packet`]: reading and writing just the MQTT the gate needs;
 //! - [`websocket`]: MQTT over WebSocket, as a byte stream for a session.
 
 mod acks;
 mod downstream;
 pub mod packet;
+mod presence;
 mod pump;
+mod registry;
 mod session;
 mod upstream;
 mod websocket;
@@ -101,6 +104,10 @@ pub struct Shared {
     publish_burst: u32,
     /// Filters one connection may hold (`mqtt.max_subscriptions`).
     max_subscriptions: usize,
+    /// Where each device's connects and disconnects are reported.
+    devices: crate::router::DeviceEvents,
+    /// Which connection holds each client id.
+    registry: Arc<registry::Registry>,
 }
 
 impl Shared {
@@ -110,6 +117,7 @@ impl Shared {
         stats: Arc<Stats>,
         upstreams: Upstreams,
         auth: Arc<MqttAuth>,
+        devices: crate::router::DeviceEvents,
     ) -> Self {
         let payload = config.mqtt.max_payload_bytes;
         Self {
@@ -129,6 +137,8 @@ impl Shared {
             publish_rate: config.limits.mqtt_publish_rate,
             publish_burst: config.limits.mqtt_publish_burst,
             max_subscriptions: config.mqtt.max_subscriptions,
+            devices,
+            registry: Arc::default(),
         }
     }
 
@@ -143,12 +153,14 @@ impl Shared {
         };
         let (policy, stats): (_, Arc<Stats>) = (Arc::new(Policy::allow_all()), Arc::default());
         let auth = Arc::new(MqttAuth::new(&[], true, 1, stats.clone()));
+        let stats_for_events = stats.clone();
         Arc::new(Self::new(
             &Config::default(),
             policy,
             stats,
             upstreams,
-            auth,
+            auth.clone(),
+            crate::router::DeviceEvents::new(16, stats_for_events),
         ))
     }
 
@@ -299,10 +311,10 @@ pub async fn serve(
         tracker.spawn(async move {
             let _slot = slot;
             let _ = stream.set_nodelay(true);
-            tokio::select! {
-                () = cancel.cancelled() => {}
-                () = connection(stream, peer, transport, shared, cancel.clone()) => {}
-            }
+            // Not raced against `cancel`: a session ends itself on it, so
+            // that its device's disconnect is reported; a TLS or WebSocket
+            // handshake is bounded by its own timeout.
+            connection(stream, peer, transport, shared, cancel).await;
         });
     }
 }

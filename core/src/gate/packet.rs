@@ -36,6 +36,7 @@ pub mod kind {
     pub const UNSUBSCRIBE: u8 = 10;
     pub const UNSUBACK: u8 = 11;
     pub const PINGRESP: u8 = 13;
+    pub const DISCONNECT: u8 = 14;
     pub const AUTH: u8 = 15;
 }
 
@@ -140,6 +141,8 @@ pub struct Properties {
     pub topic_alias: Option<u16>,
     /// Offset of the Topic Alias Maximum's two-byte value, if present.
     pub topic_alias_maximum_at: Option<usize>,
+    /// The Session Expiry Interval, in seconds, if present.
+    pub session_expiry: Option<u32>,
 }
 
 /// The fields of a CONNECT the gate decides on.
@@ -160,6 +163,11 @@ pub struct Connect {
     pub will_payload_range: Option<Range<usize>>,
     pub will_qos: u8,
     pub will_retain: bool,
+    /// Clean Session (MQTT 3.1.1) or Clean Start (MQTT 5).
+    pub clean_start: bool,
+    /// MQTT 5's Session Expiry Interval in seconds (0 when absent: the
+    /// session ends with the connection).
+    pub session_expiry: u32,
     /// The keep-alive in seconds (0 is "off"), and where it lies.
     pub keep_alive: u16,
     pub keep_alive_at: usize,
@@ -193,8 +201,11 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
     let keep_alive_at = r.pos;
     let keep_alive = r.u16("keep alive")?;
     let mut topic_alias_maximum_at = None;
+    let mut session_expiry = 0;
     if version == Version::V5 {
-        topic_alias_maximum_at = r.properties()?.topic_alias_maximum_at;
+        let properties = r.properties()?;
+        topic_alias_maximum_at = properties.topic_alias_maximum_at;
+        session_expiry = properties.session_expiry.unwrap_or(0);
     }
     let start = r.pos;
     let client_id = r.string("client id")?.to_owned();
@@ -240,6 +251,8 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
         will_payload_range,
         will_qos,
         will_retain: flags & 0x20 != 0,
+        clean_start: flags & 0x02 != 0,
+        session_expiry,
         keep_alive,
         keep_alive_at,
         topic_alias_maximum_at,

@@ -117,6 +117,16 @@ fn send(notes: &mpsc::Sender<Note>, note: Note, side: &'static str) -> Result<()
         .map_err(|_| SessionError::Overflow(side))
 }
 
+/// How the client-to-broker side ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpEnd {
+    /// The client closed the connection.
+    Closed,
+    /// The client sent DISCONNECT (and the broker was sent it, or kept
+    /// from it, as the will requires).
+    Disconnected,
+}
+
 /// Client to broker. `buf` may already hold what followed the CONNECT.
 pub async fn up<R, W>(
     mut state: Upstream,
@@ -126,7 +136,7 @@ pub async fn up<R, W>(
     mut notes_in: mpsc::Receiver<Note>,
     notes_out: mpsc::Sender<Note>,
     max: usize,
-) -> Result<(), SessionError>
+) -> Result<UpEnd, SessionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -151,7 +161,7 @@ where
                 }
                 read = fill(&mut client, &mut buf, max) => {
                     if read? == 0 {
-                        return Ok(());
+                        return Ok(UpEnd::Closed);
                     }
                 }
                 () = next_tick(&mut ping) => {
@@ -171,6 +181,9 @@ where
         while let Some(frame) = packet::frame(&buf, max)? {
             state.packet(&buf, frame, &mut batch)?;
             buf.advance(frame.len);
+            if batch.end {
+                break;
+            }
         }
         // Sent before the batch is forwarded, so it is there before the
         // broker's answers.
@@ -184,6 +197,9 @@ where
         out.extend_from_slice(&batch.to_broker);
         if !out.is_empty() {
             broker.write_all(&out).await?;
+        }
+        if batch.end {
+            return Ok(UpEnd::Disconnected);
         }
     }
 }
@@ -208,10 +224,11 @@ fn take_up(state: &mut Upstream, note: Note, out: &mut Vec<u8>) -> Result<(), Se
     Ok(())
 }
 
-/// Broker to client.
+/// Broker to client. `buf` may already hold the broker's first packets.
 pub async fn down<R, W>(
     mut state: Downstream,
     mut broker: R,
+    mut buf: BytesMut,
     mut client: W,
     mut notes_in: mpsc::Receiver<Note>,
     notes_out: mpsc::Sender<Note>,
@@ -221,18 +238,22 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut batch = downstream::Batch::default();
     let mut out = Vec::new();
     loop {
         reset(&mut out);
-        let read = tokio::select! {
-            biased;
-            Some(note) = notes_in.recv() => {
-                take_down(&mut state, note, &mut out)?;
-                None
+        // Bytes already read (the CONNACK) are handled before reading more.
+        let read = if packet::frame(&buf, max)?.is_some() {
+            None
+        } else {
+            tokio::select! {
+                biased;
+                Some(note) = notes_in.recv() => {
+                    take_down(&mut state, note, &mut out)?;
+                    None
+                }
+                read = fill(&mut broker, &mut buf, max) => Some(read?),
             }
-            read = fill(&mut broker, &mut buf, max) => Some(read?),
         };
         if read == Some(0) {
             if !state.connack_seen() {

@@ -6,18 +6,20 @@
 //! in [`upstream`](super::upstream) and [`downstream`](super::downstream).
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::downstream::Downstream;
 use super::packet::{self, kind, PacketError, Piece, Version};
-use super::pump::{self, read_frame, READ_CHUNK};
+use super::presence::{Ending, Presence};
+use super::pump::{self, read_frame, UpEnd, READ_CHUNK};
 use super::upstream::{Upstream, NOT_AUTHORIZED};
 use super::Shared;
 use crate::auth::Action;
@@ -83,10 +85,17 @@ where
     C: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let _open = OpenConnection::count(&shared.stats);
+    let presence = OnceLock::new();
     let result = tokio::select! {
-        () = cancel.cancelled() => Ok(()),
-        result = relay(client, &shared) => result,
+        () = cancel.cancelled() => Ok(Ending::Shutdown),
+        result = relay(client, &shared, &presence) => result,
     };
+    if let Some(presence) = presence.get() {
+        match &result {
+            Ok(ending) => presence.ended(*ending),
+            Err(e) => presence.ended(Ending::Error(e)),
+        }
+    }
     if let Err(e) = result {
         if let SessionError::Packet(PacketError::TooLarge { .. }) = e {
             shared.stats.limit(Protocol::Mqtt, Limit::Payload);
@@ -103,7 +112,12 @@ where
     }
 }
 
-async fn relay<C>(client: C, shared: &Arc<Shared>) -> Result<(), SessionError>
+/// Relays one connection; how it ended, for its device event.
+async fn relay<C>(
+    client: C,
+    shared: &Arc<Shared>,
+    presence: &OnceLock<Arc<Presence>>,
+) -> Result<Ending<'static>, SessionError>
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -116,7 +130,7 @@ where
     .await
     .map_err(|_| SessionError::ConnectTimeout)??;
     let Some(frame) = frame else {
-        return Ok(());
+        return Ok(Ending::ClientClosed);
     };
     if frame.kind() != kind::CONNECT {
         return Err(SessionError::NotConnect);
@@ -128,7 +142,7 @@ where
             let answer = packet::connack_refusal(Version::V311, V311_UNACCEPTABLE_VERSION);
             let _ = write_client(&mut client_tx, &answer).await;
             tracing::debug!(level, "MQTT CONNECT refused: unsupported protocol level.");
-            return Ok(());
+            return Ok(Ending::ClientClosed);
         }
         Err(e) => return Err(e.into()),
     };
@@ -141,7 +155,7 @@ where
         Err(refused) => {
             let (v311, v5) = refused.codes();
             write_client(&mut client_tx, &refuse(v311, v5)).await?;
-            return Ok(());
+            return Ok(Ending::ClientClosed);
         }
     };
     if let Some(will) = &connect.will_topic {
@@ -150,7 +164,7 @@ where
             Stats::incr(&shared.stats.mqtt_publishes_denied);
             tracing::info!(client_id = connect.client_id, %principal, reason = %denied, "MQTT CONNECT refused: its will topic is denied.");
             write_client(&mut client_tx, &refuse(V311_NOT_AUTHORIZED, NOT_AUTHORIZED)).await?;
-            return Ok(());
+            return Ok(Ending::ClientClosed);
         }
     }
     let Some(address) = shared.upstream(version) else {
@@ -159,18 +173,8 @@ where
             &refuse(V311_UNACCEPTABLE_VERSION, V5_UNSUPPORTED_VERSION),
         )
         .await?;
-        return Ok(());
+        return Ok(Ending::ClientClosed);
     };
-    let broker = match TcpStream::connect(address).await {
-        Ok(broker) => broker,
-        Err(e) => {
-            tracing::warn!(%address, error = %e, "MQTT gate cannot reach the broker.");
-            write_client(&mut client_tx, &refuse(V311_UNAVAILABLE, V5_UNAVAILABLE)).await?;
-            return Ok(());
-        }
-    };
-    let _ = broker.set_nodelay(true);
-    let (broker_rx, mut broker_tx) = broker.into_split();
     // rumqttd 0.20 assigns its outgoing topic aliases per subscription
     // filter, not per topic: through a wildcard filter, messages on other
     // topics would arrive under the first topic's alias, and the gate
@@ -191,9 +195,28 @@ where
         from_client[at..at + 2].copy_from_slice(&BROKER_KEEP_ALIVE_SECS.to_be_bytes());
         Duration::from_secs(u64::from(BROKER_KEEP_ALIVE_SECS) / 2)
     });
-    // The client id and will topic in the broker's own form (see
-    // `broker::name`): rumqttd cannot take every name MQTT allows.
-    let client_id = name::client_id_in(&connect.client_id);
+    // The client id is this connection's from now on: a connection that
+    // held it is closed (MQTT's takeover, done here; see `registry`). The
+    // broker gets it in its own form (see `broker::name`), and a session
+    // that ends with its connection gets an id of its own there.
+    let persistent = !connect.clean_start || connect.session_expiry > 0;
+    let claim = if connect.client_id.is_empty() {
+        None
+    } else {
+        Some(shared.registry.claim(&connect.client_id, persistent).await)
+    };
+    let client_id = match &claim {
+        Some(claim) => Cow::Owned(claim.broker_client_id(persistent, version)),
+        None => Cow::Borrowed(""),
+    };
+    let takeover = claim
+        .as_ref()
+        .map_or_else(CancellationToken::new, |c| c.takeover.clone());
+    // The will topic in the broker's form too.
+    let client_id = match client_id {
+        Cow::Owned(id) if id == connect.client_id => Cow::Borrowed(connect.client_id.as_str()),
+        other => other,
+    };
     let will = connect.will_topic.as_deref().map(name::topic_in);
     if [Some(&client_id), will.as_ref()]
         .iter()
@@ -235,13 +258,22 @@ where
         (connect.flags_at, connect.login_at),
         shared.auth.broker_login(),
     );
-    broker_tx.write_all(&rewritten).await?;
     from_client.advance(frame.len);
+    let Some((broker_rx, broker_tx, from_broker)) =
+        connect_broker(address, &rewritten, shared).await
+    else {
+        write_client(&mut client_tx, &refuse(V311_UNAVAILABLE, V5_UNAVAILABLE)).await?;
+        return Ok(Ending::ClientClosed);
+    };
 
+    let device = Arc::new(Presence::new(&connect, &principal, shared.devices.clone()));
+    let _ = presence.set(device.clone());
     let (to_down, from_up) = mpsc::channel(shared.notes);
     let (to_up, from_down) = mpsc::channel(shared.notes);
-    let up = Upstream::new(shared.clone(), version, principal.clone()).with_gate_pings(gate_pings);
-    let down = Downstream::new(shared.clone(), version, principal);
+    let up = Upstream::new(shared.clone(), version, principal.clone())
+        .with_gate_pings(gate_pings)
+        .with_presence(device.clone());
+    let down = Downstream::new(shared.clone(), version, principal).with_presence(device);
     let client_to_broker = pump::up(
         up,
         client_rx,
@@ -254,17 +286,81 @@ where
     let broker_to_client = pump::down(
         down,
         broker_rx,
+        from_broker,
         client_tx,
         from_up,
         to_up,
         shared.max_packet,
     );
-    // Either side ending ends the connection.
+    // Either side ending ends the connection; after a DISCONNECT, the
+    // broker's side is read until the broker closes (briefly), so that the
+    // broker surely has the DISCONNECT before the connection goes.
+    tokio::pin!(broker_to_client);
     tokio::select! {
-        result = client_to_broker => result,
-        result = broker_to_client => result,
+        () = takeover.cancelled() => Ok(Ending::TakenOver),
+        result = client_to_broker => match result? {
+            UpEnd::Closed => Ok(Ending::ClientClosed),
+            UpEnd::Disconnected => {
+                let _ = tokio::time::timeout(DISCONNECT_LINGER, &mut broker_to_client).await;
+                Ok(Ending::ClientClosed)
+            }
+        },
+        result = &mut broker_to_client => result.map(|()| Ending::BrokerClosed),
     }
 }
+
+/// Attempts at the broker's CONNACK for one admitted client.
+const BROKER_CONNECT_ATTEMPTS: u32 = 5;
+
+/// The pause before the first retry; doubled for each later one.
+const BROKER_RETRY_DELAY: Duration = Duration::from_millis(20);
+
+/// Opens the broker's side of a connection: `connect` sent, and the
+/// broker's first bytes (its CONNACK) read into the buffer returned. rumqttd
+/// 0.20 now and then closes a CONNECT without a word when its client id was
+/// in use a moment before (it is still tearing that connection down); the
+/// client was admitted already, so the gate tries again, a few times,
+/// before answering "server unavailable" (`None`).
+async fn connect_broker(
+    address: std::net::SocketAddr,
+    connect: &[u8],
+    shared: &Shared,
+) -> Option<(OwnedReadHalf, OwnedWriteHalf, BytesMut)> {
+    let mut delay = BROKER_RETRY_DELAY;
+    for attempt in 1..=BROKER_CONNECT_ATTEMPTS {
+        let answer = async {
+            let broker = TcpStream::connect(address).await?;
+            let _ = broker.set_nodelay(true);
+            let (mut rx, mut tx) = broker.into_split();
+            tx.write_all(connect).await?;
+            let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            let frame = read_frame(&mut rx, &mut buf, shared.max_packet).await?;
+            Ok::<_, SessionError>(frame.map(|_| (rx, tx, buf)))
+        };
+        match tokio::time::timeout(shared.connect_timeout, answer).await {
+            Ok(Ok(Some(opened))) => return Some(opened),
+            Ok(Ok(None)) => {
+                tracing::debug!(attempt, "The broker closed a CONNECT without answering.")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%address, attempt, error = %e, "MQTT gate cannot reach the broker.")
+            }
+            Err(_) => {
+                tracing::warn!(%address, attempt, "The broker did not answer a CONNECT in time.")
+            }
+        }
+        if attempt < BROKER_CONNECT_ATTEMPTS {
+            Stats::incr(&shared.stats.mqtt_connect_retries);
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+    None
+}
+
+/// How long the gate waits for the broker to close after a client's
+/// DISCONNECT.
+const DISCONNECT_LINGER: Duration = Duration::from_secs(1);
 
 /// Writes to the client, flushed (a TLS stream holds records until then),
 /// within [`WRITE_TIMEOUT`].

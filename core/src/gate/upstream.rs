@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use super::acks::{self, AckOrder, Entry, Phase};
 use super::packet::{self, kind, Edit, Frame, Piece, Version};
+use super::presence::Presence;
 use super::{SessionError, Shared};
 use crate::auth::{Action, Principal};
 use crate::broker::{name, stamp};
@@ -51,6 +52,9 @@ pub struct Batch {
     /// What each QoS 1 and 2 PUBLISH (and PUBREL) will be answered by, in
     /// order, for the acknowledgements the client is sent.
     pub acks: Vec<Entry>,
+    /// The client sent DISCONNECT: nothing after it counts, and the
+    /// connection ends once this batch is forwarded.
+    pub end: bool,
 }
 
 impl Batch {
@@ -58,6 +62,7 @@ impl Batch {
         super::pump::reset(&mut self.to_broker);
         super::pump::reset(&mut self.to_client);
         self.subacks.clear();
+        self.end = false;
         self.acks.clear();
     }
 }
@@ -92,6 +97,8 @@ pub struct Upstream {
     /// How often the gate pings the broker itself; `None` but for a
     /// client with keep-alive 0.
     gate_pings: Option<std::time::Duration>,
+    /// Where the client's DISCONNECT is noted, for its device event.
+    presence: Option<Arc<Presence>>,
 }
 
 impl Upstream {
@@ -108,7 +115,14 @@ impl Upstream {
             subscribed: HashSet::new(),
             order: AckOrder::new(version),
             gate_pings: None,
+            presence: None,
         }
+    }
+
+    /// Notes the client's DISCONNECT in `presence`.
+    pub fn with_presence(mut self, presence: Arc<Presence>) -> Self {
+        self.presence = Some(presence);
+        self
     }
 
     /// Has the gate ping the broker every `every` for this client (one
@@ -180,6 +194,25 @@ impl Upstream {
                 let id = packet::packet_id(bytes, &frame)?;
                 self.order
                     .forward(frame.kind(), id, &bytes[..frame.len], &mut batch.to_broker);
+                Ok(())
+            }
+            kind::DISCONNECT => {
+                // MQTT 5 reason code, when there is one (0, normal, if not).
+                let reason = match self.version {
+                    Version::V5 if frame.len > frame.header_len => bytes[frame.header_len],
+                    _ => 0,
+                };
+                if let Some(presence) = &self.presence {
+                    presence.client_disconnected(reason);
+                }
+                // rumqttd 0.20 drops the will on any DISCONNECT, but MQTT 5
+                // keeps it for every reason but 0 (0x04 asks for it): such
+                // a DISCONNECT stays here, and the broker, seeing the
+                // connection close, publishes the will.
+                if reason == 0 {
+                    batch.to_broker.extend_from_slice(&bytes[..frame.len]);
+                }
+                batch.end = true;
                 Ok(())
             }
             kind::CONNECT => Err(SessionError::Protocol("a second CONNECT")),

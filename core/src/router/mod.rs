@@ -14,12 +14,14 @@
 //! is registered and the replay read in one step, so no message can fall
 //! between them or arrive twice.
 
+pub mod device;
 mod message;
 mod publish;
 mod replay;
 mod subscription;
 pub mod trie;
 
+pub use device::{DeviceEvent, DeviceEventKind, DeviceEvents, DisconnectReason};
 pub use message::{now_ms, Encoding, EventId, MalformedId, Message};
 pub use publish::PublishError;
 pub use subscription::{Delivery, QueueBound, SubscribeError, SubscribeRequest, Subscription};
@@ -70,6 +72,9 @@ pub struct RouterSettings {
     /// Largest payload any publish may carry into the broker
     /// (`mqtt.max_payload_bytes`), whichever way it comes.
     pub max_payload_bytes: usize,
+    /// Device events a listener may fall behind by
+    /// (`mqtt.device_events_capacity`).
+    pub device_events_capacity: usize,
 }
 
 /// A cheap, cloneable handle to the router.
@@ -86,6 +91,7 @@ struct Shared {
     policy: Arc<Policy>,
     max_payload_bytes: usize,
     stats: Arc<Stats>,
+    devices: DeviceEvents,
     ingress: mpsc::Sender<IngressRequest>,
     retained: mpsc::Sender<RetainedRequest>,
     state: Mutex<State>,
@@ -138,6 +144,7 @@ impl Router {
                 default_event: Arc::from("message"),
                 policy: settings.policy,
                 max_payload_bytes: settings.max_payload_bytes,
+                devices: DeviceEvents::new(settings.device_events_capacity, stats.clone()),
                 stats,
                 ingress,
                 retained,
@@ -155,6 +162,12 @@ impl Router {
 
     pub fn stats(&self) -> &Arc<Stats> {
         &self.shared.stats
+    }
+
+    /// Where the gate reports each device's connects and disconnects, and
+    /// where listeners subscribe to them.
+    pub fn devices(&self) -> &DeviceEvents {
+        &self.shared.devices
     }
 
     /// The access rules in force.

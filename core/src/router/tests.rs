@@ -29,6 +29,7 @@ fn harness(replay_capacity: usize) -> Harness {
             }],
             policy: Arc::new(crate::auth::Policy::allow_all()),
             max_payload_bytes: 1024 * 1024,
+            device_events_capacity: 16,
         },
         Arc::new(Stats::default()),
         ingress_tx,

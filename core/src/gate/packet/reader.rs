@@ -6,6 +6,7 @@ use super::{Frame, PacketError, Properties, Version};
 /// MQTT 5 property identifiers the gate looks for.
 const TOPIC_ALIAS_MAXIMUM: usize = 0x22;
 const TOPIC_ALIAS: usize = 0x23;
+const SESSION_EXPIRY_INTERVAL: usize = 0x11;
 
 /// Reads fields front to back from one packet, naming the packet in errors.
 #[derive(Debug)]
@@ -141,7 +142,11 @@ impl<'a> Reader<'a> {
                 }
                 // Four-byte integer.
                 0x02 | 0x11 | 0x18 | 0x27 => {
-                    self.take(4, "property")?;
+                    let bytes = self.take(4, "property")?;
+                    if id == SESSION_EXPIRY_INTERVAL {
+                        found.session_expiry =
+                            Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
+                    }
                 }
                 // Variable byte integer (subscription identifier).
                 0x0b => {
