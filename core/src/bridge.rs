@@ -134,14 +134,7 @@ impl Bridge {
         let (ingress_tx, ingress_rx) = mpsc::channel(config.http.ingress_capacity);
         let (retained_tx, retained_rx) = mpsc::channel(RETAINED_REQUESTS);
         let router = Router::new(
-            RouterSettings {
-                max_payload_bytes: config.mqtt.max_payload_bytes,
-                device_events_capacity: config.mqtt.device_events_capacity,
-                replay_capacity: config.sse.replay_capacity,
-                replay_max_bytes: config.sse.replay_max_bytes,
-                routes: config.routes.clone(),
-                policy: policy.clone(),
-            },
+            RouterSettings::from_config(&config, policy.clone()),
             stats,
             ingress_tx,
             retained_tx,
@@ -258,7 +251,7 @@ impl Bridge {
                 v5: mqtt_v5.map(broker::loopback),
             },
             mqtt_auth.clone(),
-            router.devices().clone(),
+            &router,
         ));
         // A failed broker stops the gate at once, and the whole bridge once
         // `/healthz` has shown 503 for a moment (see `broker::health`).

@@ -19,6 +19,7 @@
 //! SUBSCRIBE or PUBLISH, which is why the gate exists. Every topic and
 //! client id crosses into the broker in the form [`name`] gives it.
 
+pub mod census;
 mod egress;
 pub mod health;
 mod ingress;

@@ -77,6 +77,16 @@ pub struct MqttConfig {
     /// may fall behind by before it loses the oldest (counted). Protects
     /// memory from a listener that stalls while devices come and go.
     pub device_events_capacity: usize,
+    /// Longest topic or filter a device, web client or plugin may use, in
+    /// bytes (MQTT allows 65,535). The broker keeps every topic it is given
+    /// forever, so this and `max_topics` bound what names cost it.
+    pub max_topic_bytes: usize,
+    /// Distinct topics the broker may hold; past it a publish on a new
+    /// topic is refused (MQTT 5: 0x97 quota exceeded; counted), and known
+    /// topics go on working. rumqttd keeps a log per topic, forever.
+    pub max_topics: usize,
+    /// Distinct subscription filters the broker may hold, the same way.
+    pub max_filters: usize,
     /// Unacknowledged QoS 1/2 messages in flight per device.
     pub max_inflight: usize,
     /// Most retained messages one subscription can receive. rumqttd reads at
@@ -103,6 +113,9 @@ impl Default for MqttConfig {
             connection_timeout_ms: 5_000,
             max_pending_logins: 256,
             device_events_capacity: 4_096,
+            max_topic_bytes: 1_024,
+            max_topics: 100_000,
+            max_filters: 100_000,
             max_inflight: 100,
             max_retained: 10_000,
             log_segment_bytes: 4 * 1024 * 1024,
@@ -312,8 +325,19 @@ impl Config {
     /// event names that fit on an SSE line. The error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ws = &self.websocket;
-        let positive: [(&str, u64); 26] = [
+        let positive: [(&str, u64); 31] = [
             ("mqtt.max_payload_bytes", self.mqtt.max_payload_bytes as u64),
+            ("mqtt.max_topic_bytes", self.mqtt.max_topic_bytes as u64),
+            ("mqtt.max_topics", self.mqtt.max_topics as u64),
+            ("mqtt.max_filters", self.mqtt.max_filters as u64),
+            (
+                "mqtt.max_pending_logins",
+                self.mqtt.max_pending_logins as u64,
+            ),
+            (
+                "mqtt.device_events_capacity",
+                self.mqtt.device_events_capacity as u64,
+            ),
             ("mqtt.max_connections", self.mqtt.max_connections as u64),
             ("mqtt.max_subscriptions", self.mqtt.max_subscriptions as u64),
             (
@@ -347,6 +371,15 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::invalid(key, "must be greater than 0"));
             }
+        }
+        if self.mqtt.max_topic_bytes > crate::topic::MAX_TOPIC_BYTES {
+            return Err(ConfigError::invalid(
+                "mqtt.max_topic_bytes",
+                format!(
+                    "must be at most {} (MQTT's longest topic)",
+                    crate::topic::MAX_TOPIC_BYTES
+                ),
+            ));
         }
         // Timers are deadlines on the monotonic clock: an absurd period
         // would overflow it (and is a typo anyway).

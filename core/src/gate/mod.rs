@@ -108,6 +108,14 @@ pub struct Shared {
     devices: crate::router::DeviceEvents,
     /// Which connection holds each client id.
     registry: Arc<registry::Registry>,
+    /// The distinct topics and filters the broker holds (`mqtt.max_topics`,
+    /// `mqtt.max_filters`).
+    census: Arc<crate::broker::census::Census>,
+    /// Longest topic or filter a client may use (`mqtt.max_topic_bytes`).
+    max_topic_bytes: usize,
+    /// Unreleased QoS 2 publishes one connection may have
+    /// (`mqtt.max_inflight`).
+    max_inflight: usize,
 }
 
 impl Shared {
@@ -117,7 +125,7 @@ impl Shared {
         stats: Arc<Stats>,
         upstreams: Upstreams,
         auth: Arc<MqttAuth>,
-        devices: crate::router::DeviceEvents,
+        router: &crate::router::Router,
     ) -> Self {
         let payload = config.mqtt.max_payload_bytes;
         Self {
@@ -137,8 +145,11 @@ impl Shared {
             publish_rate: config.limits.mqtt_publish_rate,
             publish_burst: config.limits.mqtt_publish_burst,
             max_subscriptions: config.mqtt.max_subscriptions,
-            devices,
+            devices: router.devices().clone(),
             registry: Arc::default(),
+            census: router.census().clone(),
+            max_topic_bytes: config.mqtt.max_topic_bytes,
+            max_inflight: config.mqtt.max_inflight,
         }
     }
 
@@ -153,15 +164,13 @@ impl Shared {
         };
         let (policy, stats): (_, Arc<Stats>) = (Arc::new(Policy::allow_all()), Arc::default());
         let auth = Arc::new(MqttAuth::new(&[], true, 1, stats.clone()));
-        let stats_for_events = stats.clone();
-        Arc::new(Self::new(
-            &Config::default(),
-            policy,
-            stats,
-            upstreams,
-            auth.clone(),
-            crate::router::DeviceEvents::new(16, stats_for_events),
-        ))
+        let config = Config::default();
+        // Nobody reads the broker side: these tests never publish through it.
+        let (ingress, _) = tokio::sync::mpsc::channel(1);
+        let (retained, _) = tokio::sync::mpsc::channel(1);
+        let settings = crate::router::RouterSettings::from_config(&config, policy.clone());
+        let router = crate::router::Router::new(settings, stats.clone(), ingress, retained);
+        Arc::new(Self::new(&config, policy, stats, upstreams, auth, &router))
     }
 
     /// Who the client of `connect` is, once its login and client id pass:

@@ -125,6 +125,9 @@ pub enum UpEnd {
     /// The client sent DISCONNECT (and the broker was sent it, or kept
     /// from it, as the will requires).
     Disconnected,
+    /// The gate ends the connection, for this reason (the client was told
+    /// where its protocol can say so).
+    Refused(&'static str),
 }
 
 /// Client to broker. `buf` may already hold what followed the CONNECT.
@@ -199,7 +202,7 @@ where
             broker.write_all(&out).await?;
         }
         if batch.end {
-            return Ok(UpEnd::Disconnected);
+            return Ok(batch.refusal.map_or(UpEnd::Disconnected, UpEnd::Refused));
         }
     }
 }

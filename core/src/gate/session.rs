@@ -37,6 +37,8 @@ pub const V311_NOT_AUTHORIZED: u8 = 5;
 /// MQTT 5 CONNACK reason codes.
 const V5_UNSUPPORTED_VERSION: u8 = 0x84;
 const V5_UNAVAILABLE: u8 = 0x88;
+const V5_TOPIC_NAME_INVALID: u8 = 0x90;
+const V5_QUOTA_EXCEEDED: u8 = 0x97;
 
 /// The keep-alive the broker is told for a device that asked for none
 /// (keep-alive 0); the gate pings the broker at half of it.
@@ -164,6 +166,26 @@ where
             Stats::incr(&shared.stats.mqtt_publishes_denied);
             tracing::info!(client_id = connect.client_id, %principal, reason = %denied, "MQTT CONNECT refused: its will topic is denied.");
             write_client(&mut client_tx, &refuse(V311_NOT_AUTHORIZED, NOT_AUTHORIZED)).await?;
+            return Ok(Ending::ClientClosed);
+        }
+    }
+    // A will topic is a topic the broker is given, bounded the same way
+    // (see `broker::census`).
+    if let Some(will) = &connect.will_topic {
+        let refusal = if will.len() > shared.max_topic_bytes {
+            Some((Limit::TopicLength, V5_TOPIC_NAME_INVALID))
+        } else if !shared.census.admit_topic(&name::topic_in(will)) {
+            Some((Limit::Topics, V5_QUOTA_EXCEEDED))
+        } else {
+            None
+        };
+        if let Some((limit, v5)) = refusal {
+            shared.stats.limit(Protocol::Mqtt, limit);
+            tracing::info!(
+                client_id = connect.client_id,
+                "MQTT CONNECT refused: its will topic is past a limit."
+            );
+            write_client(&mut client_tx, &refuse(V311_UNAVAILABLE, v5)).await?;
             return Ok(Ending::ClientClosed);
         }
     }
@@ -304,6 +326,11 @@ where
                 let _ = tokio::time::timeout(DISCONNECT_LINGER, &mut broker_to_client).await;
                 Ok(Ending::ClientClosed)
             }
+            // Time for the client to be told (MQTT 5's DISCONNECT).
+            UpEnd::Refused(reason) => {
+                let _ = tokio::time::timeout(REFUSAL_LINGER, &mut broker_to_client).await;
+                Err(SessionError::Protocol(reason))
+            }
         },
         result = &mut broker_to_client => result.map(|()| Ending::BrokerClosed),
     }
@@ -361,6 +388,9 @@ async fn connect_broker(
 /// How long the gate waits for the broker to close after a client's
 /// DISCONNECT.
 const DISCONNECT_LINGER: Duration = Duration::from_secs(1);
+
+/// How long a connection the gate ends lives on for the client to read why.
+const REFUSAL_LINGER: Duration = Duration::from_millis(100);
 
 /// Writes to the client, flushed (a TLS stream holds records until then),
 /// within [`WRITE_TIMEOUT`].

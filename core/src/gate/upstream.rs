@@ -32,6 +32,8 @@ const MAX_ALIAS_BYTES: usize = 256 * 1024;
 pub const NOT_AUTHORIZED: u8 = 0x87;
 const QUOTA_EXCEEDED: u8 = 0x97;
 const TOPIC_FILTER_INVALID: u8 = 0x8f;
+const TOPIC_NAME_INVALID: u8 = 0x90;
+const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
 /// MQTT 3.1.1's one SUBACK failure code.
 const V311_FAILURE: u8 = 0x80;
 
@@ -52,9 +54,12 @@ pub struct Batch {
     /// What each QoS 1 and 2 PUBLISH (and PUBREL) will be answered by, in
     /// order, for the acknowledgements the client is sent.
     pub acks: Vec<Entry>,
-    /// The client sent DISCONNECT: nothing after it counts, and the
-    /// connection ends once this batch is forwarded.
+    /// The client sent DISCONNECT, or broke a limit that ends its
+    /// connection: nothing after it counts, and the connection ends once
+    /// this batch is forwarded.
     pub end: bool,
+    /// Why the gate ends the connection, when it does.
+    pub refusal: Option<&'static str>,
 }
 
 impl Batch {
@@ -63,6 +68,7 @@ impl Batch {
         super::pump::reset(&mut self.to_client);
         self.subacks.clear();
         self.end = false;
+        self.refusal = None;
         self.acks.clear();
     }
 }
@@ -99,6 +105,9 @@ pub struct Upstream {
     gate_pings: Option<std::time::Duration>,
     /// Where the client's DISCONNECT is noted, for its device event.
     presence: Option<Arc<Presence>>,
+    /// Packet ids of QoS 2 publishes the broker has and the client has not
+    /// released yet, at most `mqtt.max_inflight`.
+    unreleased: HashSet<u16>,
 }
 
 impl Upstream {
@@ -116,6 +125,7 @@ impl Upstream {
             order: AckOrder::new(version),
             gate_pings: None,
             presence: None,
+            unreleased: HashSet::new(),
         }
     }
 
@@ -181,6 +191,7 @@ impl Upstream {
             }
             kind::PUBREL => {
                 let id = packet::packet_id(bytes, &frame)?;
+                self.unreleased.remove(&id);
                 acks::pubrel(
                     id,
                     &bytes[..frame.len],
@@ -275,6 +286,9 @@ impl Upstream {
         let refusal = if !within_rate {
             self.shared.stats.limit(Protocol::Mqtt, Limit::Rate);
             Some(QUOTA_EXCEEDED)
+        } else if topic.len() > self.shared.max_topic_bytes {
+            self.shared.stats.limit(Protocol::Mqtt, Limit::TopicLength);
+            Some(TOPIC_NAME_INVALID)
         } else if let Err(denied) =
             self.shared
                 .policy
@@ -284,9 +298,29 @@ impl Upstream {
             Stats::incr(&self.stats().mqtt_publishes_denied);
             tracing::debug!(principal = %self.principal, reason = %denied, "MQTT PUBLISH refused.");
             Some(NOT_AUTHORIZED)
+        } else if !self.shared.census.admit_topic(&internal) {
+            self.shared.stats.limit(Protocol::Mqtt, Limit::Topics);
+            tracing::debug!(principal = %self.principal, "MQTT PUBLISH refused: mqtt.max_topics distinct topics reached.");
+            Some(QUOTA_EXCEEDED)
         } else {
             None
         };
+        // rumqttd holds a QoS 2 publish until its PUBREL, without a bound:
+        // past `mqtt.max_inflight` unreleased ones (the receive maximum),
+        // the connection ends (MQTT 5: DISCONNECT 0x93), counted.
+        if let (None, 2, Some(id)) = (refusal, publish.qos, publish.packet_id) {
+            if self.unreleased.insert(id) && self.unreleased.len() > self.shared.max_inflight {
+                self.stats().limit(Protocol::Mqtt, Limit::Inflight);
+                if self.version == Version::V5 {
+                    batch
+                        .to_client
+                        .extend_from_slice(&[0xe0, 1, RECEIVE_MAXIMUM_EXCEEDED]);
+                }
+                batch.refusal = Some("more unreleased QoS 2 publishes than mqtt.max_inflight");
+                batch.end = true;
+                return Ok(());
+            }
+        }
         let Some(reason) = refusal else {
             // The broker's form of the topic where it differs, and the
             // stamp with the publish's QoS and retain flag before its
@@ -384,6 +418,7 @@ impl Upstream {
             .iter()
             .map(|(filter, _)| {
                 self.check_filter(filter)
+                    .or_else(|| self.count_filter(filter))
                     .or_else(|| self.take_subscription(filter))
             })
             .collect();
@@ -450,12 +485,30 @@ impl Upstream {
         None
     }
 
+    /// `None` if the broker may be given `filter` (see `broker::census`),
+    /// else the failure code to answer (counted).
+    fn count_filter(&self, filter: &str) -> Option<u8> {
+        if self.shared.census.admit_filter(&name::filter_in(filter)) {
+            return None;
+        }
+        self.stats().limit(Protocol::Mqtt, Limit::Filters);
+        tracing::debug!(principal = %self.principal, "MQTT subscription refused: mqtt.max_filters distinct filters reached.");
+        Some(match self.version {
+            Version::V311 => V311_FAILURE,
+            Version::V5 => QUOTA_EXCEEDED,
+        })
+    }
+
     /// `None` if the rules allow `filter`, else the failure code to answer.
     fn check_filter(&self, filter: &str) -> Option<u8> {
         let failure = |v5_code| match self.version {
             Version::V311 => V311_FAILURE,
             Version::V5 => v5_code,
         };
+        if filter.len() > self.shared.max_topic_bytes {
+            self.stats().limit(Protocol::Mqtt, Limit::TopicLength);
+            return Some(failure(TOPIC_FILTER_INVALID));
+        }
         // A shared subscription is checked as the filter it shares.
         let checked = match filter.strip_prefix("$share/") {
             Some(shared) => match shared.split_once('/') {

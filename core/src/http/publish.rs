@@ -90,6 +90,7 @@ pub async fn publish(
     state
         .router
         .publish(
+            crate::stats::Protocol::Http,
             &principal,
             &topic,
             payload.freeze(),
@@ -176,6 +177,16 @@ fn publish_error(error: PublishError) -> ApiError {
         PublishError::TooLarge { .. } => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload-too-large",
+            error.to_string(),
+        ),
+        PublishError::TopicTooLong { .. } => ApiError::new(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "topic-too-long",
+            error.to_string(),
+        ),
+        PublishError::TopicLimit => ApiError::new(
+            actix_web::http::StatusCode::INSUFFICIENT_STORAGE,
+            "topic-limit",
             error.to_string(),
         ),
         PublishError::Busy => {

@@ -124,6 +124,14 @@ impl Message {
             .clone()
     }
 
+    /// Whether a client receives it as a retained value: one from the
+    /// broker's store, on subscribe. A live message is not, whatever its
+    /// publisher's flag, as MQTT delivers it (and as pages that tell the
+    /// current state from live readings rely on).
+    pub fn delivered_retained(&self) -> bool {
+        self.id.is_none() && self.retain
+    }
+
     /// Bytes this message holds on to, for the replay ring's byte budget.
     pub fn weight(&self) -> usize {
         self.payload.len() + self.topic.len() + std::mem::size_of::<Self>()

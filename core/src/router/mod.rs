@@ -34,6 +34,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::Policy;
+use crate::broker::census::Census;
 use crate::config::Route;
 use crate::stats::Stats;
 use crate::topic;
@@ -75,6 +76,29 @@ pub struct RouterSettings {
     /// Device events a listener may fall behind by
     /// (`mqtt.device_events_capacity`).
     pub device_events_capacity: usize,
+    /// Longest topic a publish may name (`mqtt.max_topic_bytes`).
+    pub max_topic_bytes: usize,
+    /// Distinct topics and filters the broker may be given
+    /// (`mqtt.max_topics`, `mqtt.max_filters`; see `broker::census`).
+    pub max_topics: usize,
+    pub max_filters: usize,
+}
+
+impl RouterSettings {
+    /// The settings `config` gives, with `policy` as the access rules.
+    pub fn from_config(config: &crate::config::Config, policy: Arc<Policy>) -> Self {
+        Self {
+            max_payload_bytes: config.mqtt.max_payload_bytes,
+            device_events_capacity: config.mqtt.device_events_capacity,
+            max_topic_bytes: config.mqtt.max_topic_bytes,
+            max_topics: config.mqtt.max_topics,
+            max_filters: config.mqtt.max_filters,
+            replay_capacity: config.sse.replay_capacity,
+            replay_max_bytes: config.sse.replay_max_bytes,
+            routes: config.routes.clone(),
+            policy,
+        }
+    }
 }
 
 /// A cheap, cloneable handle to the router.
@@ -92,6 +116,8 @@ struct Shared {
     max_payload_bytes: usize,
     stats: Arc<Stats>,
     devices: DeviceEvents,
+    census: Arc<Census>,
+    max_topic_bytes: usize,
     ingress: mpsc::Sender<IngressRequest>,
     retained: mpsc::Sender<RetainedRequest>,
     state: Mutex<State>,
@@ -145,6 +171,8 @@ impl Router {
                 policy: settings.policy,
                 max_payload_bytes: settings.max_payload_bytes,
                 devices: DeviceEvents::new(settings.device_events_capacity, stats.clone()),
+                census: Arc::new(Census::new(settings.max_topics, settings.max_filters)),
+                max_topic_bytes: settings.max_topic_bytes,
                 stats,
                 ingress,
                 retained,
@@ -162,6 +190,12 @@ impl Router {
 
     pub fn stats(&self) -> &Arc<Stats> {
         &self.shared.stats
+    }
+
+    /// The distinct topics and filters the broker holds, for every way into
+    /// it to ask before it gives the broker a new one.
+    pub fn census(&self) -> &Arc<Census> {
+        &self.shared.census
     }
 
     /// Where the gate reports each device's connects and disconnects, and

@@ -8,7 +8,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{IngressRequest, Router};
 use crate::auth::{Action, Denied, Principal};
-use crate::stats::Stats;
+use crate::broker::name;
+use crate::stats::{Limit, Protocol, Stats};
 use crate::topic::{self, TopicError};
 
 /// How long a publish waits for the broker's confirmation.
@@ -24,6 +25,10 @@ pub enum PublishError {
         "the payload is {size} bytes; the broker takes at most {max} (mqtt.max_payload_bytes)"
     )]
     TooLarge { size: usize, max: usize },
+    #[error("the topic is {size} bytes; at most {max} are allowed (mqtt.max_topic_bytes)")]
+    TopicTooLong { size: usize, max: usize },
+    #[error("the broker holds mqtt.max_topics distinct topics already; publish on one of them")]
+    TopicLimit,
     #[error("the broker's ingress queue is full; retry shortly")]
     Busy,
     #[error("the broker is not accepting publishes")]
@@ -38,6 +43,7 @@ impl Router {
     /// see it); otherwise once it is queued (QoS 0).
     pub async fn publish(
         &self,
+        protocol: Protocol,
         principal: &Principal,
         topic: &str,
         payload: Bytes,
@@ -51,7 +57,7 @@ impl Router {
             (None, None)
         };
         let qos = u8::from(confirm);
-        self.enqueue(principal, topic, payload, (qos, retain), reply)?;
+        self.enqueue(protocol, principal, topic, payload, (qos, retain), reply)?;
         if let Some(confirmation) = confirmation {
             match tokio::time::timeout(CONFIRM_TIMEOUT, confirmation).await {
                 Ok(Ok(())) => {}
@@ -74,11 +80,15 @@ impl Router {
         qos: u8,
         retain: bool,
     ) -> Result<(), PublishError> {
-        self.enqueue(principal, topic, payload, (qos.min(2), retain), None)
+        let meta = (qos.min(2), retain);
+        self.enqueue(Protocol::Plugin, principal, topic, payload, meta, None)
     }
 
+    /// Checks and queues a publish; a refusal by a limit is counted for
+    /// `protocol`.
     fn enqueue(
         &self,
+        protocol: Protocol,
         principal: &Principal,
         topic: &str,
         payload: Bytes,
@@ -89,6 +99,13 @@ impl Router {
             topic: topic.chars().take(256).collect(),
             source,
         })?;
+        if topic.len() > self.shared.max_topic_bytes {
+            self.stats().limit(protocol, Limit::TopicLength);
+            return Err(PublishError::TopicTooLong {
+                size: topic.len(),
+                max: self.shared.max_topic_bytes,
+            });
+        }
         self.policy().authorize(principal, Action::Publish, topic)?;
         let max = self.shared.max_payload_bytes;
         if payload.len() > max {
@@ -96,6 +113,11 @@ impl Router {
                 size: payload.len(),
                 max,
             });
+        }
+        // Last, so that a refused publish takes no room.
+        if !self.shared.census.admit_topic(&name::topic_in(topic)) {
+            self.stats().limit(protocol, Limit::Topics);
+            return Err(PublishError::TopicLimit);
         }
         let request = IngressRequest {
             topic: topic.to_owned(),

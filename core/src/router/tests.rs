@@ -30,6 +30,9 @@ fn harness(replay_capacity: usize) -> Harness {
             policy: Arc::new(crate::auth::Policy::allow_all()),
             max_payload_bytes: 1024 * 1024,
             device_events_capacity: 16,
+            max_topic_bytes: 1024,
+            max_topics: 1_000,
+            max_filters: 1_000,
         },
         Arc::new(Stats::default()),
         ingress_tx,
@@ -312,7 +315,14 @@ async fn publish_checks_the_topic() {
     let h = harness(10);
     let err = h
         .router
-        .publish(&Principal::Anonymous, "a/+", Bytes::new(), false, false)
+        .publish(
+            crate::stats::Protocol::Http,
+            &Principal::Anonymous,
+            "a/+",
+            Bytes::new(),
+            false,
+            false,
+        )
         .await
         .expect_err("wildcard refused");
     assert!(matches!(err, PublishError::InvalidTopic { .. }));

@@ -102,7 +102,7 @@ fn encode_json(message: &Message) -> Bytes {
         payload: &payload,
         encoding,
         qos: message.qos,
-        retain: message.retain,
+        retain: message.delivered_retained(),
         ts: message.received_at_ms,
     };
     let mut frame = header(message, payload.len() + message.topic.len() + 96);

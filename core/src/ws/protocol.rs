@@ -211,7 +211,7 @@ pub fn message(message: &Message) -> Bytes {
             payload: &payload,
             encoding,
             qos: m.qos,
-            retain: m.retain,
+            retain: m.delivered_retained(),
             ts: m.received_at_ms,
         };
         Bytes::from(serde_json::to_vec(&frame).unwrap_or_default())

@@ -240,7 +240,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                 }
                 self.router
-                    .publish(&self.principal, &topic, payload, retain, qos == 1)
+                    .publish(
+                        crate::stats::Protocol::WebSocket,
+                        &self.principal,
+                        &topic,
+                        payload,
+                        retain,
+                        qos == 1,
+                    )
                     .await
                     .map_err(|e| self.publish_error(e))?;
                 Stats::incr(&self.router.stats().ws_publishes);
@@ -408,6 +415,8 @@ fn publish_error(error: PublishError) -> ProtocolError {
         }
         PublishError::Denied(_) => "forbidden",
         PublishError::TooLarge { .. } => "payload-too-large",
+        PublishError::TopicTooLong { .. } => "topic-too-long",
+        PublishError::TopicLimit => "topic-limit",
         PublishError::Busy => "busy",
         PublishError::Unavailable => "broker-unavailable",
         PublishError::Timeout(_) => "broker-timeout",
