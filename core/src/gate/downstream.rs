@@ -147,26 +147,41 @@ impl Downstream {
                     // The topic as it was published, and the payload
                     // without the bridge's stamp (see `broker::stamp`).
                     let at = publish.payload_at;
-                    let stamped =
-                        matches!(stamp::read(&bytes[at..frame.len]), stamp::Read::Stamped(_));
-                    let renamed = topic.len() != publish.topic.len();
-                    let unstamp = (at..at + stamp::LEN, Piece::Raw(&[]));
-                    let edits: &[Edit<'_>] = match (renamed, stamped) {
-                        (false, false) => &[],
-                        (false, true) => &[unstamp],
-                        (true, false) => &[(publish.topic_range, Piece::Field(topic.as_bytes()))],
-                        (true, true) => &[
-                            (publish.topic_range, Piece::Field(topic.as_bytes())),
-                            unstamp,
-                        ],
-                    };
+                    let read = stamp::read(&bytes[at..frame.len]);
+                    let stamped = matches!(read, stamp::Read::Stamped(_));
+                    // rumqttd delivers at the subscription's QoS; MQTT says
+                    // at most the publisher's. A message published at QoS 0
+                    // goes to the client at QoS 0, and the gate acknowledges
+                    // the broker's QoS 1 or 2 delivery itself.
+                    let downgrade =
+                        matches!(read, stamp::Read::Stamped(m) if m.qos == 0) && publish.qos > 0;
+                    let mut edits: Vec<Edit<'_>> = Vec::new();
+                    if topic.len() != publish.topic.len() {
+                        edits.push((publish.topic_range.clone(), Piece::Field(topic.as_bytes())));
+                    }
+                    if downgrade {
+                        // The packet id follows the topic.
+                        let id_at = publish.topic_range.end;
+                        edits.push((id_at..id_at + 2, Piece::Raw(&[])));
+                    }
+                    if stamped {
+                        edits.push((at..at + stamp::LEN, Piece::Raw(&[])));
+                    }
                     if edits.is_empty() {
                         batch.to_client.extend_from_slice(whole);
                     } else {
-                        packet::write_edited(&mut batch.to_client, bytes, &frame, edits);
+                        // At QoS 0 the QoS bits and DUP are cleared.
+                        let first = if downgrade {
+                            frame.first & 0xf1
+                        } else {
+                            frame.first
+                        };
+                        packet::write_edited_as(&mut batch.to_client, first, bytes, &frame, &edits);
                     }
-                    if let Some(id) = publish.packet_id {
-                        batch.acks.push(Entry::Peer { phase, id });
+                    match publish.packet_id {
+                        Some(id) if downgrade => self.answer_for_client(publish.qos, id, batch),
+                        Some(id) => batch.acks.push(Entry::Peer { phase, id }),
+                        None => {}
                     }
                     return Ok(());
                 }
@@ -175,19 +190,7 @@ impl Downstream {
                 Stats::incr(&stats.mqtt_deliveries_withheld);
                 tracing::trace!(principal = %self.principal, topic, "MQTT delivery withheld.");
                 if let Some(id) = publish.packet_id {
-                    let kind = if publish.qos == 1 {
-                        kind::PUBACK
-                    } else {
-                        self.withheld_qos2.insert(id);
-                        kind::PUBREC
-                    };
-                    let reason = 0;
-                    batch.acks.push(Entry::Gate {
-                        phase,
-                        kind,
-                        id,
-                        reason,
-                    });
+                    self.answer_for_client(publish.qos, id, batch);
                 }
             }
             kind::PUBREL => {
@@ -226,6 +229,26 @@ impl Downstream {
             _ => batch.to_client.extend_from_slice(whole),
         }
         Ok(())
+    }
+}
+
+impl Downstream {
+    /// Acknowledges to the broker, in the client's place, a QoS 1 or 2
+    /// delivery the client does not acknowledge itself (withheld, or sent
+    /// to it at QoS 0); a QoS 2 one's PUBREL is then answered here too.
+    fn answer_for_client(&mut self, qos: u8, id: u16, batch: &mut Batch) {
+        let kind = if qos == 1 {
+            kind::PUBACK
+        } else {
+            self.withheld_qos2.insert(id);
+            kind::PUBREC
+        };
+        batch.acks.push(Entry::Gate {
+            phase: Phase::Receipt,
+            kind,
+            id,
+            reason: 0,
+        });
     }
 }
 

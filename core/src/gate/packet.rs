@@ -18,8 +18,8 @@ use std::ops::Range;
 
 use self::reader::Reader;
 pub use self::write::{
-    ack, connack_refusal, put_varint, write_connect, write_edited, write_publish_with_topic,
-    write_suback, write_subscribe, write_with_strings, Edit, Piece,
+    ack, connack_refusal, put_varint, write_connect, write_edited, write_edited_as,
+    write_publish_with_topic, write_suback, write_subscribe, write_with_strings, Edit, Piece,
 };
 
 /// Packet types (the high nibble of the first byte).

@@ -34,6 +34,8 @@ const QUOTA_EXCEEDED: u8 = 0x97;
 const TOPIC_FILTER_INVALID: u8 = 0x8f;
 const TOPIC_NAME_INVALID: u8 = 0x90;
 const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
+const TOPIC_ALIAS_INVALID: u8 = 0x94;
+const PROTOCOL_ERROR: u8 = 0x82;
 /// MQTT 3.1.1's one SUBACK failure code.
 const V311_FAILURE: u8 = 0x80;
 
@@ -252,21 +254,29 @@ impl Upstream {
         let within_rate = self.take_token();
         // The topic this PUBLISH is about, and whether it must be written
         // out because the broker does not know the alias's topic.
+        let version = self.version;
         let (topic, restore): (&str, bool) = match publish.topic_alias {
             None if publish.topic.is_empty() => {
-                return Err(SessionError::Protocol("a PUBLISH without a topic"))
+                end(version, batch, PROTOCOL_ERROR, "a PUBLISH without a topic");
+                return Ok(());
             }
             None => (publish.topic, false),
             Some(alias) if alias == 0 || alias > MAX_TOPIC_ALIAS => {
-                return Err(SessionError::Protocol("a topic alias out of range"))
+                end(
+                    version,
+                    batch,
+                    TOPIC_ALIAS_INVALID,
+                    "a topic alias out of range",
+                );
+                return Ok(());
             }
-            Some(alias) if publish.topic.is_empty() => {
-                let known = self
-                    .aliases
-                    .get(&alias)
-                    .ok_or(SessionError::Protocol("an unknown topic alias"))?;
-                (known.topic.as_str(), !known.at_broker)
-            }
+            Some(alias) if publish.topic.is_empty() => match self.aliases.get(&alias) {
+                Some(known) => (known.topic.as_str(), !known.at_broker),
+                None => {
+                    end(version, batch, PROTOCOL_ERROR, "an unknown topic alias");
+                    return Ok(());
+                }
+            },
             Some(alias) => {
                 self.set_alias(alias, publish.topic)?;
                 (publish.topic, false)
@@ -311,13 +321,12 @@ impl Upstream {
         if let (None, 2, Some(id)) = (refusal, publish.qos, publish.packet_id) {
             if self.unreleased.insert(id) && self.unreleased.len() > self.shared.max_inflight {
                 self.stats().limit(Protocol::Mqtt, Limit::Inflight);
-                if self.version == Version::V5 {
-                    batch
-                        .to_client
-                        .extend_from_slice(&[0xe0, 1, RECEIVE_MAXIMUM_EXCEEDED]);
-                }
-                batch.refusal = Some("more unreleased QoS 2 publishes than mqtt.max_inflight");
-                batch.end = true;
+                end(
+                    self.version,
+                    batch,
+                    RECEIVE_MAXIMUM_EXCEEDED,
+                    "more unreleased QoS 2 publishes than mqtt.max_inflight",
+                );
                 return Ok(());
             }
         }
@@ -535,6 +544,17 @@ impl Upstream {
     }
 }
 
+/// Ends the connection once `batch` is forwarded, for `reason`: an MQTT 5
+/// client is told with a DISCONNECT carrying `code`; MQTT 3.1.1 has no way
+/// to say why.
+fn end(version: Version, batch: &mut Batch, code: u8, reason: &'static str) {
+    if version == Version::V5 {
+        batch.to_client.extend_from_slice(&[0xe0, 1, code]);
+    }
+    batch.refusal = Some(reason);
+    batch.end = true;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,14 +630,29 @@ mod tests {
     }
 
     /// Aliases out of range, unknown, or a PUBLISH without topic or alias
-    /// are protocol errors.
+    /// end the connection, MQTT 5 clients told why (0x94, 0x82).
     #[test]
     fn bad_aliases_are_refused() {
-        let mut up = upstream(Version::V5);
-        assert!(send(&mut up, &publish("", 7)).is_err(), "unknown");
-        assert!(send(&mut up, &publish("t", 0)).is_err(), "zero");
-        assert!(send(&mut up, &publish("t", 5_000)).is_err(), "too high");
-        let mut v4 = upstream(Version::V311);
-        assert!(send(&mut v4, &[0x30, 2, 0, 0]).is_err(), "no topic");
+        for (packet, code, what) in [
+            (publish("", 7), PROTOCOL_ERROR, "unknown"),
+            (publish("t", 0), TOPIC_ALIAS_INVALID, "zero"),
+            (publish("t", 5_000), TOPIC_ALIAS_INVALID, "too high"),
+        ] {
+            let batch = send(&mut upstream(Version::V5), &packet).expect("handled");
+            assert!(
+                batch.end && batch.to_broker.is_empty(),
+                "{what}: the connection ends"
+            );
+            assert_eq!(
+                batch.to_client,
+                [0xe0, 1, code],
+                "{what}: DISCONNECT with its reason"
+            );
+        }
+        let batch = send(&mut upstream(Version::V311), &[0x30, 2, 0, 0]).expect("handled");
+        assert!(
+            batch.end && batch.to_client.is_empty(),
+            "no topic: closed, nothing to say"
+        );
     }
 }

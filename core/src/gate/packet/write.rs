@@ -134,13 +134,21 @@ pub type Edit<'a> = (Range<usize>, Piece<'a>);
 /// `packet` with each edit applied (the ranges in order and apart),
 /// everything else unchanged, under a fixed header of the new length.
 pub fn write_edited(out: &mut Vec<u8>, packet: &[u8], frame: &Frame, edits: &[Edit<'_>]) {
+    write_edited_as(out, frame.first, packet, frame, edits);
+}
+
+/// [`write_edited`] under the type and flags byte `first` (a PUBLISH whose
+/// QoS changes).
+pub fn write_edited_as(
+    out: &mut Vec<u8>,
+    first: u8,
+    packet: &[u8],
+    frame: &Frame,
+    edits: &[Edit<'_>],
+) {
     let removed: usize = edits.iter().map(|(range, _)| range.len()).sum();
     let added: usize = edits.iter().map(|(_, piece)| piece.len()).sum();
-    header(
-        out,
-        frame.first,
-        frame.len - frame.header_len - removed + added,
-    );
+    header(out, first, frame.len - frame.header_len - removed + added);
     splice(out, packet, frame.header_len, frame.len, edits);
 }
 
