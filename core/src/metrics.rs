@@ -165,6 +165,12 @@ impl Collector for StatsCollector {
         )?;
         counter(
             &mut encoder,
+            "mqtt_deliveries_too_large",
+            "Deliveries not sent to an MQTT 5 client because they exceed its Maximum Packet Size.",
+            read(&s.mqtt_deliveries_too_large),
+        )?;
+        counter(
+            &mut encoder,
             "mqtt_connect_retries",
             "CONNECTs the gate sent the broker again after it closed one without answering.",
             read(&s.mqtt_connect_retries),

@@ -46,6 +46,9 @@ counters! {
     /// Devices the broker accepted, and connections of them that ended.
     device_connects,
     device_disconnects,
+    /// Deliveries not sent to an MQTT 5 client because they exceed its
+    /// Maximum Packet Size (acknowledged to the broker by the gate).
+    mqtt_deliveries_too_large,
     /// CONNECTs the gate sent the broker again after it closed one
     /// without answering.
     mqtt_connect_retries,

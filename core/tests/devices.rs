@@ -89,9 +89,15 @@ async fn a_normal_disconnect_is_the_clients_and_discards_the_will() {
             (DisconnectReason::Client { reason_code: 0 }, None)
         );
     }
-    // A marker after both: no will came before it.
+    // A marker after both, and then a will that is due: nothing came
+    // between them (a leaver's will, were it due, would be published as
+    // soon as its connection closed, before this one's).
     common::post(bridge.http, "/publish/wills/marker", b"m").await;
     assert_eq!(watcher.next().await.topic, "wills/marker");
+    let (lost, code) = RawMqtt::connect(bridge.mqtt, with_will(5, "lost", "wills/lost")).await;
+    assert_eq!(code, Some(0));
+    drop(lost);
+    assert_eq!(watcher.next().await.topic, "wills/lost");
     bridge.shutdown().await;
 }
 

@@ -61,6 +61,8 @@ pub struct Downstream {
     order: AckOrder,
     /// Told when the broker accepts the CONNECT, for its device event.
     presence: Option<Arc<Presence>>,
+    /// MQTT 5: the largest packet the client accepts, if it set a limit.
+    client_max_packet: Option<usize>,
 }
 
 impl Downstream {
@@ -75,7 +77,14 @@ impl Downstream {
             gate_pings: 0,
             order: AckOrder::new(version),
             presence: None,
+            client_max_packet: None,
         }
+    }
+
+    /// Sends the client no packet larger than `max` bytes.
+    pub fn with_max_packet(mut self, max: Option<u32>) -> Self {
+        self.client_max_packet = max.map(|m| m as usize);
+        self
     }
 
     /// Tells `presence` when the broker accepts the CONNECT.
@@ -167,6 +176,7 @@ impl Downstream {
                     if stamped {
                         edits.push((at..at + stamp::LEN, Piece::Raw(&[])));
                     }
+                    let start = batch.to_client.len();
                     if edits.is_empty() {
                         batch.to_client.extend_from_slice(whole);
                     } else {
@@ -177,6 +187,20 @@ impl Downstream {
                             frame.first
                         };
                         packet::write_edited_as(&mut batch.to_client, first, bytes, &frame, &edits);
+                    }
+                    // MQTT 5: a packet larger than the client's Maximum
+                    // Packet Size is not sent, but dealt with as if it had
+                    // been (rumqttd 0.20 ignores the limit).
+                    if self
+                        .client_max_packet
+                        .is_some_and(|max| batch.to_client.len() - start > max)
+                    {
+                        batch.to_client.truncate(start);
+                        Stats::incr(&self.shared.stats.mqtt_deliveries_too_large);
+                        if let Some(id) = publish.packet_id {
+                            self.answer_for_client(publish.qos, id, batch);
+                        }
+                        return Ok(());
                     }
                     match publish.packet_id {
                         Some(id) if downgrade => self.answer_for_client(publish.qos, id, batch),

@@ -143,6 +143,8 @@ pub struct Properties {
     pub topic_alias_maximum_at: Option<usize>,
     /// The Session Expiry Interval, in seconds, if present.
     pub session_expiry: Option<u32>,
+    /// The Maximum Packet Size the sender accepts, if it set one.
+    pub maximum_packet_size: Option<u32>,
 }
 
 /// The fields of a CONNECT the gate decides on.
@@ -168,6 +170,8 @@ pub struct Connect {
     /// MQTT 5's Session Expiry Interval in seconds (0 when absent: the
     /// session ends with the connection).
     pub session_expiry: u32,
+    /// MQTT 5: the largest packet the client accepts, if it set a limit.
+    pub maximum_packet_size: Option<u32>,
     /// The keep-alive in seconds (0 is "off"), and where it lies.
     pub keep_alive: u16,
     pub keep_alive_at: usize,
@@ -202,10 +206,12 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
     let keep_alive = r.u16("keep alive")?;
     let mut topic_alias_maximum_at = None;
     let mut session_expiry = 0;
+    let mut maximum_packet_size = None;
     if version == Version::V5 {
         let properties = r.properties()?;
         topic_alias_maximum_at = properties.topic_alias_maximum_at;
         session_expiry = properties.session_expiry.unwrap_or(0);
+        maximum_packet_size = properties.maximum_packet_size;
     }
     let start = r.pos;
     let client_id = r.string("client id")?.to_owned();
@@ -253,6 +259,7 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
         will_retain: flags & 0x20 != 0,
         clean_start: flags & 0x02 != 0,
         session_expiry,
+        maximum_packet_size,
         keep_alive,
         keep_alive_at,
         topic_alias_maximum_at,

@@ -131,6 +131,8 @@ pub enum UpEnd {
 }
 
 /// Client to broker. `buf` may already hold what followed the CONNECT.
+/// Returns how it ended, with the broker's write half, still open, for
+/// the caller to close when it sees fit.
 pub async fn up<R, W>(
     mut state: Upstream,
     mut client: R,
@@ -139,7 +141,7 @@ pub async fn up<R, W>(
     mut notes_in: mpsc::Receiver<Note>,
     notes_out: mpsc::Sender<Note>,
     max: usize,
-) -> Result<UpEnd, SessionError>
+) -> Result<(UpEnd, W), SessionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -164,7 +166,7 @@ where
                 }
                 read = fill(&mut client, &mut buf, max) => {
                     if read? == 0 {
-                        return Ok(UpEnd::Closed);
+                        return Ok((UpEnd::Closed, broker));
                     }
                 }
                 () = next_tick(&mut ping) => {
@@ -202,7 +204,8 @@ where
             broker.write_all(&out).await?;
         }
         if batch.end {
-            return Ok(batch.refusal.map_or(UpEnd::Disconnected, UpEnd::Refused));
+            let end = batch.refusal.map_or(UpEnd::Disconnected, UpEnd::Refused);
+            return Ok((end, broker));
         }
     }
 }

@@ -32,11 +32,13 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// MQTT 3.1.1 CONNACK return codes.
 const V311_UNACCEPTABLE_VERSION: u8 = 1;
+const V311_IDENTIFIER_REJECTED: u8 = 2;
 const V311_UNAVAILABLE: u8 = 3;
 pub const V311_NOT_AUTHORIZED: u8 = 5;
 /// MQTT 5 CONNACK reason codes.
 const V5_UNSUPPORTED_VERSION: u8 = 0x84;
 const V5_UNAVAILABLE: u8 = 0x88;
+const V5_CLIENT_ID_NOT_VALID: u8 = 0x85;
 const V5_TOPIC_NAME_INVALID: u8 = 0x90;
 const V5_QUOTA_EXCEEDED: u8 = 0x97;
 
@@ -152,6 +154,15 @@ where
     let refuse = |v311: u8, v5: u8| {
         packet::connack_refusal(version, if version == Version::V5 { v5 } else { v311 })
     };
+    // A session has to be found again by its id: an empty one cannot keep
+    // a session (MQTT 3.1.1 [MQTT-3.1.3-8]; rumqttd 0.20 answers MQTT 5
+    // with the wrong reason).
+    if connect.client_id.is_empty() && !connect.clean_start {
+        tracing::debug!("MQTT CONNECT refused: an empty client id cannot keep a session.");
+        let answer = refuse(V311_IDENTIFIER_REJECTED, V5_CLIENT_ID_NOT_VALID);
+        write_client(&mut client_tx, &answer).await?;
+        return Ok(Ending::ClientClosed);
+    }
     let principal = match shared.admit(&connect).await {
         Ok(principal) => principal,
         Err(refused) => {
@@ -295,7 +306,9 @@ where
     let up = Upstream::new(shared.clone(), version, principal.clone())
         .with_gate_pings(gate_pings)
         .with_presence(device.clone());
-    let down = Downstream::new(shared.clone(), version, principal).with_presence(device);
+    let down = Downstream::new(shared.clone(), version, principal)
+        .with_presence(device)
+        .with_max_packet(connect.maximum_packet_size);
     let client_to_broker = pump::up(
         up,
         client_rx,
@@ -321,13 +334,15 @@ where
     tokio::select! {
         () = takeover.cancelled() => Ok(Ending::TakenOver),
         result = client_to_broker => match result? {
-            UpEnd::Closed => Ok(Ending::ClientClosed),
-            UpEnd::Disconnected => {
+            (UpEnd::Closed, _) => Ok(Ending::ClientClosed),
+            (UpEnd::Disconnected, broker) => {
+                drop(broker);
                 let _ = tokio::time::timeout(DISCONNECT_LINGER, &mut broker_to_client).await;
                 Ok(Ending::ClientClosed)
             }
             // Time for the client to be told (MQTT 5's DISCONNECT).
-            UpEnd::Refused(reason) => {
+            (UpEnd::Refused(reason), broker) => {
+                drop(broker);
                 let _ = tokio::time::timeout(REFUSAL_LINGER, &mut broker_to_client).await;
                 Err(SessionError::Protocol(reason))
             }

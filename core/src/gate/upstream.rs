@@ -36,6 +36,8 @@ const TOPIC_NAME_INVALID: u8 = 0x90;
 const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
 const TOPIC_ALIAS_INVALID: u8 = 0x94;
 const PROTOCOL_ERROR: u8 = 0x82;
+/// DISCONNECT, normal, as both versions write it at its shortest.
+const NORMAL_DISCONNECT: [u8; 2] = [0xe0, 0];
 /// MQTT 3.1.1's one SUBACK failure code.
 const V311_FAILURE: u8 = 0x80;
 
@@ -222,8 +224,14 @@ impl Upstream {
                 // keeps it for every reason but 0 (0x04 asks for it): such
                 // a DISCONNECT stays here, and the broker, seeing the
                 // connection close, publishes the will.
+                //
+                // A normal DISCONNECT goes on in its shortest form, which
+                // both versions read alike: rumqttd 0.20's MQTT 5 reader
+                // takes a reason code without a property length (valid
+                // MQTT 5) for half a packet, never sees the DISCONNECT,
+                // and publishes the will as for a lost connection.
                 if reason == 0 {
-                    batch.to_broker.extend_from_slice(&bytes[..frame.len]);
+                    batch.to_broker.extend_from_slice(&NORMAL_DISCONNECT);
                 }
                 batch.end = true;
                 Ok(())

@@ -169,14 +169,24 @@ impl RawMqtt {
         Self::handshake(Link::WebSocket(Box::new(ws)), options).await
     }
 
+    /// Connects with a CONNECT of MQTT `level` built by the caller.
+    pub async fn connect_with(addr: SocketAddr, level: u8, connect: &[u8]) -> (Self, Option<u8>) {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Self::handshake_with(Link::Bytes(Box::new(stream)), level, connect).await
+    }
+
     async fn handshake(link: Link, options: Connect<'_>) -> (Self, Option<u8>) {
+        Self::handshake_with(link, options.level, &connect_packet(&options)).await
+    }
+
+    async fn handshake_with(link: Link, level: u8, connect: &[u8]) -> (Self, Option<u8>) {
         let mut client = Self {
             link,
             buf: Vec::new(),
-            level: options.level,
+            level,
             publishes: VecDeque::new(),
         };
-        client.send(&connect_packet(&options)).await;
+        client.send(connect).await;
         let code = match client.next().await {
             Some(p) if p.kind() == 2 => p.body.get(1).copied(),
             _ => None,

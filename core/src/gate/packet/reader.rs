@@ -7,6 +7,7 @@ use super::{Frame, PacketError, Properties, Version};
 const TOPIC_ALIAS_MAXIMUM: usize = 0x22;
 const TOPIC_ALIAS: usize = 0x23;
 const SESSION_EXPIRY_INTERVAL: usize = 0x11;
+const MAXIMUM_PACKET_SIZE: usize = 0x27;
 
 /// Reads fields front to back from one packet, naming the packet in errors.
 #[derive(Debug)]
@@ -143,9 +144,11 @@ impl<'a> Reader<'a> {
                 // Four-byte integer.
                 0x02 | 0x11 | 0x18 | 0x27 => {
                     let bytes = self.take(4, "property")?;
+                    let value = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
                     if id == SESSION_EXPIRY_INTERVAL {
-                        found.session_expiry =
-                            Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
+                        found.session_expiry = Some(value);
+                    } else if id == MAXIMUM_PACKET_SIZE {
+                        found.maximum_packet_size = Some(value);
                     }
                 }
                 // Variable byte integer (subscription identifier).
