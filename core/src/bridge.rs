@@ -43,6 +43,10 @@ pub enum StartError {
     },
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Log(#[from] crate::log::LogError),
+    #[error("cannot give the broker back its retained values: {0}")]
+    Restore(&'static str),
     #[error("cannot start the http server: {0}")]
     Http(std::io::Error),
     #[error(transparent)]
@@ -131,11 +135,18 @@ impl Bridge {
         if !config.auth.anonymous_mqtt && config.auth.users.is_empty() {
             tracing::warn!("Neither auth.anonymous_mqtt nor [[auth.users]] is set: every MQTT client will be refused.");
         }
+        // The log first: everything else starts from where it stands. Its
+        // files are read and checked off the async workers.
+        let log_config = config.log.clone();
+        let log = tokio::task::spawn_blocking(move || crate::log::open(&log_config))
+            .await
+            .map_err(|e| StartError::Http(std::io::Error::other(e)))??;
         let (ingress_tx, ingress_rx) = mpsc::channel(config.http.ingress_capacity);
         let (retained_tx, retained_rx) = mpsc::channel(RETAINED_REQUESTS);
         let router = Router::new(
             RouterSettings::from_config(&config, policy.clone()),
             stats,
+            log,
             ingress_tx,
             retained_tx,
         );
@@ -193,6 +204,20 @@ impl Bridge {
             mqtt_v5,
             mqtt_ws,
         } = broker_addrs;
+
+        // The broker gets the retained values back before anyone can ask
+        // it for them.
+        let restored = router
+            .restore_retained()
+            .await
+            .map_err(StartError::Restore)?;
+        tracing::info!(
+            kind = ?config.log.kind,
+            epoch = %format_args!("{:x}", router.epoch()),
+            next = router.log().next(),
+            retained = restored,
+            "Log ready."
+        );
 
         // Plugins start once the broker is up (their first publishes have
         // somewhere to go) and before HTTP serves, so a required plugin that
@@ -416,6 +441,14 @@ impl Bridge {
             tracing::warn!(error = %e, "HTTP server task ended abnormally.");
         }
         self.plugins.stop().await;
+        // What the last publishes appended goes to disk before the process
+        // ends (the broker takes no more: every way in has stopped).
+        let log = self.router.log().clone();
+        match tokio::task::spawn_blocking(move || log.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "Cannot sync the log at shutdown."),
+            Err(e) => tracing::error!(error = %e, "Log sync task failed at shutdown."),
+        }
         // The embedded broker's threads cannot be stopped (rumqttd 0.20);
         // they end with the process.
         tracing::info!("Bridge stopped.");

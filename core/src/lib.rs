@@ -11,6 +11,9 @@
 //!   every entry point.
 //! - [`router`]: the ordered stream, the subscription trie, per-subscriber
 //!   queues, the replay ring and retained-first delivery.
+//! - [`log`]: the log beneath the router: every message appended and given
+//!   its position, on disk by default (segment files, retained values,
+//!   epochs), read back for resumes older than the ring.
 //! - [`broker`]: the embedded rumqttd and the links that join it to the router.
 //! - [`gate`]: the MQTT listeners in front of the broker that enforce the
 //!   access rules on devices' SUBSCRIBE, PUBLISH, wills and deliveries
@@ -43,6 +46,7 @@ pub mod config;
 pub mod gate;
 pub mod http;
 pub mod limits;
+pub mod log;
 pub mod metrics;
 pub mod plugin;
 pub mod router;

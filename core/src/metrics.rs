@@ -183,6 +183,30 @@ impl Collector for StatsCollector {
         )?;
         counter(
             &mut encoder,
+            "log_append_failures",
+            "Messages the log could not store; they reached no subscriber.",
+            read(&s.log_append_failures),
+        )?;
+        counter(
+            &mut encoder,
+            "log_resumes",
+            "Resumes older than the replay ring, served from the log.",
+            read(&s.log_resumes),
+        )?;
+        counter(
+            &mut encoder,
+            "log_messages_read",
+            "Messages read back from the log for resumes and since= replays.",
+            read(&s.log_messages_read),
+        )?;
+        counter(
+            &mut encoder,
+            "log_read_failures",
+            "Reads from the log that failed; the subscriber was sent a gap.",
+            read(&s.log_read_failures),
+        )?;
+        counter(
+            &mut encoder,
             "messages_unstamped",
             "Broker messages without the bridge's QoS and retain stamp, routed as QoS 0.",
             read(&s.messages_unstamped),

@@ -52,6 +52,15 @@ counters! {
     /// CONNECTs the gate sent the broker again after it closed one
     /// without answering.
     mqtt_connect_retries,
+    /// Messages the log refused to append (storage failed): they reached
+    /// no subscriber.
+    log_append_failures,
+    /// Resumes served (in part) from the log, being older than the ring.
+    log_resumes,
+    /// Messages read back from the log for resumes and `since`.
+    log_messages_read,
+    /// Reads from the log that failed (the subscriber was told of a gap).
+    log_read_failures,
     /// Device events a listener fell too far behind to receive.
     device_events_lagged,
     /// Copies handed to subscriber queues.

@@ -155,7 +155,7 @@ fn required_plugin_failure_fails_the_binary() {
     std::fs::write(
         &config,
         "[mqtt]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-         [websocket]\nlisten = \"127.0.0.1:0\"\n\
+         [websocket]\nlisten = \"127.0.0.1:0\"\n[log]\nkind = \"memory\"\n\
          [[plugins]]\nname = \"ghost\"\npath = \"/nonexistent/libghost.so\"\n",
     )
     .expect("write the config");

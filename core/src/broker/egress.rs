@@ -9,6 +9,7 @@ use rumqttd::Notification;
 
 use super::health::BrokerHealth;
 use super::BrokerError;
+use crate::log::Entry;
 use crate::router::Router;
 use crate::stats::Stats;
 
@@ -39,26 +40,64 @@ pub(super) fn spawn(
     Ok(())
 }
 
+/// Messages appended to the log in one batch at most: one write (and,
+/// with `fsync = "always"`, one fsync) for all of them.
+const BATCH: usize = 256;
+
 fn rx_loop(rx: &mut LinkRx, router: &Router) -> Result<(), Box<rumqttd::local::LinkError>> {
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
-        match rx.recv()? {
-            Some(Notification::Forward(forward)) => {
-                let publish = forward.publish;
-                match std::str::from_utf8(&publish.topic) {
-                    Ok(topic) => {
-                        let (payload, meta, read) = super::stamp::split(publish.payload);
-                        if read == super::stamp::Read::Unstamped {
-                            Stats::incr(&router.stats().messages_unstamped);
-                        }
-                        router.dispatch(super::name::topic_out(topic), payload, meta);
-                    }
-                    Err(_) => Stats::incr(&router.stats().messages_invalid),
-                }
+        // Wait for one, then take what else is there already.
+        let first = rx.recv()?;
+        take(rx, first, router, &mut batch)?;
+        while batch.len() < BATCH {
+            match rx.recv_deadline(std::time::Instant::now()) {
+                Ok(next) => take(rx, next, router, &mut batch)?,
+                // Nothing more for now (a link that closed says so on the
+                // next `recv`).
+                Err(rumqttd::local::LinkError::RecvTimeout(_)) => break,
+                Err(e) => return Err(Box::new(e)),
             }
-            // The broker paused this link because its buffer filled up;
-            // it resumes once told we are reading again.
-            Some(Notification::Unschedule) => rx.ready()?,
-            Some(_) | None => {}
         }
+        router.dispatch_batch(&batch);
+        batch.clear();
     }
+}
+
+/// Adds one notification's message to `batch`.
+fn take(
+    rx: &mut LinkRx,
+    notification: Option<Notification>,
+    router: &Router,
+    batch: &mut Vec<Entry>,
+) -> Result<(), Box<rumqttd::local::LinkError>> {
+    match notification {
+        Some(Notification::Forward(forward)) => {
+            let publish = forward.publish;
+            let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+                Stats::incr(&router.stats().messages_invalid);
+                return Ok(());
+            };
+            let (payload, meta, read) = super::stamp::split(publish.payload);
+            match read {
+                super::stamp::Read::Unstamped => Stats::incr(&router.stats().messages_unstamped),
+                // Put back into the broker from the log at start: the log
+                // has it already.
+                super::stamp::Read::Restored(_) => return Ok(()),
+                _ => {}
+            }
+            batch.push(Entry {
+                time_ms: crate::router::now_ms(),
+                qos: meta.qos,
+                retain: meta.retain,
+                topic: super::name::topic_out(topic).into(),
+                payload,
+            });
+        }
+        // The broker paused this link because its buffer filled up;
+        // it resumes once told we are reading again.
+        Some(Notification::Unschedule) => rx.ready()?,
+        Some(_) | None => {}
+    }
+    Ok(())
 }

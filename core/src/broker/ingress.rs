@@ -79,7 +79,11 @@ fn publish_loop(
                 qos: request.qos,
                 retain: request.retain,
             };
-            let payload = super::stamp::stamp(meta, &request.payload);
+            let payload = if request.restored {
+                super::stamp::stamp_restored(meta, &request.payload)
+            } else {
+                super::stamp::stamp(meta, &request.payload)
+            };
             let publish = Publish::new(Bytes::from(topic), payload, request.retain);
             // `send` is an async fn with no await point inside: polled once it
             // completes (blocking this dedicated thread if the broker is busy).

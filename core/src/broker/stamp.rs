@@ -15,16 +15,18 @@
 //! An empty payload published without retain is stamped, so (unlike in
 //! rumqttd alone) it is an ordinary message and deletes nothing.
 //!
-//! The byte is `0b1010_0rqq`: a marker in the high bits, so a payload that
+//! The byte is `0b1010_xrqq`: a marker in the high bits, so a payload that
 //! somehow arrives unstamped is recognised and counted rather than misread
-//! (no UTF-8 text starts with such a byte), then the retain flag and the
-//! QoS.
+//! (no UTF-8 text starts with such a byte), then whether the message is a
+//! retained value put back from the log at start (`x`: the egress link
+//! skips those, the log has them), the retain flag and the QoS.
 
 /// Bytes a stamp adds to a payload.
 pub const LEN: usize = 1;
 
 const MARK: u8 = 0b1010_0000;
-const MARK_MASK: u8 = 0b1111_1000;
+const MARK_MASK: u8 = 0b1111_0000;
+const RESTORED: u8 = 0b1000;
 
 /// What the stamp says about a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,7 +46,16 @@ pub fn byte(meta: Meta, payload_len: usize) -> Option<u8> {
 
 /// `payload` with its stamp in front, as the broker must get it.
 pub fn stamp(meta: Meta, payload: &[u8]) -> bytes::Bytes {
-    match byte(meta, payload.len()) {
+    stamp_byte(byte(meta, payload.len()), payload)
+}
+
+/// A retained value put back from the log, stamped as such.
+pub fn stamp_restored(meta: Meta, payload: &[u8]) -> bytes::Bytes {
+    stamp_byte(byte(meta, payload.len()).map(|b| b | RESTORED), payload)
+}
+
+fn stamp_byte(stamp: Option<u8>, payload: &[u8]) -> bytes::Bytes {
+    match stamp {
         None => bytes::Bytes::new(),
         Some(stamp) => {
             let mut stamped = Vec::with_capacity(LEN + payload.len());
@@ -61,6 +72,8 @@ pub enum Read {
     /// A stamped message: what it says, and that the data starts after
     /// [`LEN`] bytes.
     Stamped(Meta),
+    /// The same, for a retained value put back from the log.
+    Restored(Meta),
     /// An empty payload: a retained value deleted (QoS unknown, so 0).
     Deletion,
     /// A payload no part of the bridge stamped; passed on as it is.
@@ -70,10 +83,17 @@ pub enum Read {
 pub fn read(payload: &[u8]) -> Read {
     match payload.first() {
         None => Read::Deletion,
-        Some(&b) if b & MARK_MASK == MARK && b & 0b11 != 0b11 => Read::Stamped(Meta {
-            qos: b & 0b11,
-            retain: b & 0b100 != 0,
-        }),
+        Some(&b) if b & MARK_MASK == MARK && b & 0b11 != 0b11 => {
+            let meta = Meta {
+                qos: b & 0b11,
+                retain: b & 0b100 != 0,
+            };
+            if b & RESTORED == 0 {
+                Read::Stamped(meta)
+            } else {
+                Read::Restored(meta)
+            }
+        }
         Some(_) => Read::Unstamped,
     }
 }
@@ -84,7 +104,7 @@ pub fn read(payload: &[u8]) -> Read {
 pub fn split(payload: bytes::Bytes) -> (bytes::Bytes, Meta, Read) {
     let read = read(&payload);
     match read {
-        Read::Stamped(meta) => (payload.slice(LEN..), meta, read),
+        Read::Stamped(meta) | Read::Restored(meta) => (payload.slice(LEN..), meta, read),
         Read::Deletion => (
             payload,
             Meta {
@@ -119,6 +139,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_restored_value_is_told_apart_and_read_alike() {
+        let meta = Meta {
+            qos: 1,
+            retain: true,
+        };
+        let (data, read_meta, how) = split(stamp_restored(meta, b"19"));
+        assert_eq!(
+            (how, &data[..], read_meta),
+            (Read::Restored(meta), &b"19"[..], meta)
+        );
     }
 
     #[test]

@@ -117,6 +117,7 @@ mod tests {
         assert_eq!(config.http, defaults.http);
         assert_eq!(config.sse, defaults.sse);
         assert_eq!(config.websocket, defaults.websocket);
+        assert_eq!(config.log, defaults.log);
         assert_eq!(config.tls, defaults.tls);
         assert_eq!(config.limits, defaults.limits);
         // Anonymous access is off by default and explicitly on in the

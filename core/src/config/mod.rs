@@ -33,6 +33,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
+    /// `[log]`: the log beneath the router (see `crate::log`).
+    pub log: crate::log::LogConfig,
 }
 
 /// `[mqtt]`: the embedded broker, and the MQTT gate in front of it (which
@@ -189,6 +191,10 @@ pub struct SseConfig {
     pub replay_capacity: usize,
     /// Payload bytes kept for resume; the oldest go first past this.
     pub replay_max_bytes: usize,
+    /// Messages of the whole stream a `since` (SSE, WebSocket) may reach
+    /// back; a time further back is refused with 400 `replay-too-long`.
+    /// Bounds the log reading one request can ask for.
+    pub max_replay: usize,
     /// Topic filters one stream may ask for.
     pub max_filters: usize,
     /// Longest topic filter accepted, in bytes.
@@ -206,6 +212,7 @@ impl Default for SseConfig {
             queue_max_bytes: 256 * 1024,
             replay_capacity: 10_000,
             replay_max_bytes: 16 * 1024 * 1024,
+            max_replay: 100_000,
             max_filters: 16,
             max_filter_bytes: 1_024,
             max_streams: 10_000,
@@ -325,7 +332,11 @@ impl Config {
     /// event names that fit on an SSE line. The error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ws = &self.websocket;
-        let positive: [(&str, u64); 31] = [
+        let positive: [(&str, u64); 36] = [
+            ("log.segment_bytes", self.log.segment_bytes),
+            ("log.max_bytes", self.log.max_bytes),
+            ("log.fsync_interval_ms", self.log.fsync_interval_ms),
+            ("log.read_page", self.log.read_page as u64),
             ("mqtt.max_payload_bytes", self.mqtt.max_payload_bytes as u64),
             ("mqtt.max_topic_bytes", self.mqtt.max_topic_bytes as u64),
             ("mqtt.max_topics", self.mqtt.max_topics as u64),
@@ -355,6 +366,7 @@ impl Config {
             ("sse.queue_max_bytes", self.sse.queue_max_bytes as u64),
             ("sse.replay_capacity", self.sse.replay_capacity as u64),
             ("sse.replay_max_bytes", self.sse.replay_max_bytes as u64),
+            ("sse.max_replay", self.sse.max_replay as u64),
             ("sse.max_filters", self.sse.max_filters as u64),
             ("sse.max_streams", self.sse.max_streams as u64),
             ("websocket.max_connections", ws.max_connections as u64),
@@ -453,6 +465,12 @@ impl Config {
                     "must be a non-empty name without line breaks",
                 ));
             }
+        }
+        if self.log.kind == crate::log::Kind::Disk && self.log.dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid(
+                "log.dir",
+                "must name a directory (\"data\" by default)",
+            ));
         }
         self.validate_plugins()?;
         self.auth.validate()?;

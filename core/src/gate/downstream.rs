@@ -157,13 +157,14 @@ impl Downstream {
                     // without the bridge's stamp (see `broker::stamp`).
                     let at = publish.payload_at;
                     let read = stamp::read(&bytes[at..frame.len]);
-                    let stamped = matches!(read, stamp::Read::Stamped(_));
+                    let stamped =
+                        matches!(read, stamp::Read::Stamped(_) | stamp::Read::Restored(_));
                     // rumqttd delivers at the subscription's QoS; MQTT says
                     // at most the publisher's. A message published at QoS 0
                     // goes to the client at QoS 0, and the gate acknowledges
                     // the broker's QoS 1 or 2 delivery itself.
-                    let downgrade =
-                        matches!(read, stamp::Read::Stamped(m) if m.qos == 0) && publish.qos > 0;
+                    let downgrade = matches!(read, stamp::Read::Stamped(m) | stamp::Read::Restored(m) if m.qos == 0)
+                        && publish.qos > 0;
                     let mut edits: Vec<Edit<'_>> = Vec::new();
                     if topic.len() != publish.topic.len() {
                         edits.push((publish.topic_range.clone(), Piece::Field(topic.as_bytes())));

@@ -169,7 +169,8 @@ impl Shared {
         let (ingress, _) = tokio::sync::mpsc::channel(1);
         let (retained, _) = tokio::sync::mpsc::channel(1);
         let settings = crate::router::RouterSettings::from_config(&config, policy.clone());
-        let router = crate::router::Router::new(settings, stats.clone(), ingress, retained);
+        let log = Arc::new(crate::log::memory::MemoryLog::new(0, 1));
+        let router = crate::router::Router::new(settings, stats.clone(), log, ingress, retained);
         Arc::new(Self::new(&config, policy, stats, upstreams, auth, &router))
     }
 

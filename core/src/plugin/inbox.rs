@@ -167,7 +167,7 @@ impl Inbox {
         let request = SubscribeRequest {
             principal: Principal::Plugin(self.status.name().to_owned()),
             filters: self.filters.clone(),
-            resume,
+            start: resume.map_or(crate::router::Start::Now, crate::router::Start::After),
             queue: self.bound(),
             max_filters: MAX_FILTERS,
             max_filter_bytes: topic::MAX_TOPIC_BYTES,

@@ -2,9 +2,11 @@
 //! web subscriber; publishes from web clients sent back into the broker.
 //!
 //! The broker is the single ordering point. Every message, from a device or
-//! a web client, comes back on the broker's egress link, and [`Router::dispatch`]
-//! gives it the next sequence number, stores it in the replay ring and hands
-//! an `Arc` of it to each matching subscriber's bounded queue. The router
+//! a web client, comes back on the broker's egress link, and
+//! [`Router::dispatch_batch`] appends it to the log (see `crate::log`),
+//! which gives it its position, stores it in the replay ring (a cache of
+//! the log's newest messages) and hands an `Arc` of it to each matching
+//! subscriber's bounded queue. The router
 //! never waits on a subscriber: a full queue ends that subscription (the
 //! client reconnects with its last id and replays), and the drop is counted.
 //!
@@ -18,12 +20,14 @@ pub mod device;
 mod message;
 mod publish;
 mod replay;
+pub mod start;
 mod subscription;
 pub mod trie;
 
 pub use device::{DeviceEvent, DeviceEventKind, DeviceEvents, DisconnectReason};
 pub use message::{now_ms, Encoding, EventId, MalformedId, Message};
 pub use publish::PublishError;
+pub use start::{MalformedStart, Start};
 pub use subscription::{Delivery, QueueBound, SubscribeError, SubscribeRequest, Subscription};
 
 use std::collections::HashMap;
@@ -36,6 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth::Policy;
 use crate::broker::census::Census;
 use crate::config::Route;
+use crate::log::{Entry, Log};
 use crate::stats::Stats;
 use crate::topic;
 use replay::ReplayRing;
@@ -52,6 +57,9 @@ pub struct IngressRequest {
     pub payload: Bytes,
     pub qos: u8,
     pub retain: bool,
+    /// A retained value the log put back at start (see `broker::stamp`):
+    /// the broker holds it again, and the log does not take it twice.
+    pub restored: bool,
     pub confirm: Option<oneshot::Sender<()>>,
 }
 
@@ -82,6 +90,10 @@ pub struct RouterSettings {
     /// (`mqtt.max_topics`, `mqtt.max_filters`; see `broker::census`).
     pub max_topics: usize,
     pub max_filters: usize,
+    /// Messages read from the log at a time for one resume (`log.read_page`).
+    pub read_page: usize,
+    /// Messages a `since` may reach back (`sse.max_replay`).
+    pub max_replay: usize,
 }
 
 impl RouterSettings {
@@ -95,6 +107,8 @@ impl RouterSettings {
             max_filters: config.mqtt.max_filters,
             replay_capacity: config.sse.replay_capacity,
             replay_max_bytes: config.sse.replay_max_bytes,
+            read_page: config.log.read_page,
+            max_replay: config.sse.max_replay,
             routes: config.routes.clone(),
             policy,
         }
@@ -110,6 +124,8 @@ pub struct Router {
 #[derive(Debug)]
 struct Shared {
     epoch: u64,
+    /// Where every message is appended before anyone sees it.
+    log: Arc<dyn Log>,
     routes: Vec<(String, Arc<str>)>,
     default_event: Arc<str>,
     policy: Arc<Policy>,
@@ -118,6 +134,8 @@ struct Shared {
     devices: DeviceEvents,
     census: Arc<Census>,
     max_topic_bytes: usize,
+    read_page: usize,
+    max_replay: usize,
     ingress: mpsc::Sender<IngressRequest>,
     retained: mpsc::Sender<RetainedRequest>,
     state: Mutex<State>,
@@ -150,11 +168,13 @@ struct Subscriber {
 }
 
 impl Router {
-    /// A router whose publishes go to `ingress` and whose retained snapshots
-    /// are requested on `retained`; the broker side reads both.
+    /// A router over `log`, whose publishes go to `ingress` and whose
+    /// retained snapshots are requested on `retained`; the broker side
+    /// reads both.
     pub fn new(
         settings: RouterSettings,
         stats: Arc<Stats>,
+        log: Arc<dyn Log>,
         ingress: mpsc::Sender<IngressRequest>,
         retained: mpsc::Sender<RetainedRequest>,
     ) -> Self {
@@ -163,9 +183,10 @@ impl Router {
             .into_iter()
             .map(|r| (r.filter, Arc::from(r.event.as_str())))
             .collect();
+        let next_seq = log.next();
         Self {
             shared: Arc::new(Shared {
-                epoch: now_ms(),
+                epoch: log.epoch(),
                 routes,
                 default_event: Arc::from("message"),
                 policy: settings.policy,
@@ -173,11 +194,14 @@ impl Router {
                 devices: DeviceEvents::new(settings.device_events_capacity, stats.clone()),
                 census: Arc::new(Census::new(settings.max_topics, settings.max_filters)),
                 max_topic_bytes: settings.max_topic_bytes,
+                read_page: settings.read_page.max(1),
+                max_replay: settings.max_replay,
                 stats,
+                log,
                 ingress,
                 retained,
                 state: Mutex::new(State {
-                    next_seq: 1,
+                    next_seq,
                     next_subscriber: 1,
                     trie: FilterTrie::new(),
                     subscribers: HashMap::new(),
@@ -214,6 +238,54 @@ impl Router {
         self.shared.epoch
     }
 
+    /// Gives the broker back every retained value the log holds, and waits
+    /// until it has them all: called at start, before any listener opens,
+    /// so no device or web client ever sees the broker without them.
+    /// Returns how many were restored.
+    pub async fn restore_retained(&self) -> Result<usize, &'static str> {
+        let values = self.shared.log.retained();
+        let mut confirms = Vec::with_capacity(values.len());
+        for record in values {
+            let (confirm, confirmed) = oneshot::channel();
+            let request = IngressRequest {
+                topic: record.topic.into(),
+                payload: record.payload,
+                qos: record.qos,
+                retain: true,
+                restored: true,
+                confirm: Some(confirm),
+            };
+            self.shared
+                .ingress
+                .send(request)
+                .await
+                .map_err(|_| "the broker's ingress link is closed")?;
+            confirms.push(confirmed);
+        }
+        let count = confirms.len();
+        for confirmed in confirms {
+            confirmed
+                .await
+                .map_err(|_| "the broker did not confirm a restored retained value")?;
+        }
+        Ok(count)
+    }
+
+    /// Messages read from the log at a time for one resume.
+    pub(crate) fn read_page(&self) -> usize {
+        self.shared.read_page
+    }
+
+    /// Messages a `since` may reach back.
+    pub(crate) fn max_replay(&self) -> usize {
+        self.shared.max_replay
+    }
+
+    /// The log beneath the router.
+    pub fn log(&self) -> &Arc<dyn Log> {
+        &self.shared.log
+    }
+
     /// Subscribers registered now.
     pub fn subscriber_count(&self) -> usize {
         self.lock().subscribers.len()
@@ -241,21 +313,91 @@ impl Router {
         receiver
     }
 
-    /// Routes one message read from the broker: assigns its id, keeps it for
-    /// replay and queues it for every matching subscriber without waiting.
+    /// Routes one message read from the broker (see [`Router::dispatch_batch`]).
     pub fn dispatch(&self, topic: &str, payload: Bytes, meta: crate::broker::stamp::Meta) {
-        let event = self.event_for(topic);
+        self.dispatch_batch(&[Entry {
+            time_ms: now_ms(),
+            qos: meta.qos,
+            retain: meta.retain,
+            topic: topic.into(),
+            payload,
+        }]);
+    }
+
+    /// Routes messages read from the broker, in its order: appends them to
+    /// the log, which gives them their positions (and, once this returns,
+    /// keeps them through a crash of the process), then keeps each for
+    /// replay and queues it for every matching subscriber without waiting.
+    /// A batch the log refuses reaches no one and is counted: a message a
+    /// client saw always has an id that names it.
+    pub fn dispatch_batch(&self, entries: &[Entry]) {
+        if entries.is_empty() {
+            return;
+        }
         let stats = &self.shared.stats;
+        let first = match self.shared.log.append(entries) {
+            Ok(first) => first,
+            Err(e) => {
+                Stats::add(&stats.log_append_failures, entries.len() as u64);
+                if matches!(e, crate::log::LogError::Closed) {
+                    tracing::debug!(
+                        lost = entries.len(),
+                        "Messages after the log closed at shutdown reach no one."
+                    );
+                } else {
+                    tracing::error!(error = %e, lost = entries.len(), "The log refused messages; they reach no one.");
+                }
+                return;
+            }
+        };
         let mut state = self.lock();
-        let seq = state.next_seq;
-        state.next_seq += 1;
+        for (seq, entry) in (first..).zip(entries) {
+            let message = self.message_at(seq, entry);
+            state.next_seq = seq + 1;
+            self.fan_out(&mut state, message);
+        }
+    }
+
+    /// The message for log position `seq`, as subscribers get it.
+    fn message_at(&self, seq: u64, entry: &Entry) -> Arc<Message> {
         let id = EventId {
             epoch: self.shared.epoch,
             seq,
         };
-        let mut message = Message::new(Some(id), topic.into(), payload, meta.retain, event);
-        message.qos = meta.qos;
-        let message = Arc::new(message);
+        let event = self.event_for(&entry.topic);
+        let mut message = Message::new(
+            Some(id),
+            entry.topic.clone(),
+            entry.payload.clone(),
+            entry.retain,
+            event,
+        );
+        message.qos = entry.qos;
+        message.received_at_ms = entry.time_ms;
+        Arc::new(message)
+    }
+
+    /// A record read back from the log, as subscribers get it.
+    pub(crate) fn message_from_log(&self, record: crate::log::Record) -> Arc<Message> {
+        let event = self.event_for(&record.topic);
+        let mut message = Message::new(
+            Some(EventId {
+                epoch: self.shared.epoch,
+                seq: record.position,
+            }),
+            record.topic,
+            record.payload,
+            record.retain,
+            event,
+        );
+        message.qos = record.qos;
+        message.received_at_ms = record.time_ms;
+        Arc::new(message)
+    }
+
+    fn fan_out(&self, state: &mut State, message: Arc<Message>) {
+        let stats = &self.shared.stats;
+        let topic = &*message.topic;
         // Counted before any subscriber can see it, so the counters never
         // lag behind what a client has already received.
         Stats::incr(&stats.messages_routed);
@@ -293,9 +435,8 @@ impl Router {
             }
         }
         for id in ended {
-            remove_subscriber(&mut state, id);
+            remove_subscriber(state, id);
         }
-        drop(state);
         Stats::add(&stats.deliveries, delivered);
     }
 

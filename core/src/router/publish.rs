@@ -124,6 +124,7 @@ impl Router {
             payload,
             qos,
             retain,
+            restored: false,
             confirm,
         };
         let stats = self.stats();

@@ -73,7 +73,7 @@ impl ReplayRing {
         self.messages.range(from.min(self.messages.len())..)
     }
 
-    fn oldest_seq(&self) -> Option<u64> {
+    pub fn oldest_seq(&self) -> Option<u64> {
         self.messages.front().and_then(|m| m.id).map(|id| id.seq)
     }
 

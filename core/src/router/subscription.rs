@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::replay::Resume;
+use super::start::Start;
 use super::{EventId, Message, RetainedSnapshot, Router, Subscriber, SubscriberId};
 use crate::auth::{Access, Action, Denied, Principal};
 use crate::stats::Stats;
@@ -31,8 +32,9 @@ const RETAINED_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct SubscribeRequest {
     pub principal: Principal,
     pub filters: Vec<String>,
-    /// The last event id the client saw, to resume after it.
-    pub resume: Option<EventId>,
+    /// Where to start: now, after the last event id the client saw, or
+    /// at a time.
+    pub start: Start,
     pub queue: QueueBound,
     pub max_filters: usize,
     pub max_filter_bytes: usize,
@@ -59,6 +61,8 @@ pub enum SubscribeError {
     Denied(#[from] Denied),
     #[error("the subscription has ended: its queue overflowed")]
     Ended,
+    #[error("that time is {messages} messages back, past the limit of {max} (sse.max_replay): ask for a later time")]
+    ReplayTooLong { messages: u64, max: usize },
 }
 
 /// What a subscriber receives.
@@ -76,6 +80,15 @@ pub enum Delivery {
 #[derive(Debug)]
 enum Pending {
     Gap(EventId),
+    /// Messages older than the ring, read from the log a page at a time:
+    /// positions `next..to` on `filters`, less what reached the subscriber
+    /// live through its `earlier` filters.
+    History {
+        next: u64,
+        to: u64,
+        filters: Vec<String>,
+        earlier: Vec<(String, u64)>,
+    },
     /// Retained values for these filters, once the broker has answered.
     Retained {
         filters: Vec<String>,
@@ -93,6 +106,8 @@ enum Ready {
     Gap(EventId),
     /// Retained values must be loaded first.
     Retained,
+    /// A page of history must be read from the log first.
+    History,
 }
 
 /// A registered subscriber. Yields what each addition of filters owes (a gap
@@ -151,10 +166,10 @@ impl Router {
             return Err(SubscribeError::NoFilters);
         }
         let mut subscription = self.open(request.queue);
-        subscription.add(
+        subscription.add_from(
             &request.principal,
             &request.filters,
-            request.resume,
+            request.start,
             request.max_filters,
             request.max_filter_bytes,
         )?;
@@ -190,6 +205,27 @@ impl Subscription {
         max_filters: usize,
         max_filter_bytes: usize,
     ) -> Result<(), SubscribeError> {
+        let start = resume.map_or(Start::Now, Start::After);
+        self.add_from(principal, filters, start, max_filters, max_filter_bytes)
+    }
+
+    /// Adds filters, starting where `start` says: [`Start::Now`] and
+    /// [`Start::After`] as [`Subscription::add`]; [`Start::Since`] with the
+    /// retained values, then every matching message from that time on
+    /// (from the log, then the ring), then live messages. A time further
+    /// back than the router's `max_replay` messages is refused.
+    pub fn add_from(
+        &mut self,
+        principal: &Principal,
+        filters: &[String],
+        start: Start,
+        max_filters: usize,
+        max_filter_bytes: usize,
+    ) -> Result<(), SubscribeError> {
+        let resume = match start {
+            Start::After(id) => Some(id),
+            _ => None,
+        };
         let mut added: Vec<String> = Vec::new();
         let mut per_message = false;
         for filter in filters {
@@ -223,11 +259,23 @@ impl Subscription {
         }
 
         let router = self.router.clone();
-        let epoch = router.epoch();
-        let (gap, replay) = {
+        let log = router.log().clone();
+        // Where a time falls in the log (a short read of one index stride).
+        let since = match start {
+            Start::Since(time_ms) => Some((time_ms, since_position(&router, time_ms))),
+            _ => None,
+        };
+        let (gap, replay, history) = {
             let mut guard = router.lock();
             let state = &mut *guard;
             let from_seq = state.next_seq;
+            if let Some((_, position)) = since {
+                let messages = from_seq.saturating_sub(position);
+                let max = router.max_replay();
+                if messages > max as u64 {
+                    return Err(SubscribeError::ReplayTooLong { messages, max });
+                }
+            }
             let Some(subscriber) = state.subscribers.get_mut(&self.id) else {
                 return Err(SubscribeError::Ended);
             };
@@ -236,28 +284,62 @@ impl Subscription {
                 subscriber.filters.push((filter.clone(), from_seq));
                 state.trie.insert(filter, self.id);
             }
-            let mut replay = VecDeque::new();
-            let gap = match resume {
-                None => None,
-                Some(last) if last.epoch != epoch => Some(last),
-                Some(last) => match state.replay.resume_point(last.seq, from_seq) {
-                    Resume::From(index) => {
-                        let owed = |m: &&Arc<Message>| {
-                            matches_any(added.iter(), &m.topic) && !delivered_live(&earlier, m)
-                        };
-                        replay.extend(state.replay.since(index).filter(owed).cloned());
-                        None
-                    }
-                    Resume::Lost => Some(last),
-                },
+            let owed = |m: &&Arc<Message>| {
+                matches_any(added.iter(), &m.topic) && !delivered_live(&earlier, m)
             };
-            (gap, replay)
+            let mut replay = VecDeque::new();
+            let mut history = None;
+            if let Some((time_ms, position)) = since {
+                let oldest = state.replay.oldest_seq().unwrap_or(from_seq);
+                if position < oldest {
+                    history = Some(Pending::History {
+                        next: position,
+                        to: oldest,
+                        filters: added.clone(),
+                        earlier: earlier.clone(),
+                    });
+                    replay.extend(state.replay.since(0).filter(owed).cloned());
+                } else {
+                    let recent = |m: &&Arc<Message>| m.received_at_ms >= time_ms && owed(m);
+                    replay.extend(state.replay.since(0).filter(recent).cloned());
+                }
+            }
+            let gap = match resume.map(|last| (last, log.resume_after(last))) {
+                None => None,
+                Some((last, crate::log::Resume::Gap)) => Some(last),
+                // Not yet routed: no client can have seen it.
+                Some((last, crate::log::Resume::After(after))) if after >= from_seq => Some(last),
+                Some((last, crate::log::Resume::After(after))) => {
+                    match state.replay.resume_point(after, from_seq) {
+                        Resume::From(index) => {
+                            replay.extend(state.replay.since(index).filter(owed).cloned());
+                            None
+                        }
+                        // Older than the ring: from the log, while it
+                        // still holds it, then the whole ring.
+                        Resume::Lost if after + 1 >= log.first() => {
+                            let oldest = state.replay.oldest_seq().unwrap_or(from_seq);
+                            history = Some(Pending::History {
+                                next: after + 1,
+                                to: oldest,
+                                filters: added.clone(),
+                                earlier: earlier.clone(),
+                            });
+                            replay.extend(state.replay.since(0).filter(owed).cloned());
+                            None
+                        }
+                        Resume::Lost => Some(last),
+                    }
+                }
+            };
+            (gap, replay, history)
         };
 
         let stats = router.stats();
-        match (resume, gap) {
-            (Some(_), None) => Stats::incr(&stats.replay_hits),
-            (Some(_), Some(_)) => Stats::incr(&stats.replay_misses),
+        match (resume, gap, &history) {
+            (Some(_), None, Some(_)) => Stats::incr(&stats.log_resumes),
+            (Some(_), None, None) => Stats::incr(&stats.replay_hits),
+            (Some(_), Some(_), _) => Stats::incr(&stats.replay_misses),
             _ => {}
         }
         if let Some(after) = gap {
@@ -269,6 +351,7 @@ impl Subscription {
                 reply: router.request_retained(),
             });
         }
+        self.pending.extend(history);
         if !replay.is_empty() {
             self.pending.push_back(Pending::Messages(replay));
         }
@@ -303,6 +386,7 @@ impl Subscription {
                     return Some(Delivery::Gap { after });
                 }
                 Ready::Retained => self.load_retained().await,
+                Ready::History => self.load_history().await,
                 Ready::Live => {
                     let message = self.live.recv().await?;
                     if let Some(delivery) = self.take_live(message) {
@@ -320,7 +404,7 @@ impl Subscription {
         loop {
             match self.ready() {
                 Ready::Message(message) => return Some(Delivery::Message(message)),
-                Ready::Gap(_) | Ready::Retained => return None,
+                Ready::Gap(_) | Ready::Retained | Ready::History => return None,
                 Ready::Live => {
                     let message = self.live.try_recv().ok()?;
                     if let Some(delivery) = self.take_live(message) {
@@ -341,6 +425,7 @@ impl Subscription {
                 None => return Ready::Live,
                 Some(Pending::Gap(after)) => return Ready::Gap(*after),
                 Some(Pending::Retained { .. }) => return Ready::Retained,
+                Some(Pending::History { .. }) => return Ready::History,
                 Some(Pending::Messages(queue)) => match queue.pop_front() {
                     Some(message) => {
                         if self.readable(&message) {
@@ -399,6 +484,87 @@ impl Subscription {
             .cloned()
             .collect();
         self.pending.push_front(Pending::Messages(values));
+    }
+}
+
+impl Subscription {
+    /// Replaces the history entry at the front with its next page (and
+    /// the rest of it, if any). History the log no longer holds, or cannot
+    /// read, becomes a gap notice and the retained values.
+    async fn load_history(&mut self) {
+        let Some(Pending::History {
+            next,
+            to,
+            filters,
+            earlier,
+        }) = self.pending.pop_front()
+        else {
+            return;
+        };
+        let router = self.router.clone();
+        let log = router.log().clone();
+        let page = router.read_page();
+        let read = if next < log.first() {
+            None
+        } else {
+            let wanted = filters.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                log.read(next, to, page, &mut |topic| {
+                    matches_any(wanted.iter(), topic)
+                })
+            })
+            .await;
+            match read {
+                Ok(Ok(read)) => Some(read),
+                Ok(Err(e)) => {
+                    Stats::incr(&router.stats().log_read_failures);
+                    tracing::warn!(subscriber = self.id, error = %e, "Cannot read history from the log.");
+                    None
+                }
+                Err(_) => None,
+            }
+        };
+        // The log may have let these positions go since the subscribe.
+        let Some((records, after)) = read.filter(|_| next >= router.log().first()) else {
+            self.pending.push_front(Pending::Retained {
+                reply: router.request_retained(),
+                filters,
+            });
+            self.pending.push_front(Pending::Gap(EventId {
+                epoch: router.epoch(),
+                seq: next.saturating_sub(1),
+            }));
+            return;
+        };
+        Stats::add(&router.stats().log_messages_read, records.len() as u64);
+        let messages: VecDeque<_> = records
+            .into_iter()
+            .map(|record| router.message_from_log(record))
+            .filter(|m| !delivered_live(&earlier, m))
+            .collect();
+        if after < to {
+            self.pending.push_front(Pending::History {
+                next: after,
+                to,
+                filters,
+                earlier,
+            });
+        }
+        self.pending.push_front(Pending::Messages(messages));
+    }
+}
+
+/// The log position of the first message at or after `time_ms`; a log
+/// that cannot tell says "from now" (counted, and logged).
+fn since_position(router: &Router, time_ms: u64) -> u64 {
+    let log = router.log();
+    match log.position_at(time_ms) {
+        Ok(position) => position.max(log.first()),
+        Err(e) => {
+            Stats::incr(&router.stats().log_read_failures);
+            tracing::warn!(error = %e, "Cannot find a time in the log; replaying from now.");
+            log.next()
+        }
     }
 }
 

@@ -33,8 +33,11 @@ fn harness(replay_capacity: usize) -> Harness {
             max_topic_bytes: 1024,
             max_topics: 1_000,
             max_filters: 1_000,
+            read_page: 16,
+            max_replay: 1_000,
         },
         Arc::new(Stats::default()),
+        Arc::new(crate::log::memory::MemoryLog::new(0, 1_000)),
         ingress_tx,
         retained_tx,
     );
@@ -49,7 +52,7 @@ fn request(filters: &[&str], resume: Option<EventId>, queue: usize) -> Subscribe
     SubscribeRequest {
         principal: Principal::Anonymous,
         filters: filters.iter().map(|f| f.to_string()).collect(),
-        resume,
+        start: resume.map_or(Start::Now, Start::After),
         queue: QueueBound {
             messages: queue,
             bytes: usize::MAX,

@@ -16,7 +16,7 @@ use percent_encoding::percent_decode_str;
 
 use crate::auth::Action;
 use crate::http::{identity, ApiError, AppState};
-use crate::router::{EventId, QueueBound, SubscribeError, SubscribeRequest};
+use crate::router::{EventId, QueueBound, Start, SubscribeError, SubscribeRequest};
 use crate::stats::{Limit, Protocol};
 pub use frame::Format;
 
@@ -26,6 +26,8 @@ struct EventsQuery {
     topics: Vec<String>,
     format: Option<Format>,
     last_event_id: Option<String>,
+    /// A time to replay from (`-5m`, RFC 3339), checked when read.
+    since: Option<u64>,
 }
 
 pub async fn events(
@@ -70,7 +72,13 @@ pub async fn events(
         .subscribe(SubscribeRequest {
             principal,
             filters: query.topics,
-            resume,
+            // An id the browser sends on reconnect wins over `since`: the
+            // page asked for history once, and resumes exactly after it.
+            start: match (resume, query.since) {
+                (Some(id), _) => Start::After(id),
+                (None, Some(time)) => Start::Since(time),
+                (None, None) => Start::Now,
+            },
             queue: QueueBound {
                 messages: sse.queue_capacity,
                 bytes: sse.queue_max_bytes,
@@ -112,6 +120,9 @@ fn subscribe_error(error: SubscribeError) -> ApiError {
                 .with("rule", source.rule())
         }
         SubscribeError::Denied(denied) => ApiError::forbidden(denied.to_string()),
+        SubscribeError::ReplayTooLong { max, .. } => {
+            ApiError::bad_request("replay-too-long", error.to_string()).with("max_replay", *max)
+        }
         // A subscription this young cannot have overflowed yet.
         SubscribeError::Ended => ApiError::new(
             actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -146,12 +157,17 @@ fn parse_query(query: &str) -> Result<EventsQuery, ApiError> {
                 })
             }
             "lastEventId" => parsed.last_event_id = Some(value.into_owned()),
+            "since" => {
+                let time = crate::router::start::parse_time(&value, crate::router::now_ms())
+                    .map_err(|e| ApiError::bad_request("malformed-since", e.to_string()))?;
+                parsed.since = Some(time);
+            }
             // Read by the authentication that ran first.
             crate::auth::carrier::QUERY_PARAMETER => {}
             other => {
                 return Err(ApiError::bad_request(
                     "unknown-parameter",
-                    format!("unknown query parameter `{other}`: use topic, format, lastEventId or access_token"),
+                    format!("unknown query parameter `{other}`: use topic, format, lastEventId, since or access_token"),
                 ))
             }
         }

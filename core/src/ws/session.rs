@@ -24,7 +24,7 @@ use crate::auth::{Action, Principal};
 use crate::config::WebSocketConfig;
 use crate::limits::TokenBucket;
 use crate::router::{
-    Delivery, EventId, PublishError, QueueBound, Router, SubscribeError, Subscription,
+    Delivery, PublishError, QueueBound, Router, Start, SubscribeError, Subscription,
 };
 use crate::stats::{Limit, Protocol, Stats};
 
@@ -190,16 +190,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn handle(&mut self, request: Request) -> Result<Reply, ProtocolError> {
         match request {
             Request::Subscribe { topics, since } => {
-                let since = since
-                    .filter(|s| !s.is_empty())
-                    .map(|s| s.parse::<EventId>())
-                    .transpose()
-                    .map_err(|e| ProtocolError::new("malformed-id", e.to_string()))?;
+                // An id resumes after it; a time replays from then on.
+                let start = match since.filter(|s| !s.is_empty()) {
+                    None => Start::Now,
+                    Some(text) => crate::router::start::parse(&text, crate::router::now_ms())
+                        .map_err(|e| ProtocolError::new("malformed-id", e.to_string()))?,
+                };
                 self.subscription
-                    .add(
+                    .add_from(
                         &self.principal,
                         &topics,
-                        since,
+                        start,
                         self.config.max_filters,
                         self.config.max_message_bytes,
                     )
@@ -403,6 +404,9 @@ fn subscribe_error(error: SubscribeError) -> ProtocolError {
         }
         SubscribeError::Denied(_) => ProtocolError::new("forbidden", error.to_string()),
         SubscribeError::Ended => ProtocolError::new("subscription-ended", error.to_string()),
+        SubscribeError::ReplayTooLong { max, .. } => {
+            ProtocolError::new("replay-too-long", error.to_string()).with("max_replay", *max)
+        }
     }
 }
 

@@ -47,6 +47,9 @@ pub fn test_config() -> Config {
     config.http.listen = "127.0.0.1:0".parse().expect("addr");
     config.http.workers = 2;
     config.websocket.listen = "127.0.0.1:0".parse().expect("addr");
+    // In-process bridges keep nothing on disk unless a test asks for it
+    // (see `on_disk`).
+    config.log.kind = tidewater::log::Kind::Memory;
     config
 }
 
