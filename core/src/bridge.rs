@@ -231,6 +231,7 @@ impl Bridge {
             metrics: Arc::new(crate::metrics::registry(
                 router.stats().clone(),
                 plugins.statuses(),
+                router.log().clone(),
             )),
             plugins: plugins.statuses(),
             auth: web_auth.clone(),

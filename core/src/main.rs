@@ -44,6 +44,9 @@ enum Command {
     /// Work with device-driver plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Work with the log on disk (`[log] dir`).
+    #[command(subcommand)]
+    Log(LogCommand),
     /// Read a password on standard input and print its argon2 hash, for an
     /// `[[auth.users]]` entry's `password_hash`. One trailing newline is
     /// dropped: `printf %s "$PASSWORD" | tidewater hash-password`.
@@ -57,6 +60,25 @@ enum PluginsCommand {
     Inspect {
         /// The shared library (e.g. target/release/libsim_thermo.so).
         path: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// Read every file of the log and say what it holds and where it is
+    /// damaged; exits non-zero if damaged. Safe while a bridge runs.
+    Check {
+        /// The log directory (default: `[log] dir` of the configuration).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Cut the log back to everything before its first damage, and begin
+    /// a new epoch (clients that saw what was cut get a gap). Refused
+    /// while a bridge uses the directory.
+    Repair {
+        /// The log directory (default: `[log] dir` of the configuration).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -89,6 +111,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let (config, source) = config::load(cli.config.as_deref())?;
+    if let Some(Command::Log(command)) = &cli.command {
+        return log_command(command, &config.log.dir);
+    }
     if let Some(Command::Check) = cli.command {
         // The files the configuration names: token keys and certificates.
         tidewater::auth::token::WebAuth::new(config.auth.anonymous_web, config.auth.jwt.as_ref())?;
@@ -224,13 +249,44 @@ fn describe(source: &ConfigSource) -> String {
     }
 }
 
-/// SIGINT and SIGTERM, listened for from the moment they are installed.
+fn log_command(command: &LogCommand, configured: &std::path::Path) -> anyhow::Result<()> {
+    match command {
+        LogCommand::Check { dir } => {
+            let report = tidewater::log::check::check(dir.as_deref().unwrap_or(configured))?;
+            println!("{report}");
+            anyhow::ensure!(report.is_whole(), "the log is damaged");
+        }
+        LogCommand::Repair { dir } => {
+            let (report, done) =
+                tidewater::log::check::repair(dir.as_deref().unwrap_or(configured))?;
+            println!("{report}");
+            if done.is_empty() {
+                println!("nothing to repair");
+            }
+            for line in done {
+                println!("{line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// SIGINT and SIGTERM, listened for from the moment they are installed;
+/// and SIGXFSZ, taken so that a file size limit (`ulimit -f`) makes a log
+/// write fail (EFBIG, a full disk to the log) instead of killing the
+/// process.
 struct Signals {
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
+    #[cfg(target_os = "linux")]
+    file_size: tokio::signal::unix::Signal,
 }
+
+/// SIGXFSZ on Linux.
+#[cfg(target_os = "linux")]
+const SIGXFSZ: i32 = 25;
 
 impl Signals {
     fn install() -> anyhow::Result<Self> {
@@ -240,6 +296,9 @@ impl Signals {
             Ok(Self {
                 interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
                 terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+                #[cfg(target_os = "linux")]
+                file_size: signal(SignalKind::from_raw(SIGXFSZ))
+                    .context("cannot listen for SIGXFSZ")?,
             })
         }
         #[cfg(not(unix))]
@@ -247,6 +306,16 @@ impl Signals {
     }
 
     async fn cancel_on_signal(mut self, cancel: CancellationToken) {
+        #[cfg(target_os = "linux")]
+        let mut file_size = self.file_size;
+        #[cfg(target_os = "linux")]
+        tokio::spawn(async move {
+            while file_size.recv().await.is_some() {
+                tracing::debug!(
+                    "SIGXFSZ: a write passed the file size limit (the log reports it)."
+                );
+            }
+        });
         #[cfg(unix)]
         tokio::select! {
             _ = self.interrupt.recv() => tracing::info!("SIGINT received, shutting down."),

@@ -27,12 +27,85 @@ struct StatsCollector(Arc<Stats>);
 #[derive(Debug)]
 struct PluginCollector(PluginStatuses);
 
+/// Reads the log's status at every scrape.
+#[derive(Debug)]
+struct LogCollector(Arc<dyn crate::log::Log>);
+
 /// A registry holding the bridge's collectors; encode it per scrape.
-pub fn registry(stats: Arc<Stats>, plugins: PluginStatuses) -> Registry {
+pub fn registry(
+    stats: Arc<Stats>,
+    plugins: PluginStatuses,
+    log: Arc<dyn crate::log::Log>,
+) -> Registry {
     let mut registry = Registry::with_prefix("tidewater");
     registry.register_collector(Box::new(StatsCollector(stats)));
     registry.register_collector(Box::new(PluginCollector(plugins)));
+    registry.register_collector(Box::new(LogCollector(log)));
     registry
+}
+
+impl Collector for LogCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let status = self.0.status();
+        let gauges: [(&str, &str, u64); 6] = [
+            ("log_bytes", "Bytes of records the log holds.", status.bytes),
+            (
+                "log_first_position",
+                "The oldest position the log still holds.",
+                status.first,
+            ),
+            (
+                "log_next_position",
+                "The position the next message gets.",
+                status.next,
+            ),
+            (
+                "log_segments",
+                "Segment files the log holds.",
+                status.segments as u64,
+            ),
+            (
+                "log_retained_values",
+                "Retained values the log keeps.",
+                status.retained as u64,
+            ),
+            (
+                "log_failing",
+                "1 while appends to the log fail (publishes are turned away), else 0.",
+                u64::from(status.last_error.is_some()),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        let counters: [(&str, &str, u64); 4] = [
+            (
+                "log_appends",
+                "Batches appended to the log.",
+                status.appends,
+            ),
+            (
+                "log_append_microseconds",
+                "Time spent appending, in all (divide by log_appends for the mean).",
+                status.append_micros,
+            ),
+            (
+                "log_fsyncs",
+                "Times the log forced its files to disk.",
+                status.fsyncs,
+            ),
+            (
+                "log_evictions",
+                "Segments removed by the age or byte bound.",
+                status.evictions,
+            ),
+        ];
+        for (name, help, value) in counters {
+            counter(&mut encoder, name, help, value)?;
+        }
+        Ok(())
+    }
 }
 
 /// The whole exposition, as served at `/metrics`.
@@ -421,6 +494,10 @@ impl Collector for PluginCollector {
 mod tests {
     use super::*;
 
+    fn memory_log() -> Arc<dyn crate::log::Log> {
+        Arc::new(crate::log::memory::MemoryLog::new(0, 1))
+    }
+
     /// The exposition parses as Prometheus text and reflects the counters.
     #[test]
     fn exposition_reflects_counters() {
@@ -431,7 +508,7 @@ mod tests {
             .observe(std::time::Duration::from_micros(200));
         let plugins: PluginStatuses =
             Arc::new([Arc::new(crate::plugin::PluginStatus::new("thermo"))]);
-        let text = render(&registry(stats, plugins)).expect("render");
+        let text = render(&registry(stats, plugins, memory_log())).expect("render");
         assert!(
             text.contains("tidewater_messages_out_total{protocol=\"sse\"} 5"),
             "{text}"
@@ -461,7 +538,7 @@ mod tests {
         stats.refuse_auth(Protocol::Sse, AuthFailure::Expired);
         stats.deny(Protocol::WebSocket, Action::Publish);
         stats.limit(Protocol::Http, Limit::Rate);
-        let text = render(&registry(stats, Arc::new([]))).expect("render");
+        let text = render(&registry(stats, Arc::new([]), memory_log())).expect("render");
         for series in [
             "tidewater_auth_failures_total{protocol=\"sse\",reason=\"expired\"} 1",
             "tidewater_auth_failures_total{protocol=\"mqtt\",reason=\"invalid\"} 0",

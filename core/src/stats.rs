@@ -214,10 +214,12 @@ pub enum Limit {
     Filters,
     /// QoS 1 and 2 publishes one client has in flight (`mqtt.max_inflight`).
     Inflight,
+    /// Publishes turned away while the log cannot store them (a full disk).
+    Storage,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 9] = [
+    pub const ALL: [Limit; 10] = [
         Limit::Connections,
         Limit::Subscriptions,
         Limit::Rate,
@@ -227,6 +229,7 @@ impl Limit {
         Limit::Topics,
         Limit::Filters,
         Limit::Inflight,
+        Limit::Storage,
     ];
 
     pub fn label(self) -> &'static str {
@@ -240,6 +243,7 @@ impl Limit {
             Limit::Topics => "topics",
             Limit::Filters => "filters",
             Limit::Inflight => "inflight",
+            Limit::Storage => "storage",
         }
     }
 }

@@ -39,8 +39,8 @@ fn parts(id: &str) -> (u64, u64) {
 async fn retained_values_and_every_place_in_the_stream_survive_a_restart() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let bridge = on_disk(dir.path(), 1_000).await;
-    publish(&bridge, "home/kitchen/temperature?retain=true", "19").await;
     let mut sse = SseClient::connect(bridge.http, "/events?topic=home/%23", &[]).await;
+    publish(&bridge, "home/kitchen/temperature?retain=true", "19").await;
     assert_eq!(sse.expect_event().await.data, "19");
     let mut ids = Vec::new();
     for body in ["a1", "a2", "a3"] {
@@ -151,8 +151,8 @@ fn since(start: std::time::Instant) -> String {
 async fn history_by_time_replays_then_goes_on_live_without_a_seam() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let bridge = on_disk(dir.path(), 4).await;
-    publish(&bridge, "room/state?retain=true", "on").await;
     let mut live = SseClient::connect(bridge.http, "/events?topic=room/%23", &[]).await;
+    publish(&bridge, "room/state?retain=true", "on").await;
     assert_eq!(live.expect_event().await.data, "on");
     let mut sent = Vec::new();
     let mut between = None;
@@ -263,5 +263,63 @@ async fn a_websocket_since_is_a_time_as_well_as_an_id() {
         let expected: Vec<_> = (from..6).map(|i| i.to_string()).collect();
         assert_eq!(got, expected, "since {since}");
     }
+    bridge.shutdown().await;
+}
+
+/// A power cut, as the disk sees it: the last record cut short. The log
+/// cuts it off and begins a new epoch: a client that saw the lost message
+/// is told of a gap, one from before it resumes exactly, and the position
+/// is given again only under the new epoch.
+#[tokio::test]
+async fn a_tail_cut_off_is_a_gap_for_whoever_saw_it_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let bridge = on_disk(dir.path(), 1_000).await;
+    let mut sse = SseClient::connect(bridge.http, "/events?topic=p", &[]).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        publish(&bridge, "p", &i.to_string()).await;
+        ids.push(sse.expect_event().await.id.expect("an id"));
+    }
+    drop(sse);
+    bridge.shutdown().await;
+    let segments = dir.path().join("segments");
+    let segment = std::fs::read_dir(&segments)
+        .expect("segments")
+        .map(|e| e.expect("an entry").path())
+        .max()
+        .expect("a segment");
+    let len = std::fs::metadata(&segment).expect("its size").len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .expect("open");
+    file.set_len(len - 3).expect("cut the tail");
+    drop(file);
+
+    let bridge = on_disk(dir.path(), 1_000).await;
+    let mut lost = SseClient::connect(
+        bridge.http,
+        "/events?topic=p",
+        &[("Last-Event-ID", &ids[9])],
+    )
+    .await;
+    assert_eq!(lost.expect_event().await.event, "gap");
+    let mut exact = SseClient::connect(
+        bridge.http,
+        "/events?topic=p",
+        &[("Last-Event-ID", &ids[6])],
+    )
+    .await;
+    for (i, id) in ids.iter().enumerate().take(9).skip(7) {
+        let event = exact.expect_event().await;
+        assert_eq!(event.data, i.to_string());
+        assert_eq!(parts(event.id.as_deref().expect("an id")).1, parts(id).1);
+    }
+    publish(&bridge, "p", "after").await;
+    let event = exact.expect_event().await;
+    assert_eq!(event.data, "after");
+    let (epoch, seq) = parts(event.id.as_deref().expect("an id"));
+    assert_eq!(seq, parts(&ids[9]).1, "position 10 again");
+    assert_ne!(epoch, parts(&ids[9]).0, "but in a new epoch");
     bridge.shutdown().await;
 }

@@ -70,6 +70,8 @@ async function loadDrivers() {
 const live = new LiveStream({
   filters: FILTERS,
   events: EVENTS,
+  // The charts show five minutes: fill them from the bridge's log.
+  history: '-5m',
   onMessage: (event, message, id) => {
     if (event === 'light') lights.add(message);
     else rooms.add(event, message, id);

@@ -28,8 +28,12 @@ export class LiveStream {
   // id is null for retained values, which carry no id.
   // onGap(after): history after that id is lost; current values follow.
   // onState(state, detail): detail.retryInMs for `offline`.
-  constructor({ filters, events, onMessage, onGap = () => {}, onState = () => {} }) {
+  // history: how far back the first connection reaches (the bridge's
+  // `since`, e.g. '-5m'): the messages of that time come first, from the
+  // bridge's log, then live ones. Later connections resume by id.
+  constructor({ filters, events, onMessage, onGap = () => {}, onState = () => {}, history = null }) {
     this.filters = filters;
+    this.history = history;
     this.events = events;
     this.onMessage = onMessage;
     this.onGap = onGap;
@@ -46,6 +50,7 @@ export class LiveStream {
     // which cannot set headers on it: the query parameter carries the id.
     const extra = { format: 'json' };
     if (this.lastId) extra.lastEventId = this.lastId;
+    else if (this.history) extra.since = this.history;
     const source = new EventSource(eventsUrl(this.filters, extra));
     this.source = source;
     this.setState(this.wasOpen ? 'reconnecting' : 'connecting');
@@ -63,7 +68,10 @@ export class LiveStream {
         this.setState(this.wasOpen ? 'reconnecting' : 'connecting');
       } else if (source.readyState === EventSource.CLOSED) {
         // The browser stops for good after an answer that is not an event
-        // stream (a proxy's 502, a 400): try again later ourselves.
+        // stream (a proxy's 502, a 400): try again later ourselves. A first
+        // stream refused may have asked for more history than the bridge
+        // gives (400 replay-too-long): the next one asks for none.
+        if (!this.wasOpen) this.history = null;
         source.close();
         this.setState('offline', { retryInMs: this.retryMs });
         this.retryTimer = setTimeout(() => this.open(), this.retryMs);

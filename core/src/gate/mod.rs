@@ -111,6 +111,9 @@ pub struct Shared {
     /// The distinct topics and filters the broker holds (`mqtt.max_topics`,
     /// `mqtt.max_filters`).
     census: Arc<crate::broker::census::Census>,
+    /// Asked before each device publish is taken: nothing is accepted that
+    /// the log could not keep (a full disk).
+    log: Arc<dyn crate::log::Log>,
     /// Longest topic or filter a client may use (`mqtt.max_topic_bytes`).
     max_topic_bytes: usize,
     /// Unreleased QoS 2 publishes one connection may have
@@ -148,6 +151,7 @@ impl Shared {
             devices: router.devices().clone(),
             registry: Arc::default(),
             census: router.census().clone(),
+            log: router.log().clone(),
             max_topic_bytes: config.mqtt.max_topic_bytes,
             max_inflight: config.mqtt.max_inflight,
         }

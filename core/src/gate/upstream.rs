@@ -316,6 +316,10 @@ impl Upstream {
             Stats::incr(&self.stats().mqtt_publishes_denied);
             tracing::debug!(principal = %self.principal, reason = %denied, "MQTT PUBLISH refused.");
             Some(NOT_AUTHORIZED)
+        } else if !self.shared.log.accepting() {
+            self.shared.stats.limit(Protocol::Mqtt, Limit::Storage);
+            tracing::debug!(principal = %self.principal, "MQTT PUBLISH refused: the log cannot store it now.");
+            Some(QUOTA_EXCEEDED)
         } else if !self.shared.census.admit_topic(&internal) {
             self.shared.stats.limit(Protocol::Mqtt, Limit::Topics);
             tracing::debug!(principal = %self.principal, "MQTT PUBLISH refused: mqtt.max_topics distinct topics reached.");

@@ -114,9 +114,18 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
     let stats = state.router.stats().snapshot();
     let cause = state.broker.cause();
     let up = cause.is_none() && stats.broker_link_failures == 0;
+    let log = state.router.log().status();
+    // A failing log turns publishes away but keeps every stream serving:
+    // degraded, not down (a restart would not give the disk room).
+    let status = match (up, log.state) {
+        (false, _) => "broker-down",
+        (true, "ok") => "ok",
+        (true, _) => "degraded",
+    };
     let body = serde_json::json!({
-        "status": if up { "ok" } else { "broker-down" },
+        "status": status,
         "cause": cause,
+        "log": log,
         "epoch": state.router.epoch(),
         "subscribers": state.router.subscriber_count(),
         "stats": stats,

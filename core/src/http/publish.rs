@@ -192,6 +192,12 @@ fn publish_error(error: PublishError) -> ApiError {
         PublishError::Busy => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", error.to_string()).retry_after(1)
         }
+        PublishError::StorageFull => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage-full",
+            error.to_string(),
+        )
+        .retry_after(5),
         PublishError::Unavailable => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "broker-unavailable",

@@ -30,9 +30,9 @@ use super::segment::{self, End, Reader, Segment};
 use super::{Entry, Fsync, Log, LogConfig, LogError, Record, Resume};
 use crate::router::EventId;
 
-const SEGMENTS: &str = "segments";
-const RETAINED: &str = "retained.seg";
-const LOCK: &str = "lock";
+pub(super) const SEGMENTS: &str = "segments";
+pub(super) const RETAINED: &str = "retained.seg";
+pub(super) const LOCK: &str = "lock";
 
 /// The retained file is rewritten with only the live values once it holds
 /// this many times their bytes (plus a floor, so small files stay).
@@ -41,6 +41,10 @@ const RETAINED_COMPACT_FLOOR: u64 = 1024 * 1024;
 
 /// How often the age bound is checked.
 const AGE_CHECK: Duration = Duration::from_secs(10);
+
+/// How long after a failed append publishes are turned away before the
+/// log tries again (a full disk may have room by then).
+const FAILING_PAUSE: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct DiskLog {
@@ -62,6 +66,13 @@ struct Shared {
     dirty: AtomicBool,
     /// Set by `close`: no more appends, and the directory is let go.
     closed: AtomicBool,
+    appends: AtomicU64,
+    append_micros: AtomicU64,
+    fsyncs: AtomicU64,
+    evictions: AtomicU64,
+    /// The last append's failure, and when: publishes are turned away for
+    /// [`FAILING_PAUSE`] after it (see `Log::accepting`).
+    failure: Mutex<Option<(String, std::time::Instant)>>,
     inner: Mutex<Inner>,
     /// Held for as long as the log is open: one bridge per directory.
     lock: File,
@@ -136,6 +147,11 @@ impl DiskLog {
             bytes: AtomicU64::new(bytes),
             dirty: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            appends: AtomicU64::new(0),
+            append_micros: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            failure: Mutex::new(None),
             inner: Mutex::new(Inner {
                 segments,
                 active: Arc::new(active),
@@ -352,6 +368,7 @@ impl Shared {
             (inner.active.clone(), path, inner.retained_file.clone())
         };
         active.sync_data().map_err(Self::io(&path))?;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
         retained
             .sync_data()
             .map_err(Self::io(&self.dir.join(RETAINED)))
@@ -371,6 +388,7 @@ impl Shared {
             }
             let oldest = inner.segments.pop_front().expect("more than one");
             bytes -= oldest.len;
+            self.evictions.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = std::fs::remove_file(&oldest.path) {
                 tracing::warn!(file = %oldest.path.display(), error = %e, "Cannot remove an evicted log segment.");
             }
@@ -437,21 +455,11 @@ fn write_or_undo(file: &File, path: &Path, len: u64, bytes: &[u8]) -> Result<(),
     Ok(())
 }
 
-impl Log for DiskLog {
-    fn epoch(&self) -> u64 {
-        self.shared.epochs.last().map_or(0, |e| e.0)
-    }
-
-    fn next(&self) -> u64 {
-        self.shared.next.load(Ordering::Acquire)
-    }
-
-    fn first(&self) -> u64 {
-        self.shared.first.load(Ordering::Acquire)
-    }
-
-    fn append(&self, entries: &[Entry]) -> Result<u64, LogError> {
+impl DiskLog {
+    /// One batch into the active segment (see `Log::append`).
+    fn append_batch(&self, entries: &[Entry]) -> Result<u64, LogError> {
         let shared = &*self.shared;
+
         let mut guard = shared.lock();
         let inner = &mut *guard;
         if shared.closed.load(Ordering::Acquire) {
@@ -553,6 +561,80 @@ impl Log for DiskLog {
             }
         }
         Ok(first)
+    }
+}
+
+impl Log for DiskLog {
+    fn epoch(&self) -> u64 {
+        self.shared.epochs.last().map_or(0, |e| e.0)
+    }
+
+    fn next(&self) -> u64 {
+        self.shared.next.load(Ordering::Acquire)
+    }
+
+    fn first(&self) -> u64 {
+        self.shared.first.load(Ordering::Acquire)
+    }
+
+    fn append(&self, entries: &[Entry]) -> Result<u64, LogError> {
+        let started = std::time::Instant::now();
+        let result = self.append_batch(entries);
+        let shared = &*self.shared;
+        shared.appends.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        shared.append_micros.fetch_add(micros, Ordering::Relaxed);
+        let mut failure = shared.failure.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Ok(_) => *failure = None,
+            Err(LogError::Closed) => {}
+            Err(e) => *failure = Some((e.to_string(), std::time::Instant::now())),
+        }
+        result
+    }
+
+    fn accepting(&self) -> bool {
+        let failure = self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        failure
+            .as_ref()
+            .is_none_or(|(_, at)| at.elapsed() >= FAILING_PAUSE)
+    }
+
+    fn status(&self) -> super::LogStatus {
+        let shared = &*self.shared;
+        let (segments, retained) = {
+            let inner = shared.lock();
+            (inner.segments.len(), inner.retained.len())
+        };
+        let last_error = shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(e, _)| e.clone());
+        super::LogStatus {
+            kind: "disk",
+            state: if last_error.is_some() {
+                "failing"
+            } else {
+                "ok"
+            },
+            epoch: format!("{:x}", self.epoch()),
+            first: self.first(),
+            next: self.next(),
+            bytes: self.bytes(),
+            segments,
+            retained,
+            appends: shared.appends.load(Ordering::Relaxed),
+            append_micros: shared.append_micros.load(Ordering::Relaxed),
+            fsyncs: shared.fsyncs.load(Ordering::Relaxed),
+            evictions: shared.evictions.load(Ordering::Relaxed),
+            last_error,
+        }
     }
 
     fn read(

@@ -89,4 +89,20 @@ impl Log for MemoryLog {
     fn bytes(&self) -> u64 {
         0
     }
+
+    fn status(&self) -> super::LogStatus {
+        super::LogStatus {
+            kind: "memory",
+            state: "ok",
+            epoch: format!("{:x}", self.epoch),
+            first: self.first(),
+            next: self.next(),
+            retained: self.retained.lock().map_or(0, |r| r.len()),
+            ..Default::default()
+        }
+    }
+
+    fn accepting(&self) -> bool {
+        true
+    }
 }

@@ -13,6 +13,7 @@
 //! cut, a new memory log), a new epoch begins, and [`Log::resume_after`]
 //! tells which ids of earlier epochs still name the same messages.
 
+pub mod check;
 pub mod disk;
 mod epochs;
 pub mod memory;
@@ -123,6 +124,35 @@ pub trait Log: Send + Sync + fmt::Debug {
 
     /// Bytes the log holds on its storage.
     fn bytes(&self) -> u64;
+
+    /// Where the log stands, for `/healthz` and `/metrics`.
+    fn status(&self) -> LogStatus;
+
+    /// Whether publishes should be taken now: `false` while storage is
+    /// failing (a full disk), so entry points turn them away instead of
+    /// accepting what cannot be kept. Tried again after a pause.
+    fn accepting(&self) -> bool;
+}
+
+/// A log's state and counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LogStatus {
+    pub kind: &'static str,
+    /// `ok`, or `failing` while appends fail (see `last_error`).
+    pub state: &'static str,
+    pub epoch: String,
+    pub first: u64,
+    pub next: u64,
+    pub bytes: u64,
+    pub segments: usize,
+    pub retained: usize,
+    /// Batches appended, and the time they took in all.
+    pub appends: u64,
+    pub append_micros: u64,
+    pub fsyncs: u64,
+    /// Segments removed by the age or byte bound.
+    pub evictions: u64,
+    pub last_error: Option<String>,
 }
 
 /// `[log] fsync`: when appended records are forced to the disk.

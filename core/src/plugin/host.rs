@@ -104,7 +104,8 @@ impl HostContext {
                     Stats::incr(&self.status.messages_out);
                     TwStatus::OK
                 }
-                Err(PublishError::Busy) => {
+                // A full disk is backpressure too: the driver retries.
+                Err(PublishError::Busy | PublishError::StorageFull) => {
                     Stats::incr(&self.status.publishes_busy);
                     TwStatus::BUSY
                 }

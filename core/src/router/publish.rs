@@ -31,6 +31,10 @@ pub enum PublishError {
     TopicLimit,
     #[error("the broker's ingress queue is full; retry shortly")]
     Busy,
+    #[error(
+        "the log cannot store messages now (its storage is failing, e.g. a full disk); retry later"
+    )]
+    StorageFull,
     #[error("the broker is not accepting publishes")]
     Unavailable,
     #[error("the broker did not confirm the publish within {0:?}")]
@@ -113,6 +117,11 @@ impl Router {
                 size: payload.len(),
                 max,
             });
+        }
+        // Nothing is accepted that the log could not keep.
+        if !self.shared.log.accepting() {
+            self.stats().limit(protocol, Limit::Storage);
+            return Err(PublishError::StorageFull);
         }
         // Last, so that a refused publish takes no room.
         if !self.shared.census.admit_topic(&name::topic_in(topic)) {

@@ -422,6 +422,7 @@ fn publish_error(error: PublishError) -> ProtocolError {
         PublishError::TopicTooLong { .. } => "topic-too-long",
         PublishError::TopicLimit => "topic-limit",
         PublishError::Busy => "busy",
+        PublishError::StorageFull => "storage-full",
         PublishError::Unavailable => "broker-unavailable",
         PublishError::Timeout(_) => "broker-timeout",
     };
