@@ -104,7 +104,7 @@ pub fn check(dir: &Path) -> Result<Report, LogError> {
     let mut segments = Vec::new();
     let mut first = None;
     let mut next: Option<u64> = None;
-    for start in segment_firsts(&dir.join(SEGMENTS))? {
+    for start in segment::list(&dir.join(SEGMENTS))? {
         let path = dir.join(SEGMENTS).join(Segment::file_name(start));
         let (scanned, end) = segment::scan(&path, start)?;
         let mut damage = describe(end);
@@ -164,7 +164,7 @@ pub fn repair(dir: &Path) -> Result<(Report, Vec<String>), LogError> {
             continue;
         }
         if let Some((offset, what)) = &file.damage {
-            truncate(&file.file, *offset)?;
+            segment::truncate(&file.file, *offset)?;
             done.push(format!(
                 "cut {} at byte {offset} ({what})",
                 file.file.display()
@@ -173,7 +173,7 @@ pub fn repair(dir: &Path) -> Result<(Report, Vec<String>), LogError> {
         }
     }
     if let Some((offset, what)) = &report.retained.damage {
-        truncate(&report.retained.file, *offset)?;
+        segment::truncate(&report.retained.file, *offset)?;
         done.push(format!(
             "cut {} at byte {offset} ({what})",
             report.retained.file.display()
@@ -225,44 +225,6 @@ fn check_retained(path: &Path) -> Result<(FileReport, usize), LogError> {
         }
     }
     Ok((report, values.len()))
-}
-
-fn segment_firsts(dir: &Path) -> Result<Vec<u64>, LogError> {
-    let mut firsts = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(firsts),
-        Err(source) => {
-            return Err(LogError::Dir {
-                dir: dir.to_path_buf(),
-                source,
-            })
-        }
-    };
-    for entry in entries {
-        let entry = entry.map_err(|source| LogError::Dir {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
-        if let Some(first) = entry.file_name().to_str().and_then(Segment::parse_name) {
-            firsts.push(first);
-        }
-    }
-    firsts.sort_unstable();
-    Ok(firsts)
-}
-
-fn truncate(path: &Path, len: u64) -> Result<(), LogError> {
-    let io = |source| LogError::Io {
-        file: path.to_path_buf(),
-        source,
-    };
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io)?;
-    file.set_len(len).map_err(io)?;
-    file.sync_all().map_err(io)
 }
 
 fn remove(path: &Path) -> Result<(), LogError> {

@@ -187,21 +187,7 @@ impl DiskLog {
 /// Every segment in `dir`, checked; whether the last one's tail was cut
 /// off (and truncated here).
 fn open_segments(dir: &Path) -> Result<(VecDeque<Segment>, bool), LogError> {
-    let mut firsts = Vec::new();
-    let read = std::fs::read_dir(dir).map_err(|source| LogError::Dir {
-        dir: dir.to_path_buf(),
-        source,
-    })?;
-    for entry in read {
-        let entry = entry.map_err(|source| LogError::Dir {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
-        if let Some(first) = entry.file_name().to_str().and_then(Segment::parse_name) {
-            firsts.push(first);
-        }
-    }
-    firsts.sort_unstable();
+    let firsts = segment::list(dir)?;
     let mut segments = VecDeque::new();
     let mut lost = false;
     let count = firsts.len();
@@ -223,7 +209,7 @@ fn open_segments(dir: &Path) -> Result<(VecDeque<Segment>, bool), LogError> {
         match end {
             End::Clean => {}
             End::Torn(offset) if last => {
-                truncate(&path, offset)?;
+                segment::truncate(&path, offset)?;
                 lost = true;
             }
             End::Torn(offset) | End::Damaged(offset, _) if !last => {
@@ -265,7 +251,7 @@ fn open_retained(path: &Path) -> Result<RetainedFile, LogError> {
             Err(End::Clean) => break std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
             Err(End::Torn(offset)) => {
                 tracing::warn!(file = %path.display(), offset, "The retained file's tail was cut short; cut off there.");
-                truncate(path, offset)?;
+                segment::truncate(path, offset)?;
                 break offset;
             }
             Err(End::Damaged(offset, what)) => {
@@ -279,16 +265,6 @@ fn open_retained(path: &Path) -> Result<RetainedFile, LogError> {
     };
     let live = retained.values().map(|r| r.encoded_len() as u64).sum();
     Ok((retained, len, live))
-}
-
-fn truncate(path: &Path, len: u64) -> Result<(), LogError> {
-    let io = |source| LogError::Io {
-        file: path.to_path_buf(),
-        source,
-    };
-    let file = OpenOptions::new().write(true).open(path).map_err(io)?;
-    file.set_len(len).map_err(io)?;
-    file.sync_all().map_err(io)
 }
 
 fn open_append(path: &Path) -> Result<File, LogError> {

@@ -228,3 +228,40 @@ pub fn scan(path: &Path, first: u64) -> Result<(Segment, End), LogError> {
         }
     }
 }
+
+/// The first positions of the segment files in `dir`, in order (none if
+/// there is no such directory yet).
+pub fn list(dir: &Path) -> Result<Vec<u64>, LogError> {
+    let dir_error = |source| LogError::Dir {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(dir_error(source)),
+    };
+    let mut firsts = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(dir_error)?;
+        if let Some(first) = entry.file_name().to_str().and_then(Segment::parse_name) {
+            firsts.push(first);
+        }
+    }
+    firsts.sort_unstable();
+    Ok(firsts)
+}
+
+/// Cuts the file at `path` to `len` bytes, durably.
+pub fn truncate(path: &Path, len: u64) -> Result<(), LogError> {
+    let io = |source| LogError::Io {
+        file: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    file.set_len(len).map_err(io)?;
+    file.sync_all().map_err(io)
+}
