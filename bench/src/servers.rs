@@ -142,6 +142,9 @@ impl Server {
             .arg(&program)
             .args(&args)
             .env("RUST_LOG", "warn,rumqttd=off")
+            // Tidewater keeps its log in ./data: in this server's own
+            // directory, removed when it stops.
+            .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
