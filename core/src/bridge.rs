@@ -22,10 +22,6 @@ use crate::router::{Router, RouterSettings};
 use crate::stats::Stats;
 use crate::ws;
 
-/// Snapshot requests waiting for the retained link; past this, new
-/// subscribers go on without retained values (counted).
-const RETAINED_REQUESTS: usize = 1_024;
-
 /// How long shutdown waits for WebSocket sessions to send their close frames.
 const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -142,13 +138,11 @@ impl Bridge {
             .await
             .map_err(|e| StartError::Http(std::io::Error::other(e)))??;
         let (ingress_tx, ingress_rx) = mpsc::channel(config.http.ingress_capacity);
-        let (retained_tx, retained_rx) = mpsc::channel(RETAINED_REQUESTS);
         let router = Router::new(
             RouterSettings::from_config(&config, policy.clone()),
             stats,
             log,
             ingress_tx,
-            retained_tx,
         );
 
         // Bound before the broker starts so a busy HTTP port fails fast.
@@ -193,7 +187,6 @@ impl Bridge {
                 &broker_auth,
                 &broker_router,
                 ingress_rx,
-                retained_rx,
                 &broker_health,
             )
         })
@@ -516,7 +509,7 @@ async fn stop_when_down(
     }
 }
 
-/// Broker connections that are not devices: the three links and the
+/// Broker connections that are not devices: the two links and the
 /// startup probes, with a margin for a connection rumqttd still tears down.
 const BROKER_OWN_CONNECTIONS: usize = 16;
 

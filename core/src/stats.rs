@@ -79,11 +79,11 @@ counters! {
     replay_hits,
     /// Resumes whose history had left the ring (a `gap` was sent).
     replay_misses,
-    /// Retained snapshots read from the broker.
+    /// Retained values read from the log's store for a new subscriber.
     retained_snapshots,
-    /// Retained snapshots that failed or timed out (subscribers went on live).
+    /// Retained reads that failed (the subscriber went on live).
     retained_failures,
-    /// Snapshots that hit `mqtt.max_retained` and may be missing values.
+    /// Retained reads cut at `mqtt.max_retained` values.
     retained_truncated,
     /// Broker links that failed; any makes `/healthz` answer 503.
     broker_link_failures,

@@ -1,4 +1,4 @@
-//! The embedded MQTT broker (rumqttd) and the three local links that join it
+//! The embedded MQTT broker (rumqttd) and the two local links that join it
 //! to the router.
 //!
 //! rumqttd runs on its own threads. Its local links use blocking channels,
@@ -6,10 +6,12 @@
 //! the broker:
 //! - **egress** ([`egress`]) subscribes to `#` and feeds every message to
 //!   [`Router::dispatch`], in the broker's order;
-//! - **ingress** ([`ingress`]) only publishes, for HTTP (and later WebSocket
-//!   and plugin) publishers, and confirms a publish once the broker has it;
-//! - **retained** ([`retained`]) reads the broker's retained store on demand,
-//!   because the egress stream carries no retain flag.
+//! - **ingress** ([`ingress`]) only publishes, for web clients and plugins,
+//!   confirms a publish once the broker has it, and gives the broker back
+//!   the log's retained values at start.
+//!
+//! Web subscribers get their retained values from the log's store, not the
+//! broker's (see `crate::log`): exact at the position they subscribe at.
 //!
 //! The listeners bind loopback ports behind the MQTT gate ([`crate::gate`])
 //! instead of the configured addresses, on every bridge, and admit only the
@@ -24,7 +26,6 @@ mod egress;
 pub mod health;
 mod ingress;
 pub mod name;
-mod retained;
 pub mod stamp;
 
 use std::collections::HashMap;
@@ -39,7 +40,7 @@ use tokio::sync::mpsc;
 use self::health::BrokerHealth;
 use crate::auth::password::MqttAuth;
 use crate::config::MqttConfig;
-use crate::router::{IngressRequest, RetainedRequest, Router};
+use crate::router::{IngressRequest, Router};
 
 /// The addresses the broker's listeners are bound to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +76,6 @@ pub fn start(
     auth: &Arc<MqttAuth>,
     router: &Router,
     ingress: mpsc::Receiver<IngressRequest>,
-    retained: mpsc::Receiver<RetainedRequest>,
     health: &Arc<BrokerHealth>,
 ) -> Result<BrokerAddrs, BrokerError> {
     let addrs = BrokerAddrs {
@@ -101,7 +101,6 @@ pub fn start(
     };
     let (egress_tx, egress_rx) = link("egress")?;
     let (ingress_tx, ingress_rx) = link("ingress")?;
-    let (retained_tx, retained_rx) = link("retained")?;
 
     egress::spawn(egress_tx, egress_rx, router.clone(), health.clone())?;
     ingress::spawn(
@@ -110,13 +109,6 @@ pub fn start(
         ingress,
         router.stats().clone(),
         health.clone(),
-    )?;
-    retained::spawn(
-        retained_tx,
-        retained_rx,
-        retained,
-        router.clone(),
-        config.max_retained,
     )?;
 
     let broker_health = health.clone();

@@ -7,8 +7,8 @@
 //! Every payload enters the broker through the gate (device publishes and
 //! wills) or the ingress link (web clients and plugins), and each stamps
 //! it; it leaves through the gate (deliveries to devices, which get it
-//! back without the stamp), the egress link and the retained link (which
-//! read the stamp into the router's message). So no client ever sees one.
+//! back without the stamp) and the egress link (which reads
+//! the stamp into the router's message). So no client ever sees one.
 //!
 //! One publish stays unstamped: a retained empty payload, which is how MQTT
 //! deletes a retained value, and the only way rumqttd knows to delete one.

@@ -171,10 +171,9 @@ impl Shared {
         let config = Config::default();
         // Nobody reads the broker side: these tests never publish through it.
         let (ingress, _) = tokio::sync::mpsc::channel(1);
-        let (retained, _) = tokio::sync::mpsc::channel(1);
         let settings = crate::router::RouterSettings::from_config(&config, policy.clone());
         let log = Arc::new(crate::log::memory::MemoryLog::new(0, 1));
-        let router = crate::router::Router::new(settings, stats.clone(), log, ingress, retained);
+        let router = crate::router::Router::new(settings, stats.clone(), log, ingress);
         Arc::new(Self::new(&config, policy, stats, upstreams, auth, &router))
     }
 

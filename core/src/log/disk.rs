@@ -707,6 +707,15 @@ impl Log for DiskLog {
         self.shared.lock().retained.values().cloned().collect()
     }
 
+    fn retained_before(
+        &self,
+        before: u64,
+        filter: &mut dyn FnMut(&str) -> bool,
+        max: usize,
+    ) -> (Vec<Record>, bool) {
+        super::retained::before(&self.shared.lock().retained, before, filter, max)
+    }
+
     fn resume_after(&self, id: EventId) -> Resume {
         match epochs::end_of(&self.shared.epochs, id.epoch) {
             Some(end) if id.seq < end.unwrap_or(u64::MAX) && id.seq < self.next() => {

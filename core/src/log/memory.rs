@@ -70,6 +70,16 @@ impl Log for MemoryLog {
         retained.values().cloned().collect()
     }
 
+    fn retained_before(
+        &self,
+        before: u64,
+        filter: &mut dyn FnMut(&str) -> bool,
+        max: usize,
+    ) -> (Vec<Record>, bool) {
+        let retained = self.retained.lock().unwrap_or_else(|p| p.into_inner());
+        super::retained::before(&retained, before, filter, max)
+    }
+
     fn resume_after(&self, id: EventId) -> Resume {
         if id.epoch == self.epoch && id.seq < self.next() {
             Resume::After(id.seq)

@@ -112,6 +112,17 @@ pub trait Log: Send + Sync + fmt::Debug {
     /// was not a deletion.
     fn retained(&self) -> Vec<Record>;
 
+    /// The retained values set before position `before` on topics `filter`
+    /// accepts, oldest first, at most `max` (and whether there were more).
+    /// A value set at or after `before` is left out: whoever asks receives
+    /// that message live.
+    fn retained_before(
+        &self,
+        before: u64,
+        filter: &mut dyn FnMut(&str) -> bool,
+        max: usize,
+    ) -> (Vec<Record>, bool);
+
     /// Whether a client whose last message had `id` can resume exactly.
     fn resume_after(&self, id: EventId) -> Resume;
 

@@ -38,3 +38,22 @@ pub fn apply_record(retained: &mut HashMap<Box<str>, Record>, record: Record) {
         retained.insert(record.topic.clone(), record);
     }
 }
+
+/// The values set before `before` on topics `filter` accepts, oldest
+/// first, at most `max`, and whether there were more.
+pub fn before(
+    retained: &HashMap<Box<str>, Record>,
+    before: u64,
+    filter: &mut dyn FnMut(&str) -> bool,
+    max: usize,
+) -> (Vec<Record>, bool) {
+    let mut values: Vec<Record> = retained
+        .values()
+        .filter(|r| r.position < before && filter(&r.topic))
+        .cloned()
+        .collect();
+    values.sort_unstable_by_key(|r| r.position);
+    let truncated = values.len() > max;
+    values.truncate(max);
+    (values, truncated)
+}

@@ -63,13 +63,6 @@ pub struct IngressRequest {
     pub confirm: Option<oneshot::Sender<()>>,
 }
 
-/// The broker's retained messages at one moment, as shared messages.
-pub type RetainedSnapshot = Arc<Vec<Arc<Message>>>;
-
-/// A request for a fresh retained snapshot; answered with `Err(())` if the
-/// broker could not produce one.
-pub type RetainedRequest = oneshot::Sender<Result<RetainedSnapshot, ()>>;
-
 /// Settings the router needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct RouterSettings {
@@ -94,6 +87,8 @@ pub struct RouterSettings {
     pub read_page: usize,
     /// Messages a `since` may reach back (`sse.max_replay`).
     pub max_replay: usize,
+    /// Retained values one new subscriber gets at most (`mqtt.max_retained`).
+    pub max_retained: usize,
 }
 
 impl RouterSettings {
@@ -109,6 +104,7 @@ impl RouterSettings {
             replay_max_bytes: config.sse.replay_max_bytes,
             read_page: config.log.read_page,
             max_replay: config.sse.max_replay,
+            max_retained: usize::try_from(config.mqtt.max_retained).unwrap_or(usize::MAX),
             routes: config.routes.clone(),
             policy,
         }
@@ -136,8 +132,8 @@ struct Shared {
     max_topic_bytes: usize,
     read_page: usize,
     max_replay: usize,
+    max_retained: usize,
     ingress: mpsc::Sender<IngressRequest>,
-    retained: mpsc::Sender<RetainedRequest>,
     state: Mutex<State>,
 }
 
@@ -168,15 +164,14 @@ struct Subscriber {
 }
 
 impl Router {
-    /// A router over `log`, whose publishes go to `ingress` and whose
-    /// retained snapshots are requested on `retained`; the broker side
-    /// reads both.
+    /// A router over `log` (which also keeps the retained values every new
+    /// subscriber gets first), whose publishes go to `ingress`, which the
+    /// broker side reads.
     pub fn new(
         settings: RouterSettings,
         stats: Arc<Stats>,
         log: Arc<dyn Log>,
         ingress: mpsc::Sender<IngressRequest>,
-        retained: mpsc::Sender<RetainedRequest>,
     ) -> Self {
         let routes = settings
             .routes
@@ -196,10 +191,10 @@ impl Router {
                 max_topic_bytes: settings.max_topic_bytes,
                 read_page: settings.read_page.max(1),
                 max_replay: settings.max_replay,
+                max_retained: settings.max_retained,
                 stats,
                 log,
                 ingress,
-                retained,
                 state: Mutex::new(State {
                     next_seq,
                     next_subscriber: 1,
@@ -281,6 +276,11 @@ impl Router {
         self.shared.max_replay
     }
 
+    /// Retained values one new subscriber gets at most.
+    pub(crate) fn max_retained(&self) -> usize {
+        self.shared.max_retained
+    }
+
     /// The log beneath the router.
     pub fn log(&self) -> &Arc<dyn Log> {
         &self.shared.log
@@ -298,19 +298,6 @@ impl Router {
             .iter()
             .find(|(filter, _)| topic::matches(filter, topic))
             .map_or_else(|| self.shared.default_event.clone(), |(_, e)| e.clone())
-    }
-
-    /// Asks the broker side for a fresh retained snapshot.
-    fn request_retained(&self) -> oneshot::Receiver<Result<RetainedSnapshot, ()>> {
-        let (reply, receiver) = oneshot::channel();
-        if let Err(
-            mpsc::error::TrySendError::Full(reply) | mpsc::error::TrySendError::Closed(reply),
-        ) = self.shared.retained.try_send(reply)
-        {
-            // Answered at once so the subscriber goes on to live messages.
-            let _ = reply.send(Err(()));
-        }
-        receiver
     }
 
     /// Routes one message read from the broker (see [`Router::dispatch_batch`]).
@@ -390,6 +377,16 @@ impl Router {
             record.retain,
             event,
         );
+        message.qos = record.qos;
+        message.received_at_ms = record.time_ms;
+        Arc::new(message)
+    }
+
+    /// A retained value from the log's store, as subscribers get it: no
+    /// id (it is current state, not a place in the stream), retain set.
+    pub(crate) fn retained_message(&self, record: crate::log::Record) -> Arc<Message> {
+        let event = self.event_for(&record.topic);
+        let mut message = Message::new(None, record.topic, record.payload, true, event);
         message.qos = record.qos;
         message.received_at_ms = record.time_ms;
         Arc::new(message)

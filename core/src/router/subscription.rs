@@ -12,20 +12,15 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::replay::Resume;
 use super::start::Start;
-use super::{EventId, Message, RetainedSnapshot, Router, Subscriber, SubscriberId};
+use super::{EventId, Message, Router, Subscriber, SubscriberId};
 use crate::auth::{Access, Action, Denied, Principal};
 use crate::stats::Stats;
 use crate::topic::{self, TopicError};
-
-/// How long a new subscriber waits for the broker's retained values before
-/// going on to live messages without them (counted as a failure).
-const RETAINED_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What an SSE stream asks for, all at once.
 #[derive(Debug, Clone)]
@@ -89,10 +84,11 @@ enum Pending {
         filters: Vec<String>,
         earlier: Vec<(String, u64)>,
     },
-    /// Retained values for these filters, once the broker has answered.
+    /// The retained values on these filters set before position `before`
+    /// (later ones arrive live), read from the log when their turn comes.
     Retained {
         filters: Vec<String>,
-        reply: oneshot::Receiver<Result<RetainedSnapshot, ()>>,
+        before: u64,
     },
     Messages(VecDeque<Arc<Message>>),
 }
@@ -265,7 +261,7 @@ impl Subscription {
             Start::Since(time_ms) => Some((time_ms, since_position(&router, time_ms))),
             _ => None,
         };
-        let (gap, replay, history) = {
+        let (gap, replay, history, from_seq) = {
             let mut guard = router.lock();
             let state = &mut *guard;
             let from_seq = state.next_seq;
@@ -332,7 +328,7 @@ impl Subscription {
                     }
                 }
             };
-            (gap, replay, history)
+            (gap, replay, history, from_seq)
         };
 
         let stats = router.stats();
@@ -348,7 +344,7 @@ impl Subscription {
         if resume.is_none() || gap.is_some() {
             self.pending.push_back(Pending::Retained {
                 filters: added.clone(),
-                reply: router.request_retained(),
+                before: from_seq,
             });
         }
         self.pending.extend(history);
@@ -462,26 +458,35 @@ impl Subscription {
         allowed
     }
 
-    /// Replaces the pending retained entry at the front with its values.
+    /// Replaces the pending retained entry at the front with its values,
+    /// read from the log's store off the async workers.
     async fn load_retained(&mut self) {
-        let Some(Pending::Retained { filters, reply }) = self.pending.pop_front() else {
+        let Some(Pending::Retained { filters, before }) = self.pending.pop_front() else {
             return;
         };
-        let snapshot = match tokio::time::timeout(RETAINED_TIMEOUT, reply).await {
-            Ok(Ok(Ok(snapshot))) => snapshot,
-            _ => {
-                Stats::incr(&self.router.stats().retained_failures);
-                tracing::warn!(
-                    subscriber = self.id,
-                    "Retained values unavailable, continuing with live messages."
-                );
-                return;
-            }
+        let router = self.router.clone();
+        let log = router.log().clone();
+        let max = router.max_retained();
+        let read = tokio::task::spawn_blocking(move || {
+            log.retained_before(before, &mut |topic| matches_any(filters.iter(), topic), max)
+        })
+        .await;
+        let stats = router.stats();
+        let Ok((records, truncated)) = read else {
+            Stats::incr(&stats.retained_failures);
+            tracing::warn!(
+                subscriber = self.id,
+                "Retained values unavailable, continuing with live messages."
+            );
+            return;
         };
-        let values: VecDeque<_> = snapshot
-            .iter()
-            .filter(|m| matches_any(filters.iter(), &m.topic))
-            .cloned()
+        Stats::incr(&stats.retained_snapshots);
+        if truncated {
+            Stats::incr(&stats.retained_truncated);
+        }
+        let values: VecDeque<_> = records
+            .into_iter()
+            .map(|record| router.retained_message(record))
             .collect();
         self.pending.push_front(Pending::Messages(values));
     }
@@ -527,8 +532,8 @@ impl Subscription {
         // The log may have let these positions go since the subscribe.
         let Some((records, after)) = read.filter(|_| next >= router.log().first()) else {
             self.pending.push_front(Pending::Retained {
-                reply: router.request_retained(),
                 filters,
+                before: to,
             });
             self.pending.push_front(Pending::Gap(EventId {
                 epoch: router.epoch(),

@@ -12,13 +12,11 @@ use crate::broker::stamp::Meta;
 
 struct Harness {
     router: Router,
-    retained: mpsc::Receiver<RetainedRequest>,
     ingress: mpsc::Receiver<IngressRequest>,
 }
 
 fn harness(replay_capacity: usize) -> Harness {
     let (ingress_tx, ingress) = mpsc::channel(16);
-    let (retained_tx, retained) = mpsc::channel(16);
     let router = Router::new(
         RouterSettings {
             replay_capacity,
@@ -35,17 +33,13 @@ fn harness(replay_capacity: usize) -> Harness {
             max_filters: 1_000,
             read_page: 16,
             max_replay: 1_000,
+            max_retained: 100,
         },
         Arc::new(Stats::default()),
         Arc::new(crate::log::memory::MemoryLog::new(0, 1_000)),
         ingress_tx,
-        retained_tx,
     );
-    Harness {
-        router,
-        retained,
-        ingress,
-    }
+    Harness { router, ingress }
 }
 
 fn request(filters: &[&str], resume: Option<EventId>, queue: usize) -> SubscribeRequest {
@@ -59,13 +53,6 @@ fn request(filters: &[&str], resume: Option<EventId>, queue: usize) -> Subscribe
         },
         max_filters: 4,
         max_filter_bytes: 64,
-    }
-}
-
-/// Answers every pending retained request with an empty snapshot.
-fn answer_retained(h: &mut Harness) {
-    while let Ok(reply) = h.retained.try_recv() {
-        let _ = reply.send(Ok(Arc::new(Vec::new())));
     }
 }
 
@@ -85,12 +72,11 @@ async fn payloads(sub: &mut Subscription, n: usize) -> Vec<String> {
 /// Messages get consecutive ids in one epoch, and the routed event name.
 #[tokio::test]
 async fn ids_are_sequential_and_events_routed() {
-    let mut h = harness(10);
+    let h = harness(10);
     let mut sub = h
         .router
         .subscribe(request(&["#"], None, 8))
         .expect("subscribe");
-    answer_retained(&mut h);
     h.router.dispatch(
         "home/kitchen/temperature",
         Bytes::from_static(b"1"),
@@ -115,12 +101,11 @@ async fn ids_are_sequential_and_events_routed() {
 /// A subscriber whose filters overlap receives each message once.
 #[tokio::test]
 async fn overlapping_filters_deliver_once() {
-    let mut h = harness(10);
+    let h = harness(10);
     let mut sub = h
         .router
         .subscribe(request(&["a/#", "a/+", "a/b"], None, 8))
         .expect("subscribe");
-    answer_retained(&mut h);
     h.router
         .dispatch("a/b", Bytes::from_static(b"x"), Meta::default());
     h.router
@@ -133,10 +118,9 @@ async fn overlapping_filters_deliver_once() {
 /// is counted; other subscribers are unaffected.
 #[tokio::test]
 async fn full_queue_ends_only_that_subscription() {
-    let mut h = harness(10);
+    let h = harness(10);
     let mut slow = h.router.subscribe(request(&["t"], None, 2)).expect("slow");
     let mut fast = h.router.subscribe(request(&["t"], None, 16)).expect("fast");
-    answer_retained(&mut h);
     for i in 0..5 {
         h.router
             .dispatch("t", Bytes::from(i.to_string()), Meta::default());
@@ -155,14 +139,13 @@ async fn full_queue_ends_only_that_subscription() {
 /// whose queue is empty: the bound limits a backlog, not a message.
 #[tokio::test]
 async fn one_large_message_fits_an_empty_queue() {
-    let mut h = harness(10);
+    let h = harness(10);
     let mut sub = h.router.open(QueueBound {
         messages: 16,
         bytes: 100,
     });
     sub.add(&Principal::Anonymous, &["t".into()], None, 4, 64)
         .expect("add");
-    answer_retained(&mut h);
     h.router
         .dispatch("t", Bytes::from(vec![b'x'; 1_000]), Meta::default());
     assert_eq!(payloads(&mut sub, 1).await[0].len(), 1_000);
@@ -176,7 +159,7 @@ async fn one_large_message_fits_an_empty_queue() {
 /// long before its message count would; what it takes out makes room again.
 #[tokio::test]
 async fn queued_bytes_are_bounded_too() {
-    let mut h = harness(10);
+    let h = harness(10);
     let bound = QueueBound {
         messages: 1_000,
         bytes: 3 * 1_001,
@@ -188,7 +171,6 @@ async fn queued_bytes_are_bounded_too() {
     let mut slow = h.router.open(bound);
     slow.add(&Principal::Anonymous, &["t".into()], None, 4, 64)
         .expect("add");
-    answer_retained(&mut h);
     let big = Bytes::from(vec![b'x'; 1_000]); // 1,001 bytes with its topic
     for _ in 0..3 {
         h.router.dispatch("t", big.clone(), Meta::default());
@@ -212,12 +194,11 @@ async fn queued_bytes_are_bounded_too() {
 /// Resuming replays exactly the later matching messages, then live ones.
 #[tokio::test]
 async fn resume_replays_then_goes_live() {
-    let mut h = harness(100);
+    let h = harness(100);
     let mut first = h
         .router
         .subscribe(request(&["r/#"], None, 16))
         .expect("subscribe");
-    answer_retained(&mut h);
     h.router
         .dispatch("r/1", Bytes::from_static(b"1"), Meta::default());
     let Some(Delivery::Message(m)) = first.next().await else {
@@ -235,10 +216,6 @@ async fn resume_replays_then_goes_live() {
         .router
         .subscribe(request(&["r/#"], Some(last), 16))
         .expect("resume");
-    assert!(
-        h.retained.try_recv().is_err(),
-        "a resume does not ask for retained values"
-    );
     h.router
         .dispatch("r/4", Bytes::from_static(b"4"), Meta::default());
     assert_eq!(payloads(&mut resumed, 3).await, vec!["2", "3", "4"]);
@@ -248,44 +225,74 @@ async fn resume_replays_then_goes_live() {
 /// An id from another epoch yields a gap, then the retained values.
 #[tokio::test]
 async fn foreign_epoch_yields_gap_then_retained() {
-    let mut h = harness(10);
+    let h = harness(10);
+    let retained = Meta {
+        qos: 1,
+        retain: true,
+    };
+    h.router
+        .dispatch("s/1", Bytes::from_static(b"on"), retained);
+    h.router.dispatch("x", Bytes::from_static(b"no"), retained);
     let old = EventId { epoch: 1, seq: 9 };
     let mut sub = h
         .router
         .subscribe(request(&["s/#"], Some(old), 8))
         .expect("subscribe");
-    let reply = h
-        .retained
-        .try_recv()
-        .expect("retained requested after a gap");
-    let retained = Arc::new(Message::new(
-        None,
-        "s/1".into(),
-        Bytes::from_static(b"on"),
-        true,
-        "message".into(),
-    ));
-    let unrelated = Arc::new(Message::new(
-        None,
-        "x".into(),
-        Bytes::from_static(b"no"),
-        true,
-        "message".into(),
-    ));
-    let _ = reply.send(Ok(Arc::new(vec![retained, unrelated])));
     assert!(matches!(sub.next().await, Some(Delivery::Gap { after }) if after == old));
-    assert_eq!(payloads(&mut sub, 1).await, vec!["on"]);
+    match sub.next().await {
+        Some(Delivery::Message(m)) => {
+            assert_eq!(
+                (&m.payload[..], m.id, m.qos, m.delivered_retained()),
+                (&b"on"[..], None, 1, true)
+            );
+        }
+        other => panic!("expected the retained value, got {other:?}"),
+    }
+}
+
+/// A new subscriber gets the retained values set before it subscribed, and
+/// one set after only live: never both.
+#[tokio::test]
+async fn a_retained_value_arrives_once_as_state_or_live() {
+    let h = harness(10);
+    let retained = Meta {
+        qos: 0,
+        retain: true,
+    };
+    h.router.dispatch("r/a", Bytes::from_static(b"1"), retained);
+    let mut sub = h
+        .router
+        .subscribe(request(&["r/#"], None, 8))
+        .expect("subscribe");
+    // Set again after the subscribe, before the subscriber reads anything.
+    h.router.dispatch("r/a", Bytes::from_static(b"2"), retained);
+    h.router
+        .dispatch("r/b", Bytes::from_static(b"3"), Meta::default());
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        match sub.next().await {
+            Some(Delivery::Message(m)) => got.push((
+                String::from_utf8_lossy(&m.payload).into_owned(),
+                m.id.is_some(),
+            )),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+    assert_eq!(got, [("2".to_owned(), true), ("3".to_owned(), true)]);
+    assert!(
+        sub.try_next().is_none(),
+        "nothing more: \"1\" was replaced before it was read"
+    );
 }
 
 /// Dropping a subscription removes it from the index.
 #[tokio::test]
 async fn drop_unsubscribes() {
-    let mut h = harness(10);
+    let h = harness(10);
     let sub = h
         .router
         .subscribe(request(&["d/+", "e"], None, 8))
         .expect("subscribe");
-    answer_retained(&mut h);
     assert_eq!(h.router.subscriber_count(), 1);
     drop(sub);
     assert_eq!(h.router.subscriber_count(), 0);
@@ -366,7 +373,7 @@ async fn publish_checks_the_payload_size() {
 /// messages an earlier filter already delivered live.
 #[tokio::test]
 async fn added_filters_replay_without_duplicates() {
-    let mut h = harness(100);
+    let h = harness(100);
     h.router
         .dispatch("warmup", Bytes::from_static(b"w"), Meta::default());
     let mut sub = h.router.open(QueueBound {
@@ -375,7 +382,6 @@ async fn added_filters_replay_without_duplicates() {
     });
     sub.add(&Principal::Anonymous, &["x/#".to_owned()], None, 4, 64)
         .expect("add x/#");
-    answer_retained(&mut h);
     h.router
         .dispatch("x/y", Bytes::from_static(b"both"), Meta::default());
     h.router
