@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Smoke test of a built tidewater binary, end to end with real clients:
-#   MQTT publish -> SSE stream, HTTP publish -> MQTT subscriber, SIGTERM -> exit 0.
+#   MQTT publish -> SSE stream, HTTP publish -> MQTT subscriber, SIGTERM -> exit 0,
+#   and a retained value and the SSE stream's place kept across SIGTERM and
+#   SIGKILL (the log in ./data of the temp dir).
 #
 # Usage: scripts/smoke.sh [path/to/tidewater]   (default: target/release/tidewater)
 # Needs curl, mosquitto_pub, mosquitto_sub, and python3 (optional, for picking
@@ -100,6 +102,16 @@ healthy() {
     kill -0 "$BRIDGE_PID" 2>/dev/null && curl -fsS -m 1 -o /dev/null "$BASE/healthz" 2>/dev/null
 }
 
+# Starts the bridge on $MQTT and $HTTP, its output appended to bridge.log.
+launch() {
+    TIDEWATER_MQTT__LISTEN="127.0.0.1:$MQTT" TIDEWATER_HTTP__LISTEN="127.0.0.1:$HTTP" \
+        TIDEWATER_WEBSOCKET__LISTEN="127.0.0.1:0" \
+        TIDEWATER_AUTH__ANONYMOUS_WEB=true TIDEWATER_AUTH__ANONYMOUS_MQTT=true \
+        "$BIN" >>bridge.log 2>&1 &
+    BRIDGE_PID=$!
+    PIDS+=("$BRIDGE_PID")
+}
+
 # 1. Start the bridge in the temp dir (no bridge.toml there: defaults plus
 #    env). Anonymous access is off by default; these clients have no
 #    credentials, so it is turned on, as the shipped bridge.toml does.
@@ -111,12 +123,7 @@ for attempt in 1 2 3; do
     [[ -n ${MQTT:-} && -n ${HTTP:-} ]] || fail "expected two free loopback ports"
     BASE="http://127.0.0.1:$HTTP"
     step "starting $BIN (mqtt 127.0.0.1:$MQTT, http 127.0.0.1:$HTTP)"
-    TIDEWATER_MQTT__LISTEN="127.0.0.1:$MQTT" TIDEWATER_HTTP__LISTEN="127.0.0.1:$HTTP" \
-        TIDEWATER_WEBSOCKET__LISTEN="127.0.0.1:0" \
-        TIDEWATER_AUTH__ANONYMOUS_WEB=true TIDEWATER_AUTH__ANONYMOUS_MQTT=true \
-        "$BIN" >bridge.log 2>&1 &
-    BRIDGE_PID=$!
-    PIDS+=("$BRIDGE_PID")
+    launch
     if wait_for 100 healthy; then
         break
     fi
@@ -168,7 +175,14 @@ grep -qx 'on' sub.txt \
     || fail "expected mosquitto_sub to print 'on' (exit $sub_status); got: $(cat sub.txt)"
 step "ok: POST /publish/home/light/1/set reached the MQTT subscriber"
 
-# 4. SIGTERM stops the bridge with status 0 within 5 s.
+# 4. A retained value, and the SSE stream's last id before it.
+LAST_ID=$(grep -m1 '^id:' events.txt | cut -d' ' -f2)
+mosquitto_pub -h 127.0.0.1 -p "$MQTT" -r -t home/kitchen/temperature -m 19 \
+    || fail "expected mosquitto_pub -r to succeed"
+wait_for 50 grep -qsx 'data: 19' events.txt \
+    || fail "expected the retained publish on the SSE stream; got: $(cat events.txt)"
+
+# 5. SIGTERM stops the bridge with status 0 within 5 s.
 kill -TERM "$BRIDGE_PID"
 stopped() { ! kill -0 "$BRIDGE_PID" 2>/dev/null; }
 wait_for 50 stopped || fail "expected the bridge to exit within 5 s of SIGTERM"
@@ -177,6 +191,33 @@ wait "$BRIDGE_PID" || bridge_status=$?
 forget "$BRIDGE_PID"
 [[ $bridge_status -eq 0 ]] || fail "expected exit status 0 after SIGTERM; got $bridge_status"
 step "ok: SIGTERM stopped the bridge with status 0"
+
+# 6. After SIGTERM, then again after SIGKILL: the retained value is there
+#    for a new MQTT subscriber, and a resume from the last id gets exactly
+#    what came after it (the retained publish), with no gap.
+for how in SIGTERM SIGKILL; do
+    launch
+    wait_for 100 healthy || fail "expected the bridge to start again after $how"
+    mosquitto_sub -h 127.0.0.1 -p "$MQTT" -t 'home/kitchen/#' -C 1 -W 10 >retained.txt 2>&1 \
+        || fail "expected the retained value after $how; got: $(cat retained.txt)"
+    grep -qx '19' retained.txt || fail "expected '19' after $how; got: $(cat retained.txt)"
+    curl -sN -m 2 -H "Last-Event-ID: $LAST_ID" "$BASE/events?topic=%23" >resumed.txt 2>/dev/null || true
+    grep -qsx 'data: 19' resumed.txt && ! grep -qs '^event: gap' resumed.txt \
+        || fail "expected the resume after $LAST_ID to replay 19 without a gap after $how; got: $(cat resumed.txt)"
+    curl -sN -m 2 "$BASE/events?topic=%23&since=-5m" >since.txt 2>/dev/null || true
+    grep -qsx 'data: 21.5' since.txt \
+        || fail "expected since=-5m to replay 21.5 after $how; got: $(cat since.txt)"
+    step "ok: after $how, the retained value, an exact resume and since=-5m"
+    if [[ $how == SIGTERM ]]; then
+        kill -KILL "$BRIDGE_PID"
+        wait "$BRIDGE_PID" 2>/dev/null || true
+        forget "$BRIDGE_PID"
+    fi
+done
+kill -TERM "$BRIDGE_PID"
+wait_for 50 stopped || fail "expected the restarted bridge to exit within 5 s of SIGTERM"
+wait "$BRIDGE_PID" || fail "expected exit status 0 after SIGTERM"
+forget "$BRIDGE_PID"
 
 PASSED=1
 echo "smoke: 1 passed, 0 failed"
