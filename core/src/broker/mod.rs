@@ -78,17 +78,23 @@ pub fn start(
     ingress: mpsc::Receiver<IngressRequest>,
     health: &Arc<BrokerHealth>,
 ) -> Result<BrokerAddrs, BrokerError> {
+    // Held until all are reserved, so no two get the same port.
+    let mut held = Vec::new();
+    let mut hold = |listener, addr| {
+        reserve(listener, addr).map(|(addr, bound)| {
+            held.push(bound);
+            addr
+        })
+    };
     let addrs = BrokerAddrs {
-        mqtt: reserve("mqtt", config.listen)?,
-        mqtt_v5: config
-            .listen_v5
-            .map(|a| reserve("mqtt_v5", a))
-            .transpose()?,
+        mqtt: hold("mqtt", config.listen)?,
+        mqtt_v5: config.listen_v5.map(|a| hold("mqtt_v5", a)).transpose()?,
         mqtt_ws: config
             .websocket_listen
-            .map(|a| reserve("mqtt_websocket", a))
+            .map(|a| hold("mqtt_websocket", a))
             .transpose()?,
     };
+    drop(held);
     let mut broker = rumqttd::Broker::new(rumqttd_config(config, auth, &addrs));
 
     let link = |name: &'static str| {
@@ -136,17 +142,61 @@ pub fn start(
 
 /// Checks that `addr` can be bound, and resolves port 0 to a free port,
 /// because rumqttd binds inside its own thread and only logs a failure.
-fn reserve(listener: &'static str, addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
+///
+/// The port is released again before rumqttd binds it. A port the system
+/// picks for port 0 comes from its ephemeral range, which every outgoing
+/// connection draws its local port from too: one of those could take it in
+/// between (under a load of short connections it did, now and then). So
+/// port 0 is resolved below that range first ([`INTERNAL_PORTS`]), where
+/// only a listener bound to that very port could collide.
+fn reserve(
+    listener: &'static str,
+    addr: SocketAddr,
+) -> Result<(SocketAddr, TcpListener), BrokerError> {
+    if addr.port() == 0 {
+        let start = u32::from(internal_port_seed());
+        let span = u32::from(INTERNAL_PORTS.end - INTERNAL_PORTS.start);
+        for attempt in 0..u32::from(INTERNAL_PORT_ATTEMPTS) {
+            let offset = (start + attempt * 7_919) % span;
+            let port = INTERNAL_PORTS.start + u16::try_from(offset).unwrap_or(0);
+            let candidate = SocketAddr::new(addr.ip(), port);
+            if let Ok(bound) = TcpListener::bind(candidate) {
+                if let Ok(local) = bound.local_addr() {
+                    return Ok((local, bound));
+                }
+            }
+        }
+    }
     let bound = TcpListener::bind(addr).map_err(|source| BrokerError::Bind {
         listener,
         addr,
         source,
     })?;
-    bound.local_addr().map_err(|source| BrokerError::Bind {
+    let local = bound.local_addr().map_err(|source| BrokerError::Bind {
         listener,
         addr,
         source,
-    })
+    })?;
+    Ok((local, bound))
+}
+
+/// Where the broker's internal ports are picked: below Linux's default
+/// ephemeral range (32768-60999) and above the common fixed services.
+const INTERNAL_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// Ports tried in [`INTERNAL_PORTS`] before falling back to the system's
+/// choice.
+const INTERNAL_PORT_ATTEMPTS: u16 = 32;
+
+/// A different starting point in [`INTERNAL_PORTS`] for each call, so
+/// bridges starting at once (tests) do not try the same ports.
+fn internal_port_seed() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    hasher.write_u32(std::process::id());
+    (hasher.finish() % u64::from(INTERNAL_PORTS.end - INTERNAL_PORTS.start)) as u16
 }
 
 /// Waits until rumqttd answers an MQTT CONNECT on `addr`. The probe is a
