@@ -308,56 +308,38 @@ impl Bridge {
                 ws_tasks.clone(),
             ));
         };
-        let local = |listener: &tokio::net::TcpListener,
-                     name: &'static str,
-                     configured: Option<SocketAddr>| {
-            listener
-                .local_addr()
-                .map_err(|source| StartError::MqttBind {
-                    listener: name,
-                    addr: configured.unwrap_or(config.mqtt.listen),
-                    source,
-                })
+        // Every address was read when the listener was bound: nothing from
+        // here on can fail, so no failed start leaves the HTTP server or
+        // the plugins running.
+        let mqtt_tls_addr = match (public.tls, &tls) {
+            (Some((listener, addr)), Some(tls)) => {
+                serve(
+                    listener,
+                    Transport::Tls(tokio_rustls::TlsAcceptor::from(tls.clone())),
+                );
+                Some(addr)
+            }
+            _ => None,
         };
-        let mut mqtt_tls_addr = None;
-        if let (Some(listener), Some(tls)) = (public.tls, &tls) {
-            mqtt_tls_addr = Some(local(&listener, "mqtt_tls", config.mqtt.tls_listen)?);
-            serve(
-                listener,
-                Transport::Tls(tokio_rustls::TlsAcceptor::from(tls.clone())),
-            );
-        }
         let mut mqtt_ws = mqtt_ws;
-        if let (Some(listener), Some(tls)) = (public.websocket_tls, &tls) {
-            mqtt_ws = Some(local(
-                &listener,
-                "mqtt_websocket",
-                config.mqtt.websocket_listen,
-            )?);
+        if let (Some((listener, addr)), Some(tls)) = (public.websocket_tls, &tls) {
+            mqtt_ws = Some(addr);
             serve(
                 listener,
                 Transport::WebSocketTls(tokio_rustls::TlsAcceptor::from(tls.clone())),
             );
         }
-        let mqtt_v5 = match public.v5 {
-            Some(listener) => {
-                let addr = local(&listener, "mqtt_v5", config.mqtt.listen_v5)?;
-                serve(listener, Transport::Tcp);
-                Some(addr)
-            }
-            None => None,
-        };
+        let mqtt_v5 = public.v5.map(|(listener, addr)| {
+            serve(listener, Transport::Tcp);
+            addr
+        });
         let mut mqtt_addr = mqtt_addr;
-        if let Some(listener) = public.tcp {
-            mqtt_addr = local(&listener, "mqtt", Some(config.mqtt.listen))?;
+        if let Some((listener, addr)) = public.tcp {
+            mqtt_addr = addr;
             serve(listener, Transport::Tcp);
         }
-        if let Some(listener) = public.websocket {
-            mqtt_ws = Some(local(
-                &listener,
-                "mqtt_websocket",
-                config.mqtt.websocket_listen,
-            )?);
+        if let Some((listener, addr)) = public.websocket {
+            mqtt_ws = Some(addr);
             serve(listener, Transport::WebSocket);
         }
         let path = if enforced {
@@ -453,13 +435,16 @@ impl Bridge {
 /// busy port fails fast.
 #[derive(Debug)]
 struct PublicMqtt {
-    tcp: Option<tokio::net::TcpListener>,
-    v5: Option<tokio::net::TcpListener>,
-    websocket: Option<tokio::net::TcpListener>,
+    tcp: Option<Bound>,
+    v5: Option<Bound>,
+    websocket: Option<Bound>,
     /// `mqtt.websocket_listen` when it serves `wss://`.
-    websocket_tls: Option<tokio::net::TcpListener>,
-    tls: Option<tokio::net::TcpListener>,
+    websocket_tls: Option<Bound>,
+    tls: Option<Bound>,
 }
+
+/// A listener and the address it was bound to (port 0 resolved).
+type Bound = (tokio::net::TcpListener, SocketAddr);
 
 impl PublicMqtt {
     /// Every public MQTT listener: the gate serves them all (see `gate`).
@@ -473,7 +458,11 @@ impl PublicMqtt {
                 };
                 let std = TcpListener::bind(addr).map_err(error)?;
                 std.set_nonblocking(true).map_err(error)?;
-                tokio::net::TcpListener::from_std(std).map_err(error)
+                let local = std.local_addr().map_err(error)?;
+                Ok::<Bound, StartError>((
+                    tokio::net::TcpListener::from_std(std).map_err(error)?,
+                    local,
+                ))
             })
             .transpose()
         };
