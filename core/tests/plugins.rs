@@ -47,6 +47,20 @@ async fn sim_thermo_readings_reach_sse() {
 async fn sim_light_takes_mqtt_commands() {
     let library = rust_plugin("sim-light");
     let mut bridge = start(vec![plugin("lights", &library, json!({"lights": ["1"]}))]).await;
+    // Once the driver's first publish is routed it is state: a stream
+    // opened after that gets it as the retained value (before, live).
+    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    loop {
+        let health = common::get(bridge.http, "/healthz").await.json();
+        if health["stats"]["messages_routed"].as_u64() >= Some(1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the driver's state was never routed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let mut sse = SseClient::connect(bridge.http, "/events?topic=home/light/1/state", &[]).await;
     let initial = next_event(&mut sse).await;
     assert_eq!(initial.data, r#"{"on":false,"brightness":100}"#);

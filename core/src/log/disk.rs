@@ -703,6 +703,17 @@ impl Log for DiskLog {
         Ok(next)
     }
 
+    fn position_near(&self, time_ms: u64) -> u64 {
+        let inner = self.shared.lock();
+        let at = inner
+            .segments
+            .partition_point(|s| s.last_time_ms < time_ms && s.next > s.first);
+        match inner.segments.get(at) {
+            Some(segment) => segment.start_for_time(time_ms).position,
+            None => self.next(),
+        }
+    }
+
     fn retained(&self) -> Vec<Record> {
         self.shared.lock().retained.values().cloned().collect()
     }

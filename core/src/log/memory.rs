@@ -65,6 +65,10 @@ impl Log for MemoryLog {
         Ok(self.next())
     }
 
+    fn position_near(&self, _time_ms: u64) -> u64 {
+        self.next()
+    }
+
     fn retained(&self) -> Vec<Record> {
         let retained = self.retained.lock().unwrap_or_else(|p| p.into_inner());
         retained.values().cloned().collect()

@@ -108,6 +108,11 @@ pub trait Log: Send + Sync + fmt::Debug {
     /// (`next()` if none).
     fn position_at(&self, time_ms: u64) -> Result<u64, LogError>;
 
+    /// A position at or before [`Log::position_at`]'s, found without
+    /// touching storage (from an in-memory index): where a reader of
+    /// everything since `time_ms` may start, dropping earlier records.
+    fn position_near(&self, time_ms: u64) -> u64;
+
     /// The retained values now: per topic, the last retained message that
     /// was not a deletion.
     fn retained(&self) -> Vec<Record>;

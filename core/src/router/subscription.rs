@@ -83,6 +83,9 @@ enum Pending {
         to: u64,
         filters: Vec<String>,
         earlier: Vec<(String, u64)>,
+        /// For a `since`: records taken before this time are left out (the
+        /// start position is found from an index, a little early).
+        since: Option<u64>,
     },
     /// The retained values on these filters set before position `before`
     /// (later ones arrive live), read from the log when their turn comes.
@@ -256,9 +259,10 @@ impl Subscription {
 
         let router = self.router.clone();
         let log = router.log().clone();
-        // Where a time falls in the log (a short read of one index stride).
+        // Where a time falls in the log, from its in-memory index: no
+        // storage is read on this (async) thread.
         let since = match start {
-            Start::Since(time_ms) => Some((time_ms, since_position(&router, time_ms))),
+            Start::Since(time_ms) => Some((time_ms, log.position_near(time_ms).max(log.first()))),
             _ => None,
         };
         let (gap, replay, history, from_seq) = {
@@ -293,12 +297,11 @@ impl Subscription {
                         to: oldest,
                         filters: added.clone(),
                         earlier: earlier.clone(),
+                        since: Some(time_ms),
                     });
-                    replay.extend(state.replay.since(0).filter(owed).cloned());
-                } else {
-                    let recent = |m: &&Arc<Message>| m.received_at_ms >= time_ms && owed(m);
-                    replay.extend(state.replay.since(0).filter(recent).cloned());
                 }
+                let recent = |m: &&Arc<Message>| m.received_at_ms >= time_ms && owed(m);
+                replay.extend(state.replay.since(0).filter(recent).cloned());
             }
             let gap = match resume.map(|last| (last, log.resume_after(last))) {
                 None => None,
@@ -320,6 +323,7 @@ impl Subscription {
                                 to: oldest,
                                 filters: added.clone(),
                                 earlier: earlier.clone(),
+                                since: None,
                             });
                             replay.extend(state.replay.since(0).filter(owed).cloned());
                             None
@@ -502,6 +506,7 @@ impl Subscription {
             to,
             filters,
             earlier,
+            since,
         }) = self.pending.pop_front()
         else {
             return;
@@ -544,6 +549,7 @@ impl Subscription {
         Stats::add(&router.stats().log_messages_read, records.len() as u64);
         let messages: VecDeque<_> = records
             .into_iter()
+            .filter(|record| since.is_none_or(|time| record.time_ms >= time))
             .map(|record| router.message_from_log(record))
             .filter(|m| !delivered_live(&earlier, m))
             .collect();
@@ -553,23 +559,10 @@ impl Subscription {
                 to,
                 filters,
                 earlier,
+                since,
             });
         }
         self.pending.push_front(Pending::Messages(messages));
-    }
-}
-
-/// The log position of the first message at or after `time_ms`; a log
-/// that cannot tell says "from now" (counted, and logged).
-fn since_position(router: &Router, time_ms: u64) -> u64 {
-    let log = router.log();
-    match log.position_at(time_ms) {
-        Ok(position) => position.max(log.first()),
-        Err(e) => {
-            Stats::incr(&router.stats().log_read_failures);
-            tracing::warn!(error = %e, "Cannot find a time in the log; replaying from now.");
-            log.next()
-        }
     }
 }
 

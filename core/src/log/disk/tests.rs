@@ -226,4 +226,13 @@ fn a_position_by_time() {
     assert_eq!(log.position_at(1_005).expect("a position"), 2);
     assert_eq!(log.position_at(2_000).expect("a position"), 101);
     assert_eq!(log.position_at(1_000_000).expect("a position"), log.next());
+    // From memory only: never after the exact one, within one index stride.
+    for time in [0, 1_000, 1_005, 2_000, 3_990, 1_000_000] {
+        let exact = log.position_at(time).expect("a position");
+        let near = log.position_near(time);
+        assert!(
+            near <= exact && exact - near <= segment::INDEX_STRIDE,
+            "{time}: {near} {exact}"
+        );
+    }
 }
