@@ -495,7 +495,7 @@ mod tests {
     use super::*;
 
     fn memory_log() -> Arc<dyn crate::log::Log> {
-        Arc::new(crate::log::memory::MemoryLog::new(0, 1))
+        Arc::new(crate::log::memory::MemoryLog::new(1))
     }
 
     /// The exposition parses as Prometheus text and reflects the counters.

@@ -172,7 +172,7 @@ impl Shared {
         // Nobody reads the broker side: these tests never publish through it.
         let (ingress, _) = tokio::sync::mpsc::channel(1);
         let settings = crate::router::RouterSettings::from_config(&config, policy.clone());
-        let log = Arc::new(crate::log::memory::MemoryLog::new(0, 1));
+        let log = Arc::new(crate::log::memory::MemoryLog::new(1));
         let router = crate::router::Router::new(settings, stats.clone(), log, ingress);
         Arc::new(Self::new(&config, policy, stats, upstreams, auth, &router))
     }

@@ -676,33 +676,6 @@ impl Log for DiskLog {
         Ok((records, from.min(to).max(from)))
     }
 
-    fn position_at(&self, time_ms: u64) -> Result<u64, LogError> {
-        let start = {
-            let inner = self.shared.lock();
-            let at = inner
-                .segments
-                .partition_point(|s| s.last_time_ms < time_ms && s.next > s.first);
-            inner
-                .segments
-                .get(at)
-                .map(|s| (s.path.clone(), s.start_for_time(time_ms), s.next))
-        };
-        let Some((path, mark, next)) = start else {
-            return Ok(self.next());
-        };
-        let mut reader = Reader::open(&path, mark.offset)?;
-        while let Ok((record, _)) = reader.next()? {
-            if record.time_ms >= time_ms || record.position + 1 >= next {
-                return Ok(if record.time_ms >= time_ms {
-                    record.position
-                } else {
-                    next
-                });
-            }
-        }
-        Ok(next)
-    }
-
     fn position_near(&self, time_ms: u64) -> u64 {
         let inner = self.shared.lock();
         let at = inner

@@ -19,8 +19,8 @@ pub struct MemoryLog {
 }
 
 impl MemoryLog {
-    /// A new, empty log; `_max_bytes` is the ring's business here.
-    pub fn new(_max_bytes: u64, epoch: u64) -> Self {
+    /// A new, empty log in `epoch`.
+    pub fn new(epoch: u64) -> Self {
         Self {
             epoch,
             next: AtomicU64::new(1),
@@ -59,10 +59,6 @@ impl Log for MemoryLog {
         _filter: &mut dyn FnMut(&str) -> bool,
     ) -> Result<(Vec<Record>, u64), LogError> {
         Ok((Vec::new(), to))
-    }
-
-    fn position_at(&self, _time_ms: u64) -> Result<u64, LogError> {
-        Ok(self.next())
     }
 
     fn position_near(&self, _time_ms: u64) -> u64 {

@@ -104,13 +104,10 @@ pub trait Log: Send + Sync + fmt::Debug {
         filter: &mut dyn FnMut(&str) -> bool,
     ) -> Result<(Vec<Record>, u64), LogError>;
 
-    /// The position of the first record taken at or after `time_ms`
-    /// (`next()` if none).
-    fn position_at(&self, time_ms: u64) -> Result<u64, LogError>;
-
-    /// A position at or before [`Log::position_at`]'s, found without
-    /// touching storage (from an in-memory index): where a reader of
-    /// everything since `time_ms` may start, dropping earlier records.
+    /// A position at or before that of the first record taken at or after
+    /// `time_ms` (`next()` if none), found without touching storage (from
+    /// an in-memory index): where a reader of everything since `time_ms`
+    /// starts, dropping the earlier records it meets.
     fn position_near(&self, time_ms: u64) -> u64;
 
     /// The retained values now: per topic, the last retained message that
@@ -234,10 +231,7 @@ impl Default for LogConfig {
 /// Opens the log `config` describes.
 pub fn open(config: &LogConfig) -> Result<std::sync::Arc<dyn Log>, LogError> {
     Ok(match config.kind {
-        Kind::Memory => std::sync::Arc::new(memory::MemoryLog::new(
-            config.max_bytes,
-            crate::router::now_ms(),
-        )),
+        Kind::Memory => std::sync::Arc::new(memory::MemoryLog::new(crate::router::now_ms())),
         Kind::Disk => std::sync::Arc::new(disk::DiskLog::open(config)?),
     })
 }

@@ -347,46 +347,37 @@ impl Router {
 
     /// The message for log position `seq`, as subscribers get it.
     fn message_at(&self, seq: u64, entry: &Entry) -> Arc<Message> {
-        let id = EventId {
-            epoch: self.shared.epoch,
-            seq,
+        let record = crate::log::Record {
+            position: seq,
+            time_ms: entry.time_ms,
+            qos: entry.qos,
+            retain: entry.retain,
+            topic: entry.topic.clone(),
+            payload: entry.payload.clone(),
         };
-        let event = self.event_for(&entry.topic);
-        let mut message = Message::new(
-            Some(id),
-            entry.topic.clone(),
-            entry.payload.clone(),
-            entry.retain,
-            event,
-        );
-        message.qos = entry.qos;
-        message.received_at_ms = entry.time_ms;
-        Arc::new(message)
+        self.message(Some(seq), record)
     }
 
     /// A record read back from the log, as subscribers get it.
     pub(crate) fn message_from_log(&self, record: crate::log::Record) -> Arc<Message> {
-        let event = self.event_for(&record.topic);
-        let mut message = Message::new(
-            Some(EventId {
-                epoch: self.shared.epoch,
-                seq: record.position,
-            }),
-            record.topic,
-            record.payload,
-            record.retain,
-            event,
-        );
-        message.qos = record.qos;
-        message.received_at_ms = record.time_ms;
-        Arc::new(message)
+        self.message(Some(record.position), record)
     }
 
     /// A retained value from the log's store, as subscribers get it: no
     /// id (it is current state, not a place in the stream), retain set.
-    pub(crate) fn retained_message(&self, record: crate::log::Record) -> Arc<Message> {
+    pub(crate) fn retained_message(&self, mut record: crate::log::Record) -> Arc<Message> {
+        record.retain = true;
+        self.message(None, record)
+    }
+
+    /// `record` as a shared message, with this epoch's id for `seq`.
+    fn message(&self, seq: Option<u64>, record: crate::log::Record) -> Arc<Message> {
+        let id = seq.map(|seq| EventId {
+            epoch: self.shared.epoch,
+            seq,
+        });
         let event = self.event_for(&record.topic);
-        let mut message = Message::new(None, record.topic, record.payload, true, event);
+        let mut message = Message::new(id, record.topic, record.payload, record.retain, event);
         message.qos = record.qos;
         message.received_at_ms = record.time_ms;
         Arc::new(message)

@@ -36,7 +36,7 @@ fn harness(replay_capacity: usize) -> Harness {
             max_retained: 100,
         },
         Arc::new(Stats::default()),
-        Arc::new(crate::log::memory::MemoryLog::new(0, 1_000)),
+        Arc::new(crate::log::memory::MemoryLog::new(1_000)),
         ingress_tx,
     );
     Harness { router, ingress }
