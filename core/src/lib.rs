@@ -2,19 +2,24 @@
 //!
 //! Devices speak MQTT to an embedded broker; browsers subscribe over
 //! Server-Sent Events and publish with HTTP `POST`. Every message passes
-//! through the broker, which orders it, and the router, which fans it out.
+//! through the broker, then the log, which gives it its place, and the
+//! router, which fans it out.
 //!
 //! # Layout
 //! - [`config`]: every key of `bridge.toml`, its default and its rules;
 //!   figment layering of defaults, file and environment.
 //! - [`topic`]: MQTT topic and filter validation and matching, shared by
 //!   every entry point.
-//! - [`router`]: the ordered stream, the subscription trie, per-subscriber
-//!   queues, the replay ring and retained-first delivery.
+//! - [`router`]: fan-out only: the ordered stream read from the broker, the
+//!   subscription trie, per-subscriber queues, the replay ring and
+//!   retained-first delivery. It never writes to the broker.
 //! - [`log`]: the log beneath the router: every message appended and given
 //!   its position, on disk by default (segment files, retained values,
 //!   epochs), read back for resumes older than the ring.
-//! - [`broker`]: the embedded rumqttd and the links that join it to the router.
+//! - [`broker`]: the embedded rumqttd, the links that join it to the
+//!   router, and its handle ([`broker::Broker`]): the one way in for web
+//!   clients and plugins (publishes, the retained values restored at start),
+//!   with its census of topics and filters and its health.
 //! - [`gate`]: the MQTT listeners in front of the broker that enforce the
 //!   access rules on devices' SUBSCRIBE, PUBLISH, wills and deliveries
 //!   (rumqttd 0.20 only checks CONNECT); also MQTT over TLS.
@@ -32,7 +37,11 @@
 //!   dropped.
 //! - [`metrics`]: those counters in the Prometheus format, at `/metrics`.
 //! - [`tls`]: the certificate every TLS listener presents.
-//! - [`bridge`]: starting and stopping the whole.
+//! - [`services`]: what every entry point is given explicitly: stats,
+//!   rules, log, router and broker handle.
+//! - [`bridge`]: starting and stopping the whole: the startup plan (every
+//!   listener and what it serves, bound first), the order of start, and
+//!   the unwinding of a start that fails.
 //!
 //! # Errors
 //! Each boundary has its own `thiserror` enum whose messages name what to
@@ -50,6 +59,7 @@ pub mod log;
 pub mod metrics;
 pub mod plugin;
 pub mod router;
+pub mod services;
 pub mod sse;
 pub mod stats;
 pub mod tls;

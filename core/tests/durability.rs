@@ -323,3 +323,39 @@ async fn a_tail_cut_off_is_a_gap_for_whoever_saw_it_and_nothing_else() {
     assert_ne!(epoch, parts(&ids[9]).0, "but in a new epoch");
     bridge.shutdown().await;
 }
+
+/// A start that fails half way (here a required plugin that cannot load,
+/// after the log and the broker have started) undoes what it started: the
+/// log's directory is released, so the next start on it succeeds, with
+/// everything the log held.
+#[tokio::test]
+async fn a_failed_start_releases_the_log_for_the_next_one() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let bridge = on_disk(dir.path(), 1_000).await;
+    publish(&bridge, "home/kitchen/temperature?retain=true", "19").await;
+    common::eventually("the retained value is in the log", || {
+        bridge.router.log().retained().len() == 1
+    })
+    .await;
+    bridge.shutdown().await;
+
+    let mut config = common::test_config();
+    config.log.kind = Kind::Disk;
+    config.log.dir = dir.path().to_path_buf();
+    config.plugins.push(tidewater::config::PluginConfig {
+        name: "missing".into(),
+        path: dir.path().join("no-such-driver.so"),
+        required: true,
+        inbox_capacity: 16,
+        config: serde_json::Map::new(),
+    });
+    let error = tidewater::Bridge::start(config, tokio_util::sync::CancellationToken::new())
+        .await
+        .expect_err("a required plugin that cannot load stops the start");
+    assert!(matches!(error, tidewater::StartError::Plugin(_)), "{error}");
+
+    let bridge = on_disk(dir.path(), 1_000).await;
+    let mut sse = SseClient::connect(bridge.http, "/events?topic=home/%23", &[]).await;
+    assert_eq!(sse.expect_event().await.data, "19");
+    bridge.shutdown().await;
+}

@@ -21,8 +21,21 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::health::BrokerHealth;
 use super::BrokerError;
-use crate::router::IngressRequest;
 use crate::stats::Stats;
+
+/// A publish on its way into the broker, with an optional confirmation sent
+/// once the broker has appended it to its log.
+#[derive(Debug)]
+pub struct IngressRequest {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    /// A retained value the log put back at start (see `broker::stamp`):
+    /// the broker holds it again, and the log does not take it twice.
+    pub restored: bool,
+    pub confirm: Option<oneshot::Sender<()>>,
+}
 
 /// Publishes taken from the queue per round, so one PINGREQ confirms many.
 const BATCH: usize = 256;

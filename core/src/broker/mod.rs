@@ -8,7 +8,8 @@
 //!   [`Router::dispatch`], in the broker's order;
 //! - **ingress** ([`ingress`]) only publishes, for web clients and plugins,
 //!   confirms a publish once the broker has it, and gives the broker back
-//!   the log's retained values at start.
+//!   the log's retained values at start. Its queue is fed by the handle,
+//!   [`Broker`], the one way into the broker (see `handle`).
 //!
 //! Web subscribers get their retained values from the log's store, not the
 //! broker's (see `crate::log`): exact at the position they subscribe at.
@@ -23,10 +24,16 @@
 
 pub mod census;
 mod egress;
+mod handle;
 pub mod health;
 mod ingress;
 pub mod name;
+mod publish;
 pub mod stamp;
+
+pub use handle::{Broker, BrokerSettings};
+pub use ingress::IngressRequest;
+pub use publish::PublishError;
 
 use std::collections::HashMap;
 use std::io;
@@ -40,7 +47,7 @@ use tokio::sync::mpsc;
 use self::health::BrokerHealth;
 use crate::auth::password::MqttAuth;
 use crate::config::MqttConfig;
-use crate::router::{IngressRequest, Router};
+use crate::router::Router;
 
 /// The addresses the broker's listeners are bound to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,15 +76,20 @@ pub enum BrokerError {
     Thread(&'static str, io::Error),
 }
 
-/// Starts the broker and its links. The broker's threads run for the rest of
-/// the process: rumqttd 0.20 has no way to stop them.
+/// Starts the broker and its links, feeding `router` (and, through it, its
+/// log) with everything the broker routes, and returns the handle that is
+/// the one way in. `ingress_capacity` bounds the publishes queued for the
+/// broker (`http.ingress_capacity`). The broker's threads run for the rest
+/// of the process: rumqttd 0.20 has no way to stop them.
 pub fn start(
     config: &MqttConfig,
+    settings: BrokerSettings,
     auth: &Arc<MqttAuth>,
     router: &Router,
-    ingress: mpsc::Receiver<IngressRequest>,
-    health: &Arc<BrokerHealth>,
-) -> Result<BrokerAddrs, BrokerError> {
+    ingress_capacity: usize,
+) -> Result<Broker, BrokerError> {
+    let health = BrokerHealth::new();
+    let (ingress, requests) = mpsc::channel(ingress_capacity);
     // Held until all are reserved, so no two get the same port.
     let mut held = Vec::new();
     let mut hold = |listener, addr| {
@@ -112,7 +124,7 @@ pub fn start(
     ingress::spawn(
         ingress_tx,
         ingress_rx,
-        ingress,
+        requests,
         router.stats().clone(),
         health.clone(),
     )?;
@@ -137,7 +149,13 @@ pub fn start(
     if let Some(addr) = addrs.mqtt_ws {
         wait_accepting("mqtt_websocket", addr)?;
     }
-    Ok(addrs)
+    let login = (login.0.to_owned(), login.1.to_owned());
+    Ok(Broker::new(
+        settings,
+        (router.stats().clone(), router.log().clone()),
+        ingress,
+        (health, addrs, login),
+    ))
 }
 
 /// Checks that `addr` can be bound, and resolves port 0 to a free port,

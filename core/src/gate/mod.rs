@@ -122,18 +122,20 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// What every gate connection shares. `policy` is the services' own
+    /// rules on a bridge that enforces them, and rules that allow all on
+    /// an open one.
     pub fn new(
         config: &Config,
+        services: &crate::services::Services,
         policy: Arc<Policy>,
-        stats: Arc<Stats>,
         upstreams: Upstreams,
         auth: Arc<MqttAuth>,
-        router: &crate::router::Router,
     ) -> Self {
         let payload = config.mqtt.max_payload_bytes;
         Self {
             policy,
-            stats,
+            stats: services.stats.clone(),
             upstreams,
             roles: config
                 .auth
@@ -148,10 +150,10 @@ impl Shared {
             publish_rate: config.limits.mqtt_publish_rate,
             publish_burst: config.limits.mqtt_publish_burst,
             max_subscriptions: config.mqtt.max_subscriptions,
-            devices: router.devices().clone(),
+            devices: services.router.devices().clone(),
             registry: Arc::default(),
-            census: router.census().clone(),
-            log: router.log().clone(),
+            census: services.broker.census().clone(),
+            log: services.log.clone(),
             max_topic_bytes: config.mqtt.max_topic_bytes,
             max_inflight: config.mqtt.max_inflight,
         }
@@ -169,12 +171,20 @@ impl Shared {
         let (policy, stats): (_, Arc<Stats>) = (Arc::new(Policy::allow_all()), Arc::default());
         let auth = Arc::new(MqttAuth::new(&[], true, 1, stats.clone()));
         let config = Config::default();
-        // Nobody reads the broker side: these tests never publish through it.
-        let (ingress, _) = tokio::sync::mpsc::channel(1);
+        let log: Arc<dyn crate::log::Log> = Arc::new(crate::log::memory::MemoryLog::new(1));
         let settings = crate::router::RouterSettings::from_config(&config, policy.clone());
-        let log = Arc::new(crate::log::memory::MemoryLog::new(1));
-        let router = crate::router::Router::new(settings, stats.clone(), log, ingress);
-        Arc::new(Self::new(&config, policy, stats, upstreams, auth, &router))
+        let router = crate::router::Router::new(settings, stats.clone(), log.clone());
+        // Nobody reads the broker side: these tests never publish through it.
+        let settings = crate::broker::BrokerSettings::from_config(&config, policy.clone());
+        let (broker, _) = crate::broker::Broker::for_tests(settings, stats.clone(), log.clone(), 1);
+        let services = crate::services::Services {
+            stats,
+            policy: policy.clone(),
+            log,
+            router,
+            broker,
+        };
+        Arc::new(Self::new(&config, &services, policy, upstreams, auth))
     }
 
     /// Who the client of `connect` is, once its login and client id pass:

@@ -21,7 +21,7 @@ pub fn principal(
     protocol: Protocol,
     changes_state: bool,
 ) -> Result<Principal, ApiError> {
-    let stats = state.router.stats();
+    let stats = &state.services.stats;
     let refuse = |error: TokenError| {
         stats.refuse_auth(protocol, error.kind());
         ApiError::unauthorized(&error)

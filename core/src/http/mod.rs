@@ -18,12 +18,13 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::token::WebAuth;
 use crate::config::{Config, HttpConfig};
 use crate::plugin::PluginStatuses;
-use crate::router::Router;
+use crate::services::Services;
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub router: Router,
+    /// Stats, rules, log, router and broker (see `crate::services`).
+    pub services: Services,
     pub config: Arc<Config>,
     /// Cancelled on shutdown; long-lived responses end when it is.
     pub cancel: CancellationToken,
@@ -37,8 +38,6 @@ pub struct AppState {
     pub publish_limiter: Arc<crate::limits::RateLimiter>,
     /// One permit per SSE stream open (`sse.max_streams`).
     pub sse_slots: Arc<tokio::sync::Semaphore>,
-    /// Whether the embedded broker still works (`/healthz`).
-    pub broker: Arc<crate::broker::health::BrokerHealth>,
 }
 
 /// Builds the server on an already bound listener, serving HTTPS with `tls`
@@ -111,10 +110,10 @@ fn cors(config: &HttpConfig) -> Cors {
 /// 200 while the broker works; 503 once it has failed, with the cause
 /// (the bridge then stops, see `broker::health`).
 async fn health(state: web::Data<AppState>) -> HttpResponse {
-    let stats = state.router.stats().snapshot();
-    let cause = state.broker.cause();
+    let stats = state.services.stats.snapshot();
+    let cause = state.services.broker.health().cause();
     let up = cause.is_none() && stats.broker_link_failures == 0;
-    let log = state.router.log().status();
+    let log = state.services.log.status();
     // A failing log turns publishes away but keeps every stream serving:
     // degraded, not down (a restart would not give the disk room).
     let status = match (up, log.state) {
@@ -126,8 +125,8 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
         "status": status,
         "cause": cause,
         "log": log,
-        "epoch": state.router.epoch(),
-        "subscribers": state.router.subscriber_count(),
+        "epoch": state.services.router.epoch(),
+        "subscribers": state.services.router.subscriber_count(),
         "stats": stats,
     });
     if up {

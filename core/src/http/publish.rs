@@ -13,7 +13,7 @@ use percent_encoding::percent_decode_str;
 
 use super::{identity, ApiError, AppState};
 use crate::auth::{Action, Principal};
-use crate::router::PublishError;
+use crate::broker::PublishError;
 use crate::stats::{Limit, Protocol, Stats};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub async fn publish(
     let principal = identity::principal(&req, &state, Protocol::Http, true)?;
     let topic = topic_from_path(req.uri().path())?;
     let query = parse_query(req.query_string())?;
-    let stats = state.router.stats();
+    let stats = &state.services.stats;
     let limit = state.config.http.max_publish_bytes;
     let too_large = || {
         stats.limit(Protocol::Http, Limit::Payload);
@@ -88,7 +88,8 @@ pub async fn publish(
     }
     let bytes = payload.len();
     state
-        .router
+        .services
+        .broker
         .publish(
             crate::stats::Protocol::Http,
             &principal,
@@ -100,11 +101,11 @@ pub async fn publish(
         .await
         .map_err(|e| {
             if matches!(e, PublishError::Denied(_)) {
-                state.router.stats().deny(Protocol::Http, Action::Publish);
+                state.services.stats.deny(Protocol::Http, Action::Publish);
             }
             publish_error(e)
         })?;
-    Stats::incr(&state.router.stats().http_publishes);
+    Stats::incr(&state.services.stats.http_publishes);
     let status = if query.qos == 1 {
         StatusCode::OK
     } else {

@@ -2,14 +2,14 @@
 //! receives, and the C callbacks behind it (`publish`, `subscribe`, `log`).
 //!
 //! Every callback is thread-safe and never blocks: a publish is
-//! [`Router::try_publish`] (a full ingress queue is BUSY, and the plugin's
+//! [`Broker::try_publish`](crate::broker::Broker::try_publish) (a full ingress queue is BUSY, and the plugin's
 //! SDK surfaces it as an error), a subscribe is a `try_send` to the plugin's
 //! own thread, which owns its subscription. Once the plugin has failed or
 //! been torn down, every call answers CLOSED.
 //!
 //! The table and its context are leaked on purpose, like the library: a
 //! misbehaving plugin thread that calls after `destroy` then gets CLOSED
-//! instead of touching freed memory. What they point to (the router) is
+//! instead of touching freed memory. What they point to (the services) is
 //! released at teardown, so the leak is a few hundred bytes per plugin.
 #![allow(unsafe_code)] // C callbacks: raw pointers in, statuses out
 
@@ -26,7 +26,8 @@ use tokio::sync::mpsc;
 use super::loader::borrowed;
 use super::status::PluginStatus;
 use crate::auth::{Action, Principal};
-use crate::router::{PublishError, Router};
+use crate::broker::PublishError;
+use crate::services::Services;
 use crate::stats::{Protocol, Stats};
 use crate::topic;
 
@@ -44,7 +45,7 @@ pub(super) struct HostContext {
 
 #[derive(Debug)]
 struct Live {
-    router: Router,
+    services: Services,
     /// Filters for the plugin's thread, which owns the subscription.
     subscribe: mpsc::Sender<String>,
 }
@@ -53,13 +54,16 @@ impl HostContext {
     /// A context and its table, both leaked (see the module docs).
     pub(super) fn leak(
         status: Arc<PluginStatus>,
-        router: Router,
+        services: Services,
         subscribe: mpsc::Sender<String>,
     ) -> (&'static HostContext, HostTable) {
         let context: &'static HostContext = Box::leak(Box::new(HostContext {
             principal: Principal::Plugin(status.name().to_owned()),
             status,
-            live: RwLock::new(Some(Live { router, subscribe })),
+            live: RwLock::new(Some(Live {
+                services,
+                subscribe,
+            })),
         }));
         let table = Box::leak(Box::new(TwHostApi {
             abi_version: ABI_VERSION,
@@ -72,7 +76,7 @@ impl HostContext {
         (context, HostTable(table))
     }
 
-    /// Refuses every later call and releases the router; after `destroy`.
+    /// Refuses every later call and releases the services; after `destroy`.
     pub(super) fn tear_down(&self) {
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
@@ -96,10 +100,13 @@ impl HostContext {
         }
         self.with_live(|live| {
             let payload = Bytes::copy_from_slice(payload);
-            match live
-                .router
-                .try_publish(&self.principal, topic, payload, qos, retain == 1)
-            {
+            match live.services.broker.try_publish(
+                &self.principal,
+                topic,
+                payload,
+                qos,
+                retain == 1,
+            ) {
                 Ok(()) => {
                     Stats::incr(&self.status.messages_out);
                     TwStatus::OK
@@ -113,7 +120,7 @@ impl HostContext {
                     TwStatus::INVALID_ARGUMENT
                 }
                 Err(PublishError::Denied(_)) => {
-                    live.router.stats().deny(Protocol::Plugin, Action::Publish);
+                    live.services.stats.deny(Protocol::Plugin, Action::Publish);
                     TwStatus::DENIED
                 }
                 Err(_) => TwStatus::CLOSED,
@@ -129,13 +136,13 @@ impl HostContext {
             return TwStatus::INVALID_ARGUMENT;
         }
         self.with_live(|live| {
-            let policy = live.router.policy();
+            let policy = &live.services.policy;
             if policy
                 .authorize(&self.principal, Action::Subscribe, filter)
                 .is_err()
             {
-                live.router
-                    .stats()
+                live.services
+                    .stats
                     .deny(Protocol::Plugin, Action::Subscribe);
                 return TwStatus::DENIED;
             }

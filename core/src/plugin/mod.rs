@@ -30,7 +30,7 @@ use std::time::Duration;
 pub use status::{PluginState, PluginStatus, PluginStatusSnapshot, PluginStatuses};
 
 use crate::config::PluginConfig;
-use crate::router::Router;
+use crate::services::Services;
 use loader::Driver;
 use runtime::RunningPlugin;
 
@@ -136,7 +136,7 @@ impl Plugins {
     /// Loads and starts each configured plugin in order. A required plugin
     /// that fails stops the ones already started and returns its error; an
     /// optional one is logged, shown as failed, and skipped.
-    pub async fn start(configs: &[PluginConfig], router: &Router) -> Result<Self, PluginError> {
+    pub async fn start(configs: &[PluginConfig], services: &Services) -> Result<Self, PluginError> {
         let statuses: PluginStatuses = configs
             .iter()
             .map(|c| Arc::new(PluginStatus::new(&c.name)))
@@ -146,7 +146,7 @@ impl Plugins {
             statuses: statuses.clone(),
         };
         for (config, status) in configs.iter().zip(statuses.iter()) {
-            match start_one(config, router, status.clone()).await {
+            match start_one(config, services, status.clone()).await {
                 Ok(running) => plugins.running.push(running),
                 Err(error) if config.required => {
                     status.fail(error.to_string());
@@ -181,10 +181,10 @@ impl Plugins {
 
 async fn start_one(
     config: &PluginConfig,
-    router: &Router,
+    services: &Services,
     status: Arc<PluginStatus>,
 ) -> Result<RunningPlugin, PluginError> {
     let driver = Driver::load(&config.name, &config.path)?;
     status.set_version(driver.version());
-    runtime::spawn(config, driver, router.clone(), status).await
+    runtime::spawn(config, driver, services.clone(), status).await
 }

@@ -26,7 +26,8 @@ use super::loader::{Driver, Instance};
 use super::status::{PluginState, PluginStatus};
 use super::PluginError;
 use crate::config::PluginConfig;
-use crate::router::{Message, Router};
+use crate::router::Message;
+use crate::services::Services;
 use crate::stats::Stats;
 
 /// Filters a plugin may ask for faster than its thread adds them; past
@@ -53,12 +54,12 @@ pub(super) struct RunningPlugin {
 pub(super) async fn spawn(
     config: &PluginConfig,
     driver: Driver,
-    router: Router,
+    services: Services,
     status: Arc<PluginStatus>,
 ) -> Result<RunningPlugin, PluginError> {
     let name = config.name.clone();
     let (subscribe_tx, subscribe_rx) = mpsc::channel(SUBSCRIBE_QUEUE);
-    let (context, table) = HostContext::leak(status.clone(), router.clone(), subscribe_tx);
+    let (context, table) = HostContext::leak(status.clone(), services.clone(), subscribe_tx);
     let (ready_tx, ready_rx) = oneshot::channel();
     let (done_tx, done) = oneshot::channel();
     let cancel = CancellationToken::new();
@@ -67,7 +68,7 @@ pub(super) async fn spawn(
         table,
         context,
         config_json: serde_json::Value::Object(config.config.clone()).to_string(),
-        inbox: Inbox::new(router, status.clone(), config.inbox_capacity),
+        inbox: Inbox::new(services.router, status.clone(), config.inbox_capacity),
         subscribe_rx,
         cancel: cancel.clone(),
         status,

@@ -1,5 +1,7 @@
 //! The router: one ordered stream in from the broker, fanned out to every
-//! web subscriber; publishes from web clients sent back into the broker.
+//! web subscriber. It only reads: publishes go into the broker through
+//! its handle (`crate::broker::Broker`), and come back here like any
+//! device's message.
 //!
 //! The broker is the single ordering point. Every message, from a device or
 //! a web client, comes back on the broker's egress link, and
@@ -18,7 +20,6 @@
 
 pub mod device;
 mod message;
-mod publish;
 mod replay;
 pub mod start;
 mod subscription;
@@ -26,7 +27,6 @@ pub mod trie;
 
 pub use device::{DeviceEvent, DeviceEventKind, DeviceEvents, DisconnectReason};
 pub use message::{now_ms, Encoding, EventId, MalformedId, Message};
-pub use publish::PublishError;
 pub use start::{MalformedStart, Start};
 pub use subscription::{Delivery, QueueBound, SubscribeError, SubscribeRequest, Subscription};
 
@@ -35,10 +35,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::auth::Policy;
-use crate::broker::census::Census;
 use crate::config::Route;
 use crate::log::{Entry, Log};
 use crate::stats::Stats;
@@ -49,40 +48,18 @@ use trie::FilterTrie;
 /// Identifies one subscription inside the router.
 pub type SubscriberId = u64;
 
-/// A publish on its way into the broker, with an optional confirmation sent
-/// once the broker has appended it to its log.
-#[derive(Debug)]
-pub struct IngressRequest {
-    pub topic: String,
-    pub payload: Bytes,
-    pub qos: u8,
-    pub retain: bool,
-    /// A retained value the log put back at start (see `broker::stamp`):
-    /// the broker holds it again, and the log does not take it twice.
-    pub restored: bool,
-    pub confirm: Option<oneshot::Sender<()>>,
-}
-
 /// Settings the router needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct RouterSettings {
     pub replay_capacity: usize,
     pub replay_max_bytes: usize,
     pub routes: Vec<Route>,
-    /// The access rules every subscribe and publish is checked against.
+    /// The access rules every subscribe and every delivery is checked
+    /// against.
     pub policy: Arc<Policy>,
-    /// Largest payload any publish may carry into the broker
-    /// (`mqtt.max_payload_bytes`), whichever way it comes.
-    pub max_payload_bytes: usize,
     /// Device events a listener may fall behind by
     /// (`mqtt.device_events_capacity`).
     pub device_events_capacity: usize,
-    /// Longest topic a publish may name (`mqtt.max_topic_bytes`).
-    pub max_topic_bytes: usize,
-    /// Distinct topics and filters the broker may be given
-    /// (`mqtt.max_topics`, `mqtt.max_filters`; see `broker::census`).
-    pub max_topics: usize,
-    pub max_filters: usize,
     /// Messages read from the log at a time for one resume (`log.read_page`).
     pub read_page: usize,
     /// Messages a `since` may reach back (`sse.max_replay`).
@@ -95,11 +72,7 @@ impl RouterSettings {
     /// The settings `config` gives, with `policy` as the access rules.
     pub fn from_config(config: &crate::config::Config, policy: Arc<Policy>) -> Self {
         Self {
-            max_payload_bytes: config.mqtt.max_payload_bytes,
             device_events_capacity: config.mqtt.device_events_capacity,
-            max_topic_bytes: config.mqtt.max_topic_bytes,
-            max_topics: config.mqtt.max_topics,
-            max_filters: config.mqtt.max_filters,
             replay_capacity: config.sse.replay_capacity,
             replay_max_bytes: config.sse.replay_max_bytes,
             read_page: config.log.read_page,
@@ -125,15 +98,11 @@ struct Shared {
     routes: Vec<(String, Arc<str>)>,
     default_event: Arc<str>,
     policy: Arc<Policy>,
-    max_payload_bytes: usize,
     stats: Arc<Stats>,
     devices: DeviceEvents,
-    census: Arc<Census>,
-    max_topic_bytes: usize,
     read_page: usize,
     max_replay: usize,
     max_retained: usize,
-    ingress: mpsc::Sender<IngressRequest>,
     state: Mutex<State>,
 }
 
@@ -164,15 +133,9 @@ struct Subscriber {
 }
 
 impl Router {
-    /// A router over `log` (which also keeps the retained values every new
-    /// subscriber gets first), whose publishes go to `ingress`, which the
-    /// broker side reads.
-    pub fn new(
-        settings: RouterSettings,
-        stats: Arc<Stats>,
-        log: Arc<dyn Log>,
-        ingress: mpsc::Sender<IngressRequest>,
-    ) -> Self {
+    /// A router over `log`, which also keeps the retained values every new
+    /// subscriber gets first.
+    pub fn new(settings: RouterSettings, stats: Arc<Stats>, log: Arc<dyn Log>) -> Self {
         let routes = settings
             .routes
             .into_iter()
@@ -185,16 +148,12 @@ impl Router {
                 routes,
                 default_event: Arc::from("message"),
                 policy: settings.policy,
-                max_payload_bytes: settings.max_payload_bytes,
                 devices: DeviceEvents::new(settings.device_events_capacity, stats.clone()),
-                census: Arc::new(Census::new(settings.max_topics, settings.max_filters)),
-                max_topic_bytes: settings.max_topic_bytes,
                 read_page: settings.read_page.max(1),
                 max_replay: settings.max_replay,
                 max_retained: settings.max_retained,
                 stats,
                 log,
-                ingress,
                 state: Mutex::new(State {
                     next_seq,
                     next_subscriber: 1,
@@ -211,12 +170,6 @@ impl Router {
         &self.shared.stats
     }
 
-    /// The distinct topics and filters the broker holds, for every way into
-    /// it to ask before it gives the broker a new one.
-    pub fn census(&self) -> &Arc<Census> {
-        &self.shared.census
-    }
-
     /// Where the gate reports each device's connects and disconnects, and
     /// where listeners subscribe to them.
     pub fn devices(&self) -> &DeviceEvents {
@@ -231,39 +184,6 @@ impl Router {
     /// This router's epoch: the first half of every id it issues.
     pub fn epoch(&self) -> u64 {
         self.shared.epoch
-    }
-
-    /// Gives the broker back every retained value the log holds, and waits
-    /// until it has them all: called at start, before any listener opens,
-    /// so no device or web client ever sees the broker without them.
-    /// Returns how many were restored.
-    pub async fn restore_retained(&self) -> Result<usize, &'static str> {
-        let values = self.shared.log.retained();
-        let mut confirms = Vec::with_capacity(values.len());
-        for record in values {
-            let (confirm, confirmed) = oneshot::channel();
-            let request = IngressRequest {
-                topic: record.topic.into(),
-                payload: record.payload,
-                qos: record.qos,
-                retain: true,
-                restored: true,
-                confirm: Some(confirm),
-            };
-            self.shared
-                .ingress
-                .send(request)
-                .await
-                .map_err(|_| "the broker's ingress link is closed")?;
-            confirms.push(confirmed);
-        }
-        let count = confirms.len();
-        for confirmed in confirms {
-            confirmed
-                .await
-                .map_err(|_| "the broker did not confirm a restored retained value")?;
-        }
-        Ok(count)
     }
 
     /// Messages read from the log at a time for one resume.

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use super::*;
 use crate::auth::Principal;
@@ -12,11 +11,9 @@ use crate::broker::stamp::Meta;
 
 struct Harness {
     router: Router,
-    ingress: mpsc::Receiver<IngressRequest>,
 }
 
 fn harness(replay_capacity: usize) -> Harness {
-    let (ingress_tx, ingress) = mpsc::channel(16);
     let router = Router::new(
         RouterSettings {
             replay_capacity,
@@ -26,20 +23,15 @@ fn harness(replay_capacity: usize) -> Harness {
                 event: "temperature".into(),
             }],
             policy: Arc::new(crate::auth::Policy::allow_all()),
-            max_payload_bytes: 1024 * 1024,
             device_events_capacity: 16,
-            max_topic_bytes: 1024,
-            max_topics: 1_000,
-            max_filters: 1_000,
             read_page: 16,
             max_replay: 1_000,
             max_retained: 100,
         },
         Arc::new(Stats::default()),
         Arc::new(crate::log::memory::MemoryLog::new(1_000)),
-        ingress_tx,
     );
-    Harness { router, ingress }
+    Harness { router }
 }
 
 fn request(filters: &[&str], resume: Option<EventId>, queue: usize) -> SubscribeRequest {
@@ -317,56 +309,6 @@ fn filters_are_checked() {
         Err(SubscribeError::InvalidFilter { .. })
     ));
     assert_eq!(h.router.subscriber_count(), 0);
-}
-
-/// A publish with an invalid topic never reaches the broker queue.
-#[tokio::test]
-async fn publish_checks_the_topic() {
-    let h = harness(10);
-    let err = h
-        .router
-        .publish(
-            crate::stats::Protocol::Http,
-            &Principal::Anonymous,
-            "a/+",
-            Bytes::new(),
-            false,
-            false,
-        )
-        .await
-        .expect_err("wildcard refused");
-    assert!(matches!(err, PublishError::InvalidTopic { .. }));
-}
-
-/// Every way in (HTTP, WebSocket, plugins) is held to the broker's payload
-/// limit here, whatever its own checks: a larger payload never reaches the
-/// broker queue, and one at the limit does.
-#[tokio::test]
-async fn publish_checks_the_payload_size() {
-    let mut h = harness(10);
-    let max = 1024 * 1024;
-    let err = h
-        .router
-        .try_publish(
-            &Principal::Anonymous,
-            "a",
-            Bytes::from(vec![0; max + 1]),
-            0,
-            false,
-        )
-        .expect_err("too large");
-    assert!(matches!(err, PublishError::TooLarge { size, .. } if size == max + 1));
-    assert!(h.ingress.try_recv().is_err(), "nothing was queued");
-    h.router
-        .try_publish(
-            &Principal::Anonymous,
-            "a",
-            Bytes::from(vec![0; max]),
-            0,
-            false,
-        )
-        .expect("at the limit");
-    assert!(h.ingress.try_recv().is_ok());
 }
 
 /// Adding filters with a resume point replays what they missed, except

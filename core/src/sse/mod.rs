@@ -36,7 +36,7 @@ pub async fn events(
 ) -> Result<HttpResponse, ApiError> {
     let principal = identity::principal(&req, &state, Protocol::Sse, false)?;
     let query = parse_query(req.query_string())?;
-    let stats = state.router.stats();
+    let stats = &state.services.stats;
     let Ok(slot) = state.sse_slots.clone().try_acquire_owned() else {
         stats.limit(Protocol::Sse, Limit::Connections);
         return Err(ApiError::new(
@@ -68,6 +68,7 @@ pub async fn events(
     let sse = &state.config.sse;
     let valid_until = principal.valid_until();
     let subscription = state
+        .services
         .router
         .subscribe(SubscribeRequest {
             principal,

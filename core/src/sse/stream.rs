@@ -89,7 +89,7 @@ impl SseStream {
             cancelled: Box::pin(state.cancel.clone().cancelled_owned()),
             expiry: valid_until
                 .map(|deadline| Box::pin(tokio::time::sleep_until(Instant::from_std(deadline)))),
-            open: OpenStream::new(state.router.stats().clone()),
+            open: OpenStream::new(state.services.stats.clone()),
             _slot: slot,
         }
     }

@@ -28,7 +28,7 @@ use crate::auth::carrier::{self, Carriers, Source};
 use crate::auth::token::{TokenError, WebAuth};
 use crate::auth::Principal;
 use crate::config::{LimitsConfig, WebSocketConfig};
-use crate::router::Router;
+use crate::services::Services;
 use crate::stats::{Limit, Protocol, Stats};
 
 /// A client has this long to complete the upgrade request.
@@ -37,7 +37,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What every session of the listener shares.
 #[derive(Debug, Clone)]
 pub struct Context {
-    pub router: Router,
+    /// Stats, rules, log, router and broker (see `crate::services`).
+    pub services: Services,
     pub config: Arc<WebSocketConfig>,
     pub auth: Arc<WebAuth>,
     /// Each session's publish rate.
@@ -119,7 +120,7 @@ async fn run<S>(
     let Some((ws, principal)) = handshake(stream, &context, limits, slot.is_some()).await else {
         return;
     };
-    let stats = context.router.stats().clone();
+    let stats = context.services.stats.clone();
     Stats::incr(&stats.ws_sessions_opened);
     Stats::incr(&stats.ws_sessions_open);
     session::Session::new(ws, &context, principal)
@@ -180,7 +181,7 @@ fn check_request(
     has_slot: bool,
 ) -> Result<Principal, ErrorResponse> {
     let config = &context.config;
-    let stats = context.router.stats();
+    let stats = &context.services.stats;
     if request.uri().path() != config.path {
         return Err(refusal(
             StatusCode::NOT_FOUND,

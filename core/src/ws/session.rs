@@ -21,11 +21,11 @@ use tokio_util::sync::CancellationToken;
 use super::protocol::{self, ProtocolError, Request};
 use super::Context;
 use crate::auth::{Action, Principal};
+use crate::broker::PublishError;
 use crate::config::WebSocketConfig;
 use crate::limits::TokenBucket;
-use crate::router::{
-    Delivery, PublishError, QueueBound, Router, Start, SubscribeError, Subscription,
-};
+use crate::router::{Delivery, QueueBound, Start, SubscribeError, Subscription};
+use crate::services::Services;
 use crate::stats::{Limit, Protocol, Stats};
 
 /// Deliveries written before one flush.
@@ -40,7 +40,7 @@ struct Ending {
 pub struct Session<S> {
     ws: WebSocketStream<S>,
     subscription: Subscription,
-    router: Router,
+    services: Services,
     config: Arc<WebSocketConfig>,
     principal: Principal,
     /// When the client's token stops being accepted; the session ends then.
@@ -52,16 +52,16 @@ pub struct Session<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub fn new(ws: WebSocketStream<S>, context: &Context, principal: Principal) -> Self {
-        let router = context.router.clone();
+        let services = context.services.clone();
         let config = context.config.clone();
-        let subscription = router.open(QueueBound {
+        let subscription = services.router.open(QueueBound {
             messages: config.queue_capacity,
             bytes: config.queue_max_bytes,
         });
         Self {
             ws,
             subscription,
-            router,
+            services,
             config,
             valid_until: principal.valid_until().map(Instant::from_std),
             principal,
@@ -128,7 +128,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         Some(Err(e)) => {
                             let ending = read_error(e);
                             if ending.as_ref().is_some_and(|e| e.code == CloseCode::Size) {
-                                self.router.stats().limit(Protocol::WebSocket, Limit::Payload);
+                                self.services.stats.limit(Protocol::WebSocket, Limit::Payload);
                             }
                             return ending;
                         }
@@ -217,7 +217,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 qos,
                 retain,
             } => {
-                let stats = self.router.stats();
+                let stats = &self.services.stats;
                 if payload.len() > self.max_payload_bytes {
                     stats.limit(Protocol::WebSocket, Limit::Payload);
                     return Err(ProtocolError::new(
@@ -240,7 +240,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         .with("retry_after_ms", wait_ms));
                     }
                 }
-                self.router
+                self.services
+                    .broker
                     .publish(
                         crate::stats::Protocol::WebSocket,
                         &self.principal,
@@ -251,7 +252,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     )
                     .await
                     .map_err(|e| self.publish_error(e))?;
-                Stats::incr(&self.router.stats().ws_publishes);
+                Stats::incr(&self.services.stats.ws_publishes);
                 Ok(Reply::Ack)
             }
             Request::Ping => Ok(Reply::Pong),
@@ -280,7 +281,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         match tokio::time::timeout(idle, write).await {
             Ok(Ok(())) => {
-                let stats = self.router.stats();
+                let stats = &self.services.stats;
                 Stats::add(&stats.ws_messages_out, count);
                 for received in live {
                     stats.latency_ws.observe(received.elapsed());
@@ -315,7 +316,7 @@ enum Reply {
 impl<S> Session<S> {
     /// The error for a refused subscribe, counted if the rules refused it.
     fn subscribe_error(&self, error: SubscribeError) -> ProtocolError {
-        let stats = self.router.stats();
+        let stats = &self.services.stats;
         match error {
             SubscribeError::Denied(_) => stats.deny(Protocol::WebSocket, Action::Subscribe),
             SubscribeError::TooManyFilters { .. } => {
@@ -329,8 +330,8 @@ impl<S> Session<S> {
     /// The error for a refused publish, counted if the rules refused it.
     fn publish_error(&self, error: PublishError) -> ProtocolError {
         if matches!(error, PublishError::Denied(_)) {
-            self.router
-                .stats()
+            self.services
+                .stats
                 .deny(Protocol::WebSocket, Action::Publish);
         }
         publish_error(error)
@@ -431,6 +432,6 @@ fn publish_error(error: PublishError) -> ProtocolError {
 
 impl<S> Drop for Session<S> {
     fn drop(&mut self) {
-        Stats::decr(&self.router.stats().ws_sessions_open);
+        Stats::decr(&self.services.stats.ws_sessions_open);
     }
 }

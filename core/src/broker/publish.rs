@@ -6,9 +6,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{IngressRequest, Router};
+use super::handle::Broker;
+use super::ingress::IngressRequest;
+use super::name;
 use crate::auth::{Action, Denied, Principal};
-use crate::broker::name;
 use crate::stats::{Limit, Protocol, Stats};
 use crate::topic::{self, TopicError};
 
@@ -41,7 +42,7 @@ pub enum PublishError {
     Timeout(Duration),
 }
 
-impl Router {
+impl Broker {
     /// Sends a publish into the broker. With `confirm`, returns once the
     /// broker has appended it to its log (a QoS 1 publish, as subscribers
     /// see it); otherwise once it is queued (QoS 0).
@@ -103,15 +104,18 @@ impl Router {
             topic: topic.chars().take(256).collect(),
             source,
         })?;
-        if topic.len() > self.shared.max_topic_bytes {
-            self.stats().limit(protocol, Limit::TopicLength);
+        if topic.len() > self.shared.settings.max_topic_bytes {
+            self.shared.stats.limit(protocol, Limit::TopicLength);
             return Err(PublishError::TopicTooLong {
                 size: topic.len(),
-                max: self.shared.max_topic_bytes,
+                max: self.shared.settings.max_topic_bytes,
             });
         }
-        self.policy().authorize(principal, Action::Publish, topic)?;
-        let max = self.shared.max_payload_bytes;
+        self.shared
+            .settings
+            .policy
+            .authorize(principal, Action::Publish, topic)?;
+        let max = self.shared.settings.max_payload_bytes;
         if payload.len() > max {
             return Err(PublishError::TooLarge {
                 size: payload.len(),
@@ -120,12 +124,12 @@ impl Router {
         }
         // Nothing is accepted that the log could not keep.
         if !self.shared.log.accepting() {
-            self.stats().limit(protocol, Limit::Storage);
+            self.shared.stats.limit(protocol, Limit::Storage);
             return Err(PublishError::StorageFull);
         }
         // Last, so that a refused publish takes no room.
         if !self.shared.census.admit_topic(&name::topic_in(topic)) {
-            self.stats().limit(protocol, Limit::Topics);
+            self.shared.stats.limit(protocol, Limit::Topics);
             return Err(PublishError::TopicLimit);
         }
         let request = IngressRequest {
@@ -136,7 +140,7 @@ impl Router {
             restored: false,
             confirm,
         };
-        let stats = self.stats();
+        let stats = &self.shared.stats;
         match self.shared.ingress.try_send(request) {
             Ok(()) => {
                 Stats::incr(&stats.publishes_accepted);
@@ -148,5 +152,92 @@ impl Router {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(PublishError::Unavailable),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::auth::{Policy, Principal};
+    use crate::broker::handle::BrokerSettings;
+
+    fn broker() -> (Broker, tokio::sync::mpsc::Receiver<IngressRequest>) {
+        let settings = BrokerSettings {
+            policy: Arc::new(Policy::allow_all()),
+            max_payload_bytes: 1024 * 1024,
+            max_topic_bytes: 1024,
+            max_topics: 1_000,
+            max_filters: 1_000,
+        };
+        let log = Arc::new(crate::log::memory::MemoryLog::new(1));
+        Broker::for_tests(settings, Arc::default(), log, 16)
+    }
+
+    /// A publish with an invalid topic never reaches the broker queue.
+    #[tokio::test]
+    async fn publish_checks_the_topic() {
+        let (broker, mut ingress) = broker();
+        let err = broker
+            .publish(
+                Protocol::Http,
+                &Principal::Anonymous,
+                "a/+",
+                Bytes::new(),
+                false,
+                false,
+            )
+            .await
+            .expect_err("wildcard refused");
+        assert!(matches!(err, PublishError::InvalidTopic { .. }));
+        assert!(ingress.try_recv().is_err(), "nothing was queued");
+    }
+
+    /// Every way in (HTTP, WebSocket, plugins) is held to the broker's
+    /// payload limit here, whatever its own checks: a larger payload never
+    /// reaches the broker queue, and one at the limit does.
+    #[test]
+    fn publish_checks_the_payload_size() {
+        let (broker, mut ingress) = broker();
+        let max = 1024 * 1024;
+        let err = broker
+            .try_publish(
+                &Principal::Anonymous,
+                "a",
+                Bytes::from(vec![0; max + 1]),
+                0,
+                false,
+            )
+            .expect_err("too large");
+        assert!(matches!(err, PublishError::TooLarge { size, .. } if size == max + 1));
+        assert!(ingress.try_recv().is_err(), "nothing was queued");
+        broker
+            .try_publish(
+                &Principal::Anonymous,
+                "a",
+                Bytes::from(vec![0; max]),
+                0,
+                false,
+            )
+            .expect("at the limit");
+        assert!(ingress.try_recv().is_ok());
+    }
+
+    /// A full ingress queue is a refusal the caller sees and the counters
+    /// show, never a publish that waits or vanishes.
+    #[test]
+    fn a_full_ingress_queue_is_busy_and_counted() {
+        let (broker, _ingress) = broker();
+        let publish = || broker.try_publish(&Principal::Anonymous, "a", Bytes::new(), 0, false);
+        for _ in 0..16 {
+            publish().expect("room in the queue");
+        }
+        assert!(matches!(publish(), Err(PublishError::Busy)));
+        let stats = broker.shared.stats.snapshot();
+        assert_eq!(stats.publishes_accepted, 16);
+        assert_eq!(stats.publishes_rejected_busy, 1);
     }
 }

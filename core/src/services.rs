@@ -1,0 +1,28 @@
+//! The services every entry point is given, made once at start.
+//!
+//! Each entry point (HTTP and SSE, WebSocket, the MQTT gate, plugins) is
+//! handed these explicitly rather than reaching one through another: what
+//! a module may touch is visible in what it is given.
+
+use std::sync::Arc;
+
+use crate::auth::Policy;
+use crate::broker::Broker;
+use crate::log::Log;
+use crate::router::Router;
+use crate::stats::Stats;
+
+/// The bridge's shared services; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// Counters for everything accepted, delivered, refused or dropped.
+    pub stats: Arc<Stats>,
+    /// The access rules every subscribe, publish and delivery passes.
+    pub policy: Arc<Policy>,
+    /// Where every message is kept, in order (see `crate::log`).
+    pub log: Arc<dyn Log>,
+    /// Fan-out to web and plugin subscribers (reads only).
+    pub router: Router,
+    /// The one way into the embedded broker: publishes, and its health.
+    pub broker: Broker,
+}
