@@ -27,7 +27,6 @@
 //! clients unsubscribe.
 
 use std::collections::HashMap;
-use std::str::Split;
 
 /// An index from MQTT topic filters to values (typically subscriber ids).
 ///
@@ -56,6 +55,20 @@ impl<T> Default for Node<T> {
             plus: None,
             hash: Vec::new(),
             exact: Vec::new(),
+        }
+    }
+}
+
+/// Dropped a level at a time in a loop: the default drop recurses once per
+/// level, and a filter with thousands of levels would overflow the stack.
+impl<T> Drop for Node<T> {
+    fn drop(&mut self) {
+        let mut below: Vec<Node<T>> = self.children.drain().map(|(_, n)| n).collect();
+        below.extend(self.plus.take().map(|n| *n));
+        while let Some(mut node) = below.pop() {
+            below.extend(node.children.drain().map(|(_, n)| n));
+            below.extend(node.plus.take().map(|n| *n));
+            // `node` goes here with nothing below it.
         }
     }
 }
@@ -92,80 +105,36 @@ fn remove_value<T: Copy + Eq>(values: &mut Vec<T>, value: T) -> bool {
 }
 
 impl<T: Copy + Eq> Node<T> {
-    fn is_empty(&self) -> bool {
-        self.children.is_empty()
-            && self.plus.is_none()
-            && self.hash.is_empty()
+    /// Whether this node holds nothing but the one way down, `child`, so
+    /// that it is empty once that child is cut.
+    fn only_leads_to_one_child(&self) -> bool {
+        self.hash.is_empty()
             && self.exact.is_empty()
+            && self.children.len() + usize::from(self.plus.is_some()) == 1
     }
 
-    fn insert(&mut self, mut levels: Split<'_, char>, value: T) -> bool {
-        match levels.next() {
-            None => push_unique(&mut self.exact, value),
-            // A valid filter has nothing after '#'; anything that does is ignored.
-            Some("#") => push_unique(&mut self.hash, value),
-            Some("+") => self
-                .plus
-                .get_or_insert_with(Box::default)
-                .insert(levels, value),
-            Some(level) => self
-                .children
-                .entry(level.into())
-                .or_default()
-                .insert(levels, value),
+    /// The child for one filter level, if there is one.
+    fn child(&self, level: &str) -> Option<&Node<T>> {
+        match level {
+            "+" => self.plus.as_deref(),
+            _ => self.children.get(level),
         }
     }
 
-    fn remove(&mut self, mut levels: Split<'_, char>, value: T) -> bool {
-        match levels.next() {
-            None => remove_value(&mut self.exact, value),
-            Some("#") => remove_value(&mut self.hash, value),
-            Some("+") => {
-                let Some(child) = self.plus.as_mut() else {
-                    return false;
-                };
-                let removed = child.remove(levels, value);
-                if child.is_empty() {
-                    self.plus = None;
-                }
-                removed
-            }
-            Some(level) => {
-                let Some(child) = self.children.get_mut(level) else {
-                    return false;
-                };
-                let removed = child.remove(levels, value);
-                if child.is_empty() {
-                    self.children.remove(level);
-                }
-                removed
-            }
+    fn child_mut(&mut self, level: &str) -> Option<&mut Node<T>> {
+        match level {
+            "+" => self.plus.as_deref_mut(),
+            _ => self.children.get_mut(level),
         }
     }
 
-    /// Reports every value stored at or below this node whose filter matches
-    /// the remaining `levels` of the topic. `at_dollar_root` is true only at
-    /// the root for a topic starting with `$`, which wildcards must not match.
-    fn for_each_match<F: FnMut(T)>(
-        &self,
-        mut levels: Split<'_, char>,
-        at_dollar_root: bool,
-        f: &mut F,
-    ) {
-        let Some(level) = levels.next() else {
-            // The topic ends here: filters ending here, or with a '#' that
-            // matches the parent level itself.
-            self.exact.iter().chain(&self.hash).for_each(|v| f(*v));
-            return;
-        };
-        if !at_dollar_root {
-            self.hash.iter().for_each(|v| f(*v));
-            if let Some(plus) = &self.plus {
-                plus.for_each_match(levels.clone(), false, f);
+    /// Cuts the child for one filter level, with everything below it.
+    fn cut(&mut self, level: &str) {
+        match level {
+            "+" => self.plus = None,
+            _ => {
+                self.children.remove(level);
             }
-        }
-        if let Some(child) = self.children.get(level) {
-            child.for_each_match(levels, false, f);
         }
     }
 
@@ -187,7 +156,19 @@ impl<T: Copy + Eq> FilterTrie<T> {
     ///
     /// Returns `false`, and changes nothing, if this exact pair is present.
     pub fn insert(&mut self, filter: &str, value: T) -> bool {
-        let inserted = self.root.insert(filter.split('/'), value);
+        // A loop, not recursion: a filter may have thousands of levels
+        // (`a////…`), and each level would be a stack frame.
+        let mut node = &mut self.root;
+        let mut levels = filter.split('/');
+        let inserted = loop {
+            match levels.next() {
+                None => break push_unique(&mut node.exact, value),
+                // A valid filter has nothing after '#'; anything that does is ignored.
+                Some("#") => break push_unique(&mut node.hash, value),
+                Some("+") => node = node.plus.get_or_insert_with(Box::default),
+                Some(level) => node = node.children.entry(level.into()).or_default(),
+            }
+        };
         if inserted {
             self.len += 1;
         }
@@ -198,11 +179,73 @@ impl<T: Copy + Eq> FilterTrie<T> {
     ///
     /// Nodes left empty are removed, so memory is returned after unsubscribes.
     pub fn remove(&mut self, filter: &str, value: T) -> bool {
-        let removed = self.root.remove(filter.split('/'), value);
-        if removed {
-            self.len -= 1;
+        // Two walks, both loops: the first finds the pair and the highest
+        // node that is left empty without it (everything below it on the
+        // path holds only the way down), the second removes the value or
+        // cuts that node off.
+        let levels: Vec<&str> = filter.split('/').collect();
+        let end = levels
+            .iter()
+            .position(|l| *l == "#")
+            .map_or(levels.len(), |i| i + 1);
+        let path = &levels[..end];
+        let mut node = &self.root;
+        // The depth of the node to cut from its parent, if any.
+        let mut cut_from: Option<usize> = None;
+        for (depth, level) in path.iter().enumerate() {
+            if *level == "#" {
+                break;
+            }
+            let Some(child) = node.child(level) else {
+                return false;
+            };
+            if !node.only_leads_to_one_child() || depth == 0 {
+                cut_from = Some(depth);
+            }
+            node = child;
         }
-        removed
+        let hash = path.last() == Some(&"#");
+        let (values, others) = if hash {
+            (&node.hash, &node.exact)
+        } else {
+            (&node.exact, &node.hash)
+        };
+        if !values.contains(&value) {
+            return false;
+        }
+        let leaf_empties = values.len() == 1
+            && others.is_empty()
+            && node.children.is_empty()
+            && node.plus.is_none();
+        let steps = path.len() - usize::from(hash);
+        let mut node = &mut self.root;
+        match cut_from.filter(|_| leaf_empties && steps > 0) {
+            Some(depth) => {
+                for level in &path[..depth] {
+                    let Some(child) = node.child_mut(level) else {
+                        return false; // found by the first walk
+                    };
+                    node = child;
+                }
+                node.cut(path[depth]);
+            }
+            None => {
+                for level in &path[..steps] {
+                    let Some(child) = node.child_mut(level) else {
+                        return false; // found by the first walk
+                    };
+                    node = child;
+                }
+                let values = if hash {
+                    &mut node.hash
+                } else {
+                    &mut node.exact
+                };
+                remove_value(values, value);
+            }
+        }
+        self.len -= 1;
+        true
     }
 
     /// Calls `f` once for every `(filter, value)` pair whose filter matches
@@ -212,8 +255,28 @@ impl<T: Copy + Eq> FilterTrie<T> {
     /// caller deduplicates if it needs to. The order is unspecified. Nothing
     /// is allocated.
     pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(T)) {
-        self.root
-            .for_each_match(topic.split('/'), topic.starts_with('$'), &mut f);
+        // An explicit stack instead of recursion (see `insert`): a node and
+        // the topic's levels still to match below it. It holds at most one
+        // `+` branch per level walked, so it stays small.
+        let mut pending = vec![(&self.root, topic.split('/'), topic.starts_with('$'))];
+        while let Some((node, mut levels, at_dollar_root)) = pending.pop() {
+            let Some(level) = levels.next() else {
+                // The topic ends here: filters ending here, or with a '#'
+                // that matches the parent level itself.
+                node.exact.iter().chain(&node.hash).for_each(|v| f(*v));
+                continue;
+            };
+            // The `$` rule: wildcards at the root do not match `$` topics.
+            if !at_dollar_root {
+                node.hash.iter().for_each(|v| f(*v));
+                if let Some(plus) = &node.plus {
+                    pending.push((plus, levels.clone(), false));
+                }
+            }
+            if let Some(child) = node.children.get(level) {
+                pending.push((child, levels, false));
+            }
+        }
     }
 
     /// The number of `(filter, value)` pairs stored.
@@ -398,7 +461,8 @@ mod tests {
         assert!(trie.is_empty());
         assert_eq!(trie.len(), 0);
         assert_eq!(trie.node_count(), 1);
-        assert!(trie.root.is_empty());
+        assert!(trie.root.children.is_empty() && trie.root.plus.is_none());
+        assert!(trie.root.hash.is_empty() && trie.root.exact.is_empty());
         assert_eq!(matched(&trie, "a/b/c"), Vec::<usize>::new());
     }
 
@@ -417,6 +481,50 @@ mod tests {
     }
 
     /// A level from the small alphabet the property test builds names and filters from.
+    /// A filter of 100,000 levels (`a/` repeated, or `+/`) is stored,
+    /// matched, removed and dropped without one stack frame per level: a
+    /// WebSocket client sent 8,000 empty levels and the recursive insert
+    /// overflowed the stack, aborting the process.
+    #[test]
+    fn a_filter_of_a_hundred_thousand_levels_does_not_overflow_the_stack() {
+        let deep = "a/".repeat(100_000) + "b";
+        let plus = "+/".repeat(100_000) + "#";
+        // A thread with a small stack: 64 KiB would never hold a frame per level.
+        std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let mut trie = FilterTrie::new();
+                assert!(trie.insert(&deep, 1u8));
+                assert!(trie.insert(&plus, 2u8));
+                assert_eq!(matched(&trie, &deep), vec![1, 2]);
+                assert!(trie.remove(&deep, 1));
+                assert_eq!(matched(&trie, &deep), vec![2]);
+                assert!(!trie.remove(&deep, 1), "already gone");
+                // Dropped with the other deep filter still in it.
+                drop(trie);
+            })
+            .expect("spawn")
+            .join()
+            .expect("no overflow");
+    }
+
+    /// Removing one of two filters that share a prefix keeps the other
+    /// whole, and removing both leaves the root alone.
+    #[test]
+    fn removing_a_branch_keeps_its_sibling() {
+        let mut trie = FilterTrie::new();
+        trie.insert("a/b/c/d", 1u8);
+        trie.insert("a/b/x", 2u8);
+        trie.insert("a/+/#", 3u8);
+        assert!(trie.remove("a/b/c/d", 1));
+        assert_eq!(matched(&trie, "a/b/x"), vec![2, 3]);
+        assert!(trie.remove("a/+/#", 3));
+        assert_eq!(matched(&trie, "a/b/x"), vec![2]);
+        assert!(trie.remove("a/b/x", 2));
+        assert_eq!(trie.node_count(), 1);
+        assert!(trie.is_empty());
+    }
+
     fn topic_level() -> impl Strategy<Value = &'static str> {
         prop_oneof![Just("a"), Just("b"), Just("$x"), Just("")]
     }
