@@ -250,11 +250,19 @@ impl Verifier {
             Some(value) => Some(grants(value)?),
         };
         // The moment the token stops being accepted: a session that ended
-        // earlier would be refused nothing on reconnecting, and loop.
-        let expires_at = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .map(|exp| exp.saturating_add(self.leeway));
+        // earlier would be refused nothing on reconnecting, and loop. JWT
+        // dates are any JSON number, so `exp` may carry a fraction: whole
+        // seconds are kept (ending the session up to a second early, never
+        // late), and an `exp` that is no number at all is refused rather
+        // than read as a session that never ends.
+        let expires_at = match claims.get("exp") {
+            None => None,
+            Some(exp) => Some(
+                whole_seconds(exp)
+                    .ok_or_else(|| TokenError::Claims("`exp` must be a number".into()))?
+                    .saturating_add(self.leeway),
+            ),
+        };
         Ok(Identity {
             name,
             roles,
@@ -263,6 +271,21 @@ impl Verifier {
             expires_at,
         })
     }
+}
+
+/// A JWT date (seconds since the Unix epoch, any JSON number) in whole
+/// seconds, rounded down; a negative one is 0.
+fn whole_seconds(date: &Value) -> Option<u64> {
+    if let Some(seconds) = date.as_u64() {
+        return Some(seconds);
+    }
+    let seconds = date.as_f64()?;
+    if seconds.is_nan() {
+        return None;
+    }
+    // `as` saturates: a date past u64 is the end of time, a negative one 0.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Some(seconds.floor() as u64)
 }
 
 /// The `tidewater` claim: `{"subscribe": [...], "publish": [...]}`, every

@@ -282,3 +282,20 @@ proptest! {
         prop_assert!(verify(&config(), &token).is_err());
     }
 }
+
+/// JWT dates are any JSON number; a fraction is dropped, never rounded
+/// up, and what is no number is not a date.
+#[test]
+fn jwt_dates_are_read_in_whole_seconds() {
+    assert_eq!(
+        whole_seconds(&serde_json::json!(1_700_000_000)),
+        Some(1_700_000_000)
+    );
+    assert_eq!(
+        whole_seconds(&serde_json::json!(1_700_000_004.5)),
+        Some(1_700_000_004)
+    );
+    assert_eq!(whole_seconds(&serde_json::json!(-3.5)), Some(0));
+    assert_eq!(whole_seconds(&serde_json::json!(1e300)), Some(u64::MAX));
+    assert_eq!(whole_seconds(&serde_json::json!("soon")), None);
+}
