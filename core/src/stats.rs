@@ -208,6 +208,8 @@ pub enum Limit {
     Logins,
     /// Length of one topic or filter (`mqtt.max_topic_bytes`).
     TopicLength,
+    /// Levels of one topic or filter (`mqtt.max_topic_levels`).
+    TopicLevels,
     /// Distinct topics the broker holds (`mqtt.max_topics`).
     Topics,
     /// Distinct filters the broker holds (`mqtt.max_filters`).
@@ -216,21 +218,36 @@ pub enum Limit {
     Inflight,
     /// Publishes turned away while the log cannot store them (a full disk).
     Storage,
+    /// HTTP request bodies too slow (`http.body_timeout_secs`) or past the
+    /// bytes all may be receiving at once (`http.max_body_bytes_in_flight`).
+    Bodies,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 10] = [
+    pub const ALL: [Limit; 12] = [
         Limit::Connections,
         Limit::Subscriptions,
         Limit::Rate,
         Limit::Payload,
         Limit::Logins,
         Limit::TopicLength,
+        Limit::TopicLevels,
         Limit::Topics,
         Limit::Filters,
         Limit::Inflight,
         Limit::Storage,
+        Limit::Bodies,
     ];
+
+    /// The limit a refused topic or filter hit, if it hit one rather than
+    /// breaking the syntax.
+    pub fn of_topic(error: &crate::topic::TopicError) -> Option<Limit> {
+        match error {
+            crate::topic::TopicError::TooLong { .. } => Some(Limit::TopicLength),
+            crate::topic::TopicError::TooManyLevels { .. } => Some(Limit::TopicLevels),
+            _ => None,
+        }
+    }
 
     pub fn label(self) -> &'static str {
         match self {
@@ -240,10 +257,12 @@ impl Limit {
             Limit::Payload => "payload",
             Limit::Logins => "logins",
             Limit::TopicLength => "topic_length",
+            Limit::TopicLevels => "topic_levels",
             Limit::Topics => "topics",
             Limit::Filters => "filters",
             Limit::Inflight => "inflight",
             Limit::Storage => "storage",
+            Limit::Bodies => "bodies",
         }
     }
 }

@@ -52,6 +52,14 @@ pub enum TopicError {
     /// The topic or filter contains the NUL character U+0000.
     #[error("a topic or topic filter cannot contain the NUL character (U+0000)")]
     NulCharacter,
+    /// The topic or filter has more levels than the allowed number.
+    #[error("too many levels: {levels}, the limit is {max}")]
+    TooManyLevels {
+        /// Levels of the rejected string (one more than its `/`s).
+        levels: usize,
+        /// The limit that applied.
+        max: usize,
+    },
 }
 
 impl TopicError {
@@ -65,7 +73,64 @@ impl TopicError {
             TopicError::HashNotLast => "hash-not-last",
             TopicError::WildcardNotWholeLevel { .. } => "wildcard-not-whole-level",
             TopicError::NulCharacter => "nul-character",
+            TopicError::TooManyLevels { .. } => "too-many-levels",
         }
+    }
+}
+
+/// The one set of limits every entry point applies to a topic or filter
+/// (`mqtt.max_topic_bytes`, `mqtt.max_topic_levels`): devices through the
+/// gate, HTTP and WebSocket publishes, SSE and WebSocket subscriptions, and
+/// plugins. Each level of a filter is a node in the router's trie and in
+/// the broker's, so the levels bound what one filter can cost in memory
+/// whatever its bytes are (8,000 empty levels are 8 KB of `/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest topic or filter, in bytes (at most [`MAX_TOPIC_BYTES`]).
+    pub max_bytes: usize,
+    /// Most levels in a topic or filter.
+    pub max_levels: usize,
+}
+
+impl Limits {
+    /// Only what MQTT itself allows: for tests and tools.
+    pub const MQTT: Limits = Limits {
+        max_bytes: MAX_TOPIC_BYTES,
+        max_levels: MAX_TOPIC_BYTES + 1,
+    };
+
+    /// These limits with a byte limit of `max_bytes` where it is smaller
+    /// (an SSE filter has a tighter one of its own).
+    pub fn at_most(self, max_bytes: usize) -> Limits {
+        Limits {
+            max_bytes: self.max_bytes.min(max_bytes),
+            ..self
+        }
+    }
+
+    /// Validates a topic name ([`validate_topic`]) within these limits.
+    pub fn topic(&self, topic: &str) -> Result<(), TopicError> {
+        validate_common(topic, self.max_bytes.min(MAX_TOPIC_BYTES))?;
+        self.levels(topic)?;
+        validate_topic(topic)
+    }
+
+    /// Validates a topic filter ([`validate_filter`]) within these limits.
+    pub fn filter(&self, filter: &str) -> Result<(), TopicError> {
+        validate_common(filter, self.max_bytes.min(MAX_TOPIC_BYTES))?;
+        self.levels(filter)?;
+        validate_filter(filter, self.max_bytes)
+    }
+
+    fn levels(&self, s: &str) -> Result<(), TopicError> {
+        let levels = s.bytes().filter(|&b| b == b'/').count() + 1;
+        if levels > self.max_levels {
+            return Err(TopicError::TooManyLevels {
+                levels,
+                max: self.max_levels,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -437,6 +502,36 @@ mod tests {
         );
     }
 
+    /// Levels are counted as MQTT counts them (empty ones too), for names
+    /// and filters alike, and the byte limit still applies.
+    #[test]
+    fn limits_count_levels() {
+        let limits = Limits {
+            max_bytes: 64,
+            max_levels: 3,
+        };
+        assert_eq!(limits.topic("a/b/c"), Ok(()));
+        assert_eq!(limits.filter("a/+/#"), Ok(()));
+        assert_eq!(limits.filter("//"), Ok(()));
+        let four = TopicError::TooManyLevels { levels: 4, max: 3 };
+        assert_eq!(limits.topic("a/b/c/d"), Err(four.clone()));
+        assert_eq!(limits.filter("///"), Err(four.clone()));
+        assert_eq!(limits.filter("a/b/c/#"), Err(four));
+        assert_eq!(
+            limits.filter(&"/".repeat(8_000)),
+            Err(TopicError::TooLong {
+                len: 8_000,
+                max: 64
+            })
+        );
+        assert_eq!(
+            limits.at_most(4).topic("abcde"),
+            Err(TopicError::TooLong { len: 5, max: 4 })
+        );
+        assert_eq!(limits.filter("a/b#"), Err(filter_err("a/b#")));
+        assert_eq!(limits.topic("a/+"), Err(TopicError::WildcardInTopic));
+    }
+
     /// Spec 4.7.3: names and filters containing U+0000 are rejected.
     #[test]
     fn nul_is_rejected() {
@@ -468,6 +563,10 @@ mod tests {
                 "wildcard-not-whole-level",
             ),
             (TopicError::NulCharacter, "nul-character"),
+            (
+                TopicError::TooManyLevels { levels: 2, max: 1 },
+                "too-many-levels",
+            ),
         ];
         for (error, code) in cases {
             assert_eq!(error.rule(), code, "{error:?}");

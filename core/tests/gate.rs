@@ -573,3 +573,118 @@ async fn client_ids_belong_to_their_users() {
     );
     bridge.shutdown().await;
 }
+
+/// Opens `count` connections from `from` that each send a CONNECT with a
+/// wrong password; each task answers the CONNACK code (`None`: closed
+/// without one) and how long it took.
+fn bogus_logins(
+    gate: SocketAddr,
+    from: std::net::IpAddr,
+    count: usize,
+) -> tokio::task::JoinSet<(Option<u8>, std::time::Duration)> {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..count {
+        set.spawn(async move {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.bind(SocketAddr::new(from, 0)).expect("bind");
+            let mut stream = socket.connect(gate).await.expect("connect");
+            let connect = raw::connect_packet(&raw::Connect {
+                level: 4,
+                client_id: &format!("bogus-{i}"),
+                login: Some(("sensor", "not the password")),
+                will_topic: None,
+            });
+            let started = std::time::Instant::now();
+            stream.write_all(&connect).await.expect("CONNECT");
+            let mut connack = [0u8; 4];
+            let read = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                stream.read_exact(&mut connack),
+            )
+            .await
+            .expect("an answer in time");
+            (read.ok().map(|_| connack[3]), started.elapsed())
+        });
+    }
+    set
+}
+
+/// A flood of bogus logins from one address fills that address's share
+/// of the password-check queue (`mqtt.max_pending_logins_per_address`)
+/// and no more: the rest are refused at once as busy, and a device
+/// elsewhere logs in as quickly as with no flood (the target is 1 s;
+/// asserted with a wide margin for slow CI machines).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_login_gets_in_while_a_flood_of_bogus_ones_waits() {
+    const FLOOD: usize = 400;
+    let bridge = start_with(gated).await;
+    let flooder = "127.0.0.2".parse().expect("address");
+    let mut flood = bogus_logins(bridge.mqtt, flooder, FLOOD);
+    let refusals = &bridge.router.stats().refusals;
+    // Logins past the share are being refused: the share is full.
+    common::eventually("the flood to overflow its share", || {
+        refusals.limited(Protocol::Mqtt, Limit::Logins) >= 100
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let device = login(bridge.mqtt, 4, "sensor", "sensor-real").await;
+    let took = started.elapsed();
+    println!("a real login during the flood took {took:?}");
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "the real login waited {took:?}"
+    );
+    drop(device);
+    let mut codes = std::collections::BTreeMap::new();
+    while let Some(answer) = flood.join_next().await {
+        *codes.entry(answer.expect("task").0).or_insert(0) += 1;
+    }
+    // Each was answered: refused as busy, or checked and refused.
+    assert_eq!(codes.get(&None), None, "{codes:?}");
+    assert_eq!(
+        codes.get(&Some(3)).copied().map(|n: usize| n as u64),
+        Some(refusals.limited(Protocol::Mqtt, Limit::Logins)),
+        "{codes:?}"
+    );
+    assert_eq!(codes.values().sum::<usize>(), FLOOD);
+    bridge.shutdown().await;
+}
+
+/// `mqtt.connection_timeout_ms` covers the login too: a CONNECT whose
+/// password check has not come round by then is answered "server busy"
+/// at the deadline instead of waiting for the whole queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_timeout_covers_the_password_check() {
+    const LOGINS: usize = 100;
+    let bridge = start_with(|c| {
+        gated(c);
+        c.mqtt.connection_timeout_ms = 300;
+        c.mqtt.max_pending_logins_per_address = LOGINS;
+    })
+    .await;
+    let mut logins = bogus_logins(bridge.mqtt, "127.0.0.2".parse().expect("address"), LOGINS);
+    let mut codes = std::collections::BTreeMap::new();
+    let mut slowest = std::time::Duration::ZERO;
+    while let Some(answer) = logins.join_next().await {
+        let (code, took) = answer.expect("task");
+        *codes.entry(code).or_insert(0) += 1;
+        slowest = slowest.max(took);
+    }
+    println!("{codes:?}, the slowest answer after {slowest:?}");
+    assert!(codes.contains_key(&Some(3)), "some timed out: {codes:?}");
+    assert_eq!(codes.get(&None), None, "every one was answered: {codes:?}");
+    assert!(
+        slowest < std::time::Duration::from_secs(3),
+        "a login waited {slowest:?}, past the 300 ms timeout"
+    );
+    let timed_out = codes[&Some(3)] as u64;
+    assert_eq!(
+        bridge
+            .router
+            .stats()
+            .refusals
+            .limited(Protocol::Mqtt, Limit::Logins),
+        timed_out
+    );
+    bridge.shutdown().await;
+}

@@ -7,7 +7,8 @@
 mod common;
 
 use common::raw::{self, RawMqtt};
-use common::{request, start_with, SseClient};
+use common::{request, start_with, ws_connect, ws_request, SseClient};
+use serde_json::json;
 use tidewater::stats::{Limit, Protocol};
 
 const PUBACK: u8 = 4;
@@ -59,6 +60,141 @@ async fn long_topics_and_filters_are_refused() {
     let refusals = &bridge.router.stats().refusals;
     assert_eq!(refusals.limited(Protocol::Mqtt, Limit::TopicLength), 4);
     assert_eq!(refusals.limited(Protocol::Http, Limit::TopicLength), 1);
+    bridge.shutdown().await;
+}
+
+/// Every entry point counts levels the same way, against
+/// `mqtt.max_topic_levels` (32 by default): a WebSocket filter of 8,000
+/// empty levels is an error, not an abort, and so is a 33-level topic or
+/// filter over MQTT, SSE, HTTP and WebSocket; each refusal is counted and
+/// the client, and everyone else, goes on being served.
+#[tokio::test]
+async fn deep_topics_and_filters_are_refused_everywhere() {
+    let bridge = start_with(|_| {}).await;
+    let deep = ["d"; 33].join("/");
+    let mut ws = ws_connect(bridge.ws).await;
+    let empty_levels = "/".repeat(8_000);
+    let reply = ws_request(
+        &mut ws,
+        json!({"op": "subscribe", "topics": [empty_levels]}),
+        "s1",
+    )
+    .await;
+    assert_eq!(reply["code"], "invalid-filter", "{reply}");
+    let reply = ws_request(
+        &mut ws,
+        json!({"op": "subscribe", "topics": [format!("{deep}/#")]}),
+        "s2",
+    )
+    .await;
+    assert_eq!(
+        (reply["code"].as_str(), reply["rule"].as_str()),
+        (Some("invalid-filter"), Some("too-many-levels")),
+        "{reply}"
+    );
+    let reply = ws_request(
+        &mut ws,
+        json!({"op": "publish", "topic": deep, "payload": "x"}),
+        "p1",
+    )
+    .await;
+    assert_eq!(reply["code"], "topic-too-deep", "{reply}");
+    let at_limit = ["d"; 32].join("/");
+    let reply = ws_request(
+        &mut ws,
+        json!({"op": "subscribe", "topics": [at_limit]}),
+        "s3",
+    )
+    .await;
+    assert_eq!(reply["op"], "ack", "32 levels are fine: {reply}");
+
+    let sse = request(
+        bridge.http,
+        "GET",
+        &format!("/events?topic={deep}"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (sse.status, sse.json()["rule"].as_str()),
+        (400, Some("too-many-levels"))
+    );
+    let http = request(bridge.http, "POST", &format!("/publish/{deep}"), &[], b"1").await;
+    assert_eq!(
+        (http.status, http.json()["error"].as_str()),
+        (400, Some("topic-too-deep"))
+    );
+
+    let mut v5 = client(bridge.mqtt, 5, "deep-5").await;
+    assert_eq!(
+        v5.subscribe(1, &[(deep.as_str(), 0), ("d/#", 0)]).await,
+        [0x8f, 0]
+    );
+    v5.publish(&deep, b"1", 1, 2).await;
+    assert_eq!(v5.ack(PUBACK, 2).await, 0x90);
+    v5.publish("d/ok", b"ok", 0, 0).await;
+    assert_eq!(
+        v5.next_publish().await.topic,
+        "d/ok",
+        "the deep one never came"
+    );
+
+    let refusals = &bridge.router.stats().refusals;
+    assert_eq!(refusals.limited(Protocol::WebSocket, Limit::TopicLength), 1);
+    assert_eq!(refusals.limited(Protocol::WebSocket, Limit::TopicLevels), 2);
+    assert_eq!(refusals.limited(Protocol::Sse, Limit::TopicLevels), 1);
+    assert_eq!(refusals.limited(Protocol::Http, Limit::TopicLevels), 1);
+    assert_eq!(refusals.limited(Protocol::Mqtt, Limit::TopicLevels), 2);
+    bridge.shutdown().await;
+}
+
+/// A stream's or session's filters together stay within its budget
+/// (`sse.filter_budget_bytes`, `websocket.filter_budget_bytes`): deep
+/// filters run out of it long before short ones, the refusal names the
+/// budget and is counted, and what was held keeps being served.
+#[tokio::test]
+async fn filters_together_stay_within_a_budget() {
+    let bridge = start_with(|c| {
+        c.sse.filter_budget_bytes = 12 * 1024;
+        c.websocket.filter_budget_bytes = 12 * 1024;
+    })
+    .await;
+    // Twelve levels cost a little over 7.5 KiB: one fits in 12 KiB, two do not.
+    let deep = |n: usize| format!("{n}/{}", ["x"; 11].join("/"));
+    let sse = request(
+        bridge.http,
+        "GET",
+        &format!("/events?topic={}&topic={}", deep(1), deep(2)),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (sse.status, sse.json()["error"].as_str()),
+        (400, Some("filter-budget"))
+    );
+    let mut ws = ws_connect(bridge.ws).await;
+    let first = json!({"op": "subscribe", "topics": [deep(1)]});
+    assert_eq!(ws_request(&mut ws, first, "a").await["op"], "ack");
+    let second = json!({"op": "subscribe", "topics": [deep(2)]});
+    let reply = ws_request(&mut ws, second, "b").await;
+    assert_eq!(reply["code"], "filter-budget", "{reply}");
+    // Short filters are cheap: many fit beside the deep one.
+    let short: Vec<String> = (0..3).map(|i| format!("s/{i}")).collect();
+    let reply = ws_request(&mut ws, json!({"op": "subscribe", "topics": short}), "c").await;
+    assert_eq!(reply["op"], "ack", "{reply}");
+    // Giving a filter back makes room again.
+    let gone = json!({"op": "unsubscribe", "topics": [deep(1)]});
+    assert_eq!(ws_request(&mut ws, gone, "d").await["op"], "ack");
+    let again = json!({"op": "subscribe", "topics": [deep(2)]});
+    assert_eq!(ws_request(&mut ws, again, "e").await["op"], "ack");
+    let refusals = &bridge.router.stats().refusals;
+    assert_eq!(refusals.limited(Protocol::Sse, Limit::Subscriptions), 1);
+    assert_eq!(
+        refusals.limited(Protocol::WebSocket, Limit::Subscriptions),
+        1
+    );
     bridge.shutdown().await;
 }
 
@@ -153,5 +289,69 @@ async fn unreleased_qos2_publishes_are_bounded() {
     // Everyone else is still served.
     let mut after = client(bridge.mqtt, 4, "after").await;
     assert_eq!(after.subscribe(1, &[("q/#", 0)]).await, [0]);
+    bridge.shutdown().await;
+}
+
+/// This process's resident memory, in KiB (Linux).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// The memory budget of subscriptions holds: every session filling its
+/// `websocket.filter_budget_bytes` with the dearest filters there are
+/// (distinct, `mqtt.max_topic_levels` deep, so no trie node is shared)
+/// grows the process by no more than sessions x budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_most_subscriptions_allowed_stay_within_the_memory_budget() {
+    const SESSIONS: usize = 200;
+    let bridge = start_with(|c| c.websocket.max_connections = SESSIONS).await;
+    let budget = tidewater::config::Config::default()
+        .websocket
+        .filter_budget_bytes;
+    let mut sessions = Vec::new();
+    for _ in 0..SESSIONS {
+        sessions.push(ws_connect(bridge.ws).await);
+    }
+    // Each subscribe reads its retained values on the blocking pool: its
+    // threads (and their allocator arenas) are started before measuring.
+    for (i, ws) in sessions.iter_mut().enumerate() {
+        let warm = json!({"op": "subscribe", "topics": [format!("warm/{i}")]});
+        assert_eq!(ws_request(ws, warm, "w").await["op"], "ack");
+        let gone = json!({"op": "unsubscribe", "topics": [format!("warm/{i}")]});
+        assert_eq!(ws_request(ws, gone, "u").await["op"], "ack");
+    }
+    let before = rss_kib();
+    let mut filters = 0;
+    for (i, ws) in sessions.iter_mut().enumerate() {
+        for j in 0.. {
+            // 32 levels, each a distinct 30-byte name: the longest a
+            // filter of 32 levels may be within 1 KiB.
+            let filter: Vec<String> = (0..32).map(|l| format!("{i:09}-{j:09}-{l:09}")).collect();
+            let filter = filter.join("/");
+            assert!(filter.len() <= 1024);
+            let reply = ws_request(ws, json!({"op": "subscribe", "topics": [filter]}), "s").await;
+            if reply["op"] != "ack" {
+                assert_eq!(reply["code"], "filter-budget", "{reply}");
+                break;
+            }
+            filters += 1;
+        }
+    }
+    let grown = rss_kib().saturating_sub(before);
+    let allowed = (SESSIONS * budget / 1024) as u64;
+    println!(
+        "{filters} filters in {SESSIONS} sessions: +{grown} KiB, budget {allowed} KiB ({} KiB a filter)",
+        grown as f64 / filters as f64
+    );
+    assert!(filters >= SESSIONS, "every session holds at least one");
+    assert!(
+        grown <= allowed,
+        "grew {grown} KiB, past the budget of {allowed} KiB"
+    );
     bridge.shutdown().await;
 }

@@ -237,3 +237,109 @@ async fn payload_limits_are_counted() {
     assert_eq!(post(bridge.http, "/publish/a", b"small").await.status, 202);
     bridge.shutdown().await;
 }
+
+/// Reads from `stream` until it closes (or 10 s pass); what arrived.
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "no answer and no close within 10 s");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A body trickling in slower than `http.body_timeout_secs` allows is
+/// cut: 408 `body-timeout`, the connection closed, and counted; a prompt
+/// publish on another connection goes through meanwhile.
+#[tokio::test]
+async fn slow_bodies_are_cut_with_408() {
+    use tokio::io::AsyncWriteExt;
+    let bridge = start_with(|c| c.http.body_timeout_secs = 1).await;
+    let mut slow = tokio::net::TcpStream::connect(bridge.http)
+        .await
+        .expect("connect");
+    slow.write_all(b"POST /publish/a HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nx")
+        .await
+        .expect("headers");
+    let trickle = tokio::spawn(async move {
+        // A byte every 300 ms: alive, never done.
+        for _ in 0..20 {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            if slow.write_all(b"x").await.is_err() {
+                break;
+            }
+        }
+        slow
+    });
+    assert_eq!(post(bridge.http, "/publish/a", b"prompt").await.status, 202);
+    let mut slow = trickle.await.expect("trickle");
+    let answer = read_to_close(&mut slow).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body-timeout"), "{answer}");
+    assert_eq!(
+        metric(
+            bridge.http,
+            "tidewater_limit_refusals_total{protocol=\"http\",limit=\"bodies\"}"
+        )
+        .await,
+        1
+    );
+    bridge.shutdown().await;
+}
+
+/// Bodies being received hold at most `http.max_body_bytes_in_flight`
+/// between them, each its `Content-Length` from the start: past it a
+/// request gets 503 `busy` at once instead of another buffer, and a body
+/// that fits still goes through.
+#[tokio::test]
+async fn bodies_in_flight_are_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let bridge = start_with(|c| {
+        c.http.max_publish_bytes = 600;
+        c.http.max_body_bytes_in_flight = 1_000;
+    })
+    .await;
+    let mut half_sent = tokio::net::TcpStream::connect(bridge.http)
+        .await
+        .expect("connect");
+    half_sent
+        .write_all(b"POST /publish/a HTTP/1.1\r\nHost: t\r\nContent-Length: 600\r\n\r\nxx")
+        .await
+        .expect("headers");
+    // Once the first holds its 600 bytes, a second of 600 does not fit.
+    let mut refused = None;
+    for _ in 0..50 {
+        let answer = post(bridge.http, "/publish/a", &[b'y'; 600]).await;
+        if answer.status == 503 {
+            refused = Some(answer);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let refused = refused.expect("a 503 while the first body is held");
+    assert_eq!(refused.json()["error"], "busy");
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(
+        post(bridge.http, "/publish/a", &[b'z'; 300]).await.status,
+        202
+    );
+    // The held body, finished, is a publish like any other.
+    half_sent.write_all(&[b'x'; 598]).await.expect("the rest");
+    let answer = first_answer(&mut half_sent).await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    bridge.shutdown().await;
+}
+
+/// The first answer on `stream` (its status line and headers at least).
+async fn first_answer(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}

@@ -8,12 +8,17 @@
 //! 19 MiB with the default parameters), so it runs on the blocking pool, at
 //! most one per CPU at a time, and at most `mqtt.max_pending_logins`
 //! CONNECTs wait for one: past that a CONNECT is refused as "server busy"
-//! (counted) rather than queueing memory and time without bound. Unknown
+//! (counted) rather than queueing memory and time without bound. The
+//! queue is shared fairly: one address (an IPv6 /64) may have at most
+//! `mqtt.max_pending_logins_per_address` of them waiting, so a flood of
+//! bogus logins from one place fills its own share and no more, and a
+//! device elsewhere waits for a few checks, not for the flood. Unknown
 //! users are checked against a dummy hash so that the answer takes as long
 //! as for a real one.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
@@ -96,6 +101,10 @@ pub struct MqttAuth {
     permits: Arc<Semaphore>,
     /// CONNECTs waiting for a verification or in one.
     pending: Arc<Semaphore>,
+    /// The same, per address; an entry lives while its count is above
+    /// zero, so there are never more than `pending` has permits.
+    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max_per_address: usize,
     stats: Arc<Stats>,
     /// The broker's password for [`GATE_USER`]: random per start, held in
     /// memory only.
@@ -116,6 +125,7 @@ impl MqttAuth {
         users: &[UserConfig],
         anonymous: bool,
         max_pending: usize,
+        max_per_address: usize,
         stats: Arc<Stats>,
     ) -> Self {
         let mut secret = String::new();
@@ -134,6 +144,8 @@ impl MqttAuth {
             client_ids: ClientIds::new(users),
             permits: Arc::new(Semaphore::new(cpus)),
             pending: Arc::new(Semaphore::new(max_pending.max(1))),
+            per_address: Arc::default(),
+            max_per_address: max_per_address.max(1),
             stats,
             broker_secret: secret,
         }
@@ -165,14 +177,25 @@ impl MqttAuth {
             && constant_time_eq(password.as_bytes(), self.broker_secret.as_bytes())
     }
 
-    /// Checks `password` against `username`'s hash, counting and logging a
-    /// refusal.
+    /// Checks `password` against `username`'s hash for a client at
+    /// `peer`, counting and logging a refusal.
     pub async fn verify(
         &self,
         client_id: &str,
         username: &str,
         password: &[u8],
+        peer: IpAddr,
     ) -> Result<(), LoginError> {
+        let Some(_share) = self.take_share(peer) else {
+            self.stats.limit(Protocol::Mqtt, Limit::Logins);
+            tracing::info!(
+                client_id,
+                username,
+                %peer,
+                "MQTT CONNECT refused: mqtt.max_pending_logins_per_address password checks from this address are waiting."
+            );
+            return Err(LoginError::Busy);
+        };
         let Ok(_pending) = self.pending.clone().try_acquire_owned() else {
             self.stats.limit(Protocol::Mqtt, Limit::Logins);
             tracing::warn!(
@@ -207,6 +230,61 @@ impl MqttAuth {
     }
 }
 
+impl MqttAuth {
+    /// One of `peer`'s places in the login queue, or `None` if it holds
+    /// all it may.
+    fn take_share(&self, peer: IpAddr) -> Option<Share> {
+        let source = source_of(peer);
+        let mut counts = self
+            .per_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(source).or_insert(0);
+        if *count >= self.max_per_address {
+            return None;
+        }
+        *count += 1;
+        Some(Share {
+            counts: self.per_address.clone(),
+            source,
+        })
+    }
+}
+
+/// Where a login comes from, for fairness: the address, or for IPv6 its
+/// /64 (one site's usual allocation, so that one host cannot take a share
+/// per address it can pick).
+fn source_of(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & (u128::MAX << 64);
+                IpAddr::V6(prefix.into())
+            }
+        },
+    }
+}
+
+/// A place in the login queue held by one source; given back on drop.
+struct Share {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    source: IpAddr,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.source);
+            }
+        }
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -214,6 +292,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     fn user(name: &str, password: &str) -> UserConfig {
         UserConfig {
@@ -252,14 +332,14 @@ mod tests {
     #[tokio::test]
     async fn the_gate_checks_passwords() {
         let stats = Arc::new(Stats::default());
-        let auth = MqttAuth::new(&[user("dev1", "s3cret")], false, 8, stats.clone());
-        assert_eq!(auth.verify("c", "dev1", b"s3cret").await, Ok(()));
+        let auth = MqttAuth::new(&[user("dev1", "s3cret")], false, 8, 8, stats.clone());
+        assert_eq!(auth.verify("c", "dev1", b"s3cret", HERE).await, Ok(()));
         assert_eq!(
-            auth.verify("c", "dev1", b"wrong").await,
+            auth.verify("c", "dev1", b"wrong", HERE).await,
             Err(LoginError::Invalid)
         );
         assert_eq!(
-            auth.verify("c", "nobody", b"s3cret").await,
+            auth.verify("c", "nobody", b"s3cret", HERE).await,
             Err(LoginError::Invalid)
         );
         assert_eq!(stats.snapshot().auth_failures, 2);
@@ -274,23 +354,68 @@ mod tests {
             &[user("dev1", "s3cret")],
             false,
             1,
+            8,
             stats.clone(),
         ));
         let first = tokio::spawn({
             let auth = auth.clone();
-            async move { auth.verify("a", "dev1", b"s3cret").await }
+            async move { auth.verify("a", "dev1", b"s3cret", HERE).await }
         });
         // The first holds the only place until its check ends.
         while auth.pending.available_permits() > 0 {
             tokio::task::yield_now().await;
         }
         assert_eq!(
-            auth.verify("b", "dev1", b"s3cret").await,
+            auth.verify("b", "dev1", b"s3cret", HERE).await,
             Err(LoginError::Busy)
         );
         assert_eq!(first.await.expect("first"), Ok(()));
         assert_eq!(stats.refusals.limited(Protocol::Mqtt, Limit::Logins), 1);
-        assert_eq!(auth.verify("c", "dev1", b"s3cret").await, Ok(()));
+        assert_eq!(auth.verify("c", "dev1", b"s3cret", HERE).await, Ok(()));
+    }
+
+    /// One address may hold only its share of the queue: past it, its next
+    /// login is refused at once, while another address still gets a place.
+    #[tokio::test]
+    async fn one_address_holds_only_its_share_of_the_queue() {
+        let stats = Arc::new(Stats::default());
+        let auth = Arc::new(MqttAuth::new(
+            &[user("dev1", "s3cret")],
+            false,
+            8,
+            2,
+            stats.clone(),
+        ));
+        let flood: IpAddr = "127.0.0.2".parse().expect("address");
+        let held: Vec<_> = (0..2)
+            .map(|_| auth.take_share(flood).expect("a share"))
+            .collect();
+        assert_eq!(
+            auth.verify("x", "dev1", b"wrong", flood).await,
+            Err(LoginError::Busy)
+        );
+        assert_eq!(auth.verify("y", "dev1", b"s3cret", HERE).await, Ok(()));
+        drop(held);
+        assert!(auth.per_address.lock().expect("lock").is_empty());
+        assert_eq!(auth.verify("z", "dev1", b"s3cret", flood).await, Ok(()));
+        assert_eq!(stats.refusals.limited(Protocol::Mqtt, Limit::Logins), 1);
+    }
+
+    /// IPv6 addresses of one /64 share a place in line; IPv4 addresses,
+    /// mapped or not, are their own.
+    #[test]
+    fn an_ipv6_slash_64_is_one_source() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().expect("v6");
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("v6");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("v6");
+        assert_eq!(source_of(a), source_of(b));
+        assert_ne!(source_of(a), source_of(c));
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().expect("mapped");
+        assert_eq!(source_of(mapped), "10.0.0.7".parse::<IpAddr>().expect("v4"));
+        assert_ne!(
+            source_of("10.0.0.7".parse().expect("v4")),
+            source_of("10.0.0.8".parse().expect("v4"))
+        );
     }
 
     /// The broker admits the gate's login, fresh each start, and nothing
@@ -298,13 +423,13 @@ mod tests {
     #[test]
     fn the_broker_admits_only_the_gate() {
         let stats = Arc::new(Stats::default());
-        let auth = MqttAuth::new(&[user("dev1", "s3cret")], false, 8, stats.clone());
+        let auth = MqttAuth::new(&[user("dev1", "s3cret")], false, 8, 8, stats.clone());
         let (name, secret) = auth.broker_login();
         assert!(auth.broker_admits(name, secret));
         assert!(!auth.broker_admits("dev1", "s3cret"));
         assert!(!auth.broker_admits(name, "guess"));
         assert!(!auth.broker_admits("dev1", secret));
-        let other = MqttAuth::new(&[], true, 8, stats);
+        let other = MqttAuth::new(&[], true, 8, 8, stats);
         assert_ne!(other.broker_login().1, secret, "a secret per start");
         assert!(secret.len() >= 32);
     }

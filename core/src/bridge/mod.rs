@@ -116,6 +116,7 @@ impl Access {
             &config.auth.users,
             config.auth.anonymous_mqtt,
             config.mqtt.max_pending_logins,
+            config.mqtt.max_pending_logins_per_address,
             stats.clone(),
         ));
         if !config.auth.anonymous_mqtt && config.auth.users.is_empty() {
@@ -250,6 +251,9 @@ impl Bridge {
                             config.limits.clone(),
                         )),
                         sse_slots: Arc::new(tokio::sync::Semaphore::new(config.sse.max_streams)),
+                        body_budget: Arc::new(tokio::sync::Semaphore::new(
+                            config.http.max_body_bytes_in_flight,
+                        )),
                     };
                     let server = http::serve(socket, state, tls).map_err(StartError::Http)?;
                     unwind.server = Some(server.handle());

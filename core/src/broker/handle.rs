@@ -27,8 +27,9 @@ pub struct BrokerSettings {
     /// Largest payload any publish may carry into the broker
     /// (`mqtt.max_payload_bytes`), whichever way it comes.
     pub max_payload_bytes: usize,
-    /// Longest topic a publish may name (`mqtt.max_topic_bytes`).
-    pub max_topic_bytes: usize,
+    /// What a publish's topic may be (`mqtt.max_topic_bytes`,
+    /// `mqtt.max_topic_levels`).
+    pub topics: crate::topic::Limits,
     /// Distinct topics and filters the broker may be given
     /// (`mqtt.max_topics`, `mqtt.max_filters`; see `broker::census`).
     pub max_topics: usize,
@@ -41,7 +42,7 @@ impl BrokerSettings {
         Self {
             policy,
             max_payload_bytes: config.mqtt.max_payload_bytes,
-            max_topic_bytes: config.mqtt.max_topic_bytes,
+            topics: config.topic_limits(),
             max_topics: config.mqtt.max_topics,
             max_filters: config.mqtt.max_filters,
         }

@@ -11,7 +11,7 @@ use super::ingress::IngressRequest;
 use super::name;
 use crate::auth::{Action, Denied, Principal};
 use crate::stats::{Limit, Protocol, Stats};
-use crate::topic::{self, TopicError};
+use crate::topic::TopicError;
 
 /// How long a publish waits for the broker's confirmation.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,6 +28,8 @@ pub enum PublishError {
     TooLarge { size: usize, max: usize },
     #[error("the topic is {size} bytes; at most {max} are allowed (mqtt.max_topic_bytes)")]
     TopicTooLong { size: usize, max: usize },
+    #[error("the topic has {levels} levels; at most {max} are allowed (mqtt.max_topic_levels)")]
+    TopicTooDeep { levels: usize, max: usize },
     #[error("the broker holds mqtt.max_topics distinct topics already; publish on one of them")]
     TopicLimit,
     #[error("the broker's ingress queue is full; retry shortly")]
@@ -100,16 +102,22 @@ impl Broker {
         (qos, retain): (u8, bool),
         confirm: Option<oneshot::Sender<()>>,
     ) -> Result<(), PublishError> {
-        topic::validate_topic(topic).map_err(|source| PublishError::InvalidTopic {
-            topic: topic.chars().take(256).collect(),
-            source,
-        })?;
-        if topic.len() > self.shared.settings.max_topic_bytes {
-            self.shared.stats.limit(protocol, Limit::TopicLength);
-            return Err(PublishError::TopicTooLong {
-                size: topic.len(),
-                max: self.shared.settings.max_topic_bytes,
-            });
+        match self.shared.settings.topics.topic(topic) {
+            Ok(()) => {}
+            Err(TopicError::TooLong { len, max }) => {
+                self.shared.stats.limit(protocol, Limit::TopicLength);
+                return Err(PublishError::TopicTooLong { size: len, max });
+            }
+            Err(TopicError::TooManyLevels { levels, max }) => {
+                self.shared.stats.limit(protocol, Limit::TopicLevels);
+                return Err(PublishError::TopicTooDeep { levels, max });
+            }
+            Err(source) => {
+                return Err(PublishError::InvalidTopic {
+                    topic: topic.chars().take(256).collect(),
+                    source,
+                })
+            }
         }
         self.shared
             .settings
@@ -169,7 +177,10 @@ mod tests {
         let settings = BrokerSettings {
             policy: Arc::new(Policy::allow_all()),
             max_payload_bytes: 1024 * 1024,
-            max_topic_bytes: 1024,
+            topics: crate::topic::Limits {
+                max_bytes: 1024,
+                max_levels: 8,
+            },
             max_topics: 1_000,
             max_filters: 1_000,
         };

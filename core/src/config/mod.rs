@@ -75,6 +75,10 @@ pub struct MqttConfig {
     /// refused as "server busy" (counted). Protects the CPU and memory a
     /// flood of logins would take (each argon2 check is slow on purpose).
     pub max_pending_logins: usize,
+    /// Of those, how many one address (an IPv6 /64) may have waiting;
+    /// past it its next CONNECT is refused as "server busy" (counted), so
+    /// a flood of logins from one place cannot delay devices elsewhere.
+    pub max_pending_logins_per_address: usize,
     /// Device connect and disconnect events a listener (presence, the log)
     /// may fall behind by before it loses the oldest (counted). Protects
     /// memory from a listener that stalls while devices come and go.
@@ -83,6 +87,11 @@ pub struct MqttConfig {
     /// bytes (MQTT allows 65,535). The broker keeps every topic it is given
     /// forever, so this and `max_topics` bound what names cost it.
     pub max_topic_bytes: usize,
+    /// Most levels in a topic or filter, from any entry point, as
+    /// `max_topic_bytes` is (MQTT counts empty ones: `a//b` has three).
+    /// Each level of a filter is a node in the router's and the broker's
+    /// indexes, so this bounds what one filter costs whatever its bytes.
+    pub max_topic_levels: usize,
     /// Distinct topics the broker may hold; past it a publish on a new
     /// topic is refused (MQTT 5: 0x97 quota exceeded; counted), and known
     /// topics go on working. rumqttd keeps a log per topic, forever.
@@ -114,8 +123,10 @@ impl Default for MqttConfig {
             max_connections: 10_000,
             connection_timeout_ms: 5_000,
             max_pending_logins: 256,
+            max_pending_logins_per_address: 8,
             device_events_capacity: 4_096,
             max_topic_bytes: 1_024,
+            max_topic_levels: 32,
             max_topics: 100_000,
             max_filters: 100_000,
             max_inflight: 100,
@@ -140,6 +151,15 @@ pub struct HttpConfig {
     pub cors_allow_credentials: bool,
     /// Largest `POST /publish` body, in bytes.
     pub max_publish_bytes: usize,
+    /// How long a `POST /publish` body may take to arrive, from the end of
+    /// its headers; a slower one is cut with 408 (counted), so a client
+    /// trickling a byte at a time cannot hold a connection and its buffer.
+    pub body_timeout_secs: u64,
+    /// Body bytes all `POST /publish` requests may be receiving at once
+    /// (each reserves its `Content-Length`, or `max_publish_bytes` when it
+    /// has none); past it a request gets 503 `busy` at once (counted).
+    /// Bounds the memory half-sent bodies hold.
+    pub max_body_bytes_in_flight: usize,
     /// HTTP worker threads; 0 means one per CPU core.
     pub workers: usize,
     /// Publishes waiting to enter the broker; when full, `POST /publish`
@@ -165,6 +185,8 @@ impl Default for HttpConfig {
             cors_allowed_origins: Vec::new(),
             cors_allow_credentials: false,
             max_publish_bytes: 256 * 1024,
+            body_timeout_secs: 10,
+            max_body_bytes_in_flight: 32 * 1024 * 1024,
             workers: 0,
             ingress_capacity: 4_096,
             send_buffer_bytes: 64 * 1024,
@@ -197,8 +219,15 @@ pub struct SseConfig {
     pub max_replay: usize,
     /// Topic filters one stream may ask for.
     pub max_filters: usize,
-    /// Longest topic filter accepted, in bytes.
+    /// Longest topic filter accepted, in bytes (at most
+    /// `mqtt.max_topic_bytes`, which applies as well).
     pub max_filter_bytes: usize,
+    /// What one stream's filters may cost the router, in bytes: twice a
+    /// filter's length plus 640 per level (what a trie node costs where
+    /// no other subscriber shares it). Bounds a stream's share of memory
+    /// whatever mix of filters it asks for; see the memory budget in
+    /// `bridge.toml`.
+    pub filter_budget_bytes: usize,
     /// Streams open at once; past this a new one gets 503.
     pub max_streams: usize,
 }
@@ -215,6 +244,7 @@ impl Default for SseConfig {
             max_replay: 100_000,
             max_filters: 16,
             max_filter_bytes: 1_024,
+            filter_budget_bytes: 32 * 1024,
             max_streams: 10_000,
         }
     }
@@ -248,6 +278,9 @@ pub struct WebSocketConfig {
     pub send_buffer_bytes: usize,
     /// Topic filters one session may hold.
     pub max_filters: usize,
+    /// What one session's filters may cost the router, in bytes, counted
+    /// as for `sse.filter_budget_bytes`.
+    pub filter_budget_bytes: usize,
     /// A WebSocket ping is sent this often.
     pub ping_interval_secs: u64,
     /// A session that sends nothing (not even a pong) for this long is
@@ -276,6 +309,7 @@ impl Default for WebSocketConfig {
             queue_max_bytes: 256 * 1024,
             send_buffer_bytes: 64 * 1024,
             max_filters: 64,
+            filter_budget_bytes: 64 * 1024,
             ping_interval_secs: 20,
             idle_timeout_secs: 60,
             allowed_origins: Vec::new(),
@@ -328,22 +362,35 @@ fn inbox_default() -> usize {
 pub const MAX_PLUGIN_NAME: usize = 64;
 
 impl Config {
+    /// The limits every entry point applies to topics and filters.
+    pub fn topic_limits(&self) -> crate::topic::Limits {
+        crate::topic::Limits {
+            max_bytes: self.mqtt.max_topic_bytes,
+            max_levels: self.mqtt.max_topic_levels,
+        }
+    }
+
     /// Checks what types alone cannot: capacities above zero, valid filters,
     /// event names that fit on an SSE line. The error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ws = &self.websocket;
-        let positive: [(&str, u64); 36] = [
+        let positive: [(&str, u64); 42] = [
             ("log.segment_bytes", self.log.segment_bytes),
             ("log.max_bytes", self.log.max_bytes),
             ("log.fsync_interval_ms", self.log.fsync_interval_ms),
             ("log.read_page", self.log.read_page as u64),
             ("mqtt.max_payload_bytes", self.mqtt.max_payload_bytes as u64),
             ("mqtt.max_topic_bytes", self.mqtt.max_topic_bytes as u64),
+            ("mqtt.max_topic_levels", self.mqtt.max_topic_levels as u64),
             ("mqtt.max_topics", self.mqtt.max_topics as u64),
             ("mqtt.max_filters", self.mqtt.max_filters as u64),
             (
                 "mqtt.max_pending_logins",
                 self.mqtt.max_pending_logins as u64,
+            ),
+            (
+                "mqtt.max_pending_logins_per_address",
+                self.mqtt.max_pending_logins_per_address as u64,
             ),
             (
                 "mqtt.device_events_capacity",
@@ -360,6 +407,11 @@ impl Config {
             ("mqtt.log_segment_bytes", self.mqtt.log_segment_bytes as u64),
             ("mqtt.log_segment_count", self.mqtt.log_segment_count as u64),
             ("http.max_publish_bytes", self.http.max_publish_bytes as u64),
+            ("http.body_timeout_secs", self.http.body_timeout_secs),
+            (
+                "http.max_body_bytes_in_flight",
+                self.http.max_body_bytes_in_flight as u64,
+            ),
             ("http.ingress_capacity", self.http.ingress_capacity as u64),
             ("sse.heartbeat_secs", self.sse.heartbeat_secs),
             ("sse.queue_capacity", self.sse.queue_capacity as u64),
@@ -368,12 +420,20 @@ impl Config {
             ("sse.replay_max_bytes", self.sse.replay_max_bytes as u64),
             ("sse.max_replay", self.sse.max_replay as u64),
             ("sse.max_filters", self.sse.max_filters as u64),
+            (
+                "sse.filter_budget_bytes",
+                self.sse.filter_budget_bytes as u64,
+            ),
             ("sse.max_streams", self.sse.max_streams as u64),
             ("websocket.max_connections", ws.max_connections as u64),
             ("websocket.max_message_bytes", ws.max_message_bytes as u64),
             ("websocket.queue_capacity", ws.queue_capacity as u64),
             ("websocket.queue_max_bytes", ws.queue_max_bytes as u64),
             ("websocket.max_filters", ws.max_filters as u64),
+            (
+                "websocket.filter_budget_bytes",
+                ws.filter_budget_bytes as u64,
+            ),
             ("websocket.ping_interval_secs", ws.ping_interval_secs),
             ("websocket.idle_timeout_secs", ws.idle_timeout_secs),
             ("websocket.write_buffer_bytes", ws.write_buffer_bytes as u64),
@@ -383,6 +443,14 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::invalid(key, "must be greater than 0"));
             }
+        }
+        if self.http.max_body_bytes_in_flight < self.http.max_publish_bytes
+            || u32::try_from(self.http.max_publish_bytes).is_err()
+        {
+            return Err(ConfigError::invalid(
+                "http.max_body_bytes_in_flight",
+                "must be at least http.max_publish_bytes (below 4 GiB), or the largest body could never be read",
+            ));
         }
         if self.mqtt.max_topic_bytes > crate::topic::MAX_TOPIC_BYTES {
             return Err(ConfigError::invalid(

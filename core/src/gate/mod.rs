@@ -52,7 +52,7 @@ mod upstream;
 mod websocket;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -114,8 +114,9 @@ pub struct Shared {
     /// Asked before each device publish is taken: nothing is accepted that
     /// the log could not keep (a full disk).
     log: Arc<dyn crate::log::Log>,
-    /// Longest topic or filter a client may use (`mqtt.max_topic_bytes`).
-    max_topic_bytes: usize,
+    /// What a client's topics and filters may be (`mqtt.max_topic_bytes`,
+    /// `mqtt.max_topic_levels`).
+    topics: crate::topic::Limits,
     /// Unreleased QoS 2 publishes one connection may have
     /// (`mqtt.max_inflight`).
     max_inflight: usize,
@@ -154,7 +155,7 @@ impl Shared {
             registry: Arc::default(),
             census: services.broker.census().clone(),
             log: services.log.clone(),
-            max_topic_bytes: config.mqtt.max_topic_bytes,
+            topics: config.topic_limits(),
             max_inflight: config.mqtt.max_inflight,
         }
     }
@@ -169,7 +170,7 @@ impl Shared {
             v5: Some(addr),
         };
         let (policy, stats): (_, Arc<Stats>) = (Arc::new(Policy::allow_all()), Arc::default());
-        let auth = Arc::new(MqttAuth::new(&[], true, 1, stats.clone()));
+        let auth = Arc::new(MqttAuth::new(&[], true, 1, 1, stats.clone()));
         let config = Config::default();
         let log: Arc<dyn crate::log::Log> = Arc::new(crate::log::memory::MemoryLog::new(1));
         let settings = crate::router::RouterSettings::from_config(&config, policy.clone());
@@ -191,13 +192,13 @@ impl Shared {
     /// a user whose password the gate checked (and who may use the client
     /// id), or anonymous where that is allowed. Without configured users a
     /// username proves nothing, and its client is anonymous.
-    async fn admit(&self, connect: &Connect) -> Result<Principal, Refused> {
+    async fn admit(&self, connect: &Connect, peer: IpAddr) -> Result<Principal, Refused> {
         let id = connect.client_id.as_str();
         let user = match &connect.username {
             Some(name) if self.auth.passwords_checked() || !self.auth.anonymous() => {
                 let password = connect.password.as_deref().unwrap_or_default();
                 self.auth
-                    .verify(id, name, password)
+                    .verify(id, name, password, peer)
                     .await
                     .map_err(|e| match e {
                         LoginError::Invalid => Refused::BadLogin,
@@ -252,7 +253,7 @@ impl Shared {
 
 /// Why the gate refused a CONNECT, each with its own CONNACK code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refused {
+pub(crate) enum Refused {
     /// No username where one is required.
     NoLogin,
     /// Unknown user or wrong password.
@@ -350,11 +351,11 @@ async fn connection(
     cancel: CancellationToken,
 ) {
     match transport {
-        Transport::Tcp => session::run(stream, shared, cancel).await,
+        Transport::Tcp => session::run(stream, peer, shared, cancel).await,
         Transport::Tls(acceptor) => {
             match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
             {
-                Ok(Ok(tls)) => session::run(tls, shared, cancel).await,
+                Ok(Ok(tls)) => session::run(tls, peer, shared, cancel).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed."),
                 Err(_) => tracing::debug!(%peer, "MQTT TLS handshake timed out."),
             }

@@ -6,6 +6,7 @@
 //! in [`upstream`](super::upstream) and [`downstream`](super::downstream).
 
 use std::borrow::Cow;
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use super::packet::{self, kind, PacketError, Piece, Version};
 use super::presence::{Ending, Presence};
 use super::pump::{self, read_frame, UpEnd, READ_CHUNK};
 use super::upstream::{Upstream, NOT_AUTHORIZED};
-use super::Shared;
+use super::{Refused, Shared};
 use crate::auth::Action;
 use crate::broker::{name, stamp};
 use crate::stats::{Limit, Protocol, Stats};
@@ -83,8 +84,9 @@ impl Drop for OpenConnection<'_> {
     }
 }
 
-/// Serves one client connection until it or the broker closes, or `cancel`.
-pub async fn run<C>(client: C, shared: Arc<Shared>, cancel: CancellationToken)
+/// Serves one client connection from `peer` until it or the broker
+/// closes, or `cancel`.
+pub async fn run<C>(client: C, peer: SocketAddr, shared: Arc<Shared>, cancel: CancellationToken)
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -92,7 +94,7 @@ where
     let presence = OnceLock::new();
     let result = tokio::select! {
         () = cancel.cancelled() => Ok(Ending::Shutdown),
-        result = relay(client, &shared, &presence) => result,
+        result = relay(client, peer, &shared, &presence) => result,
     };
     if let Some(presence) = presence.get() {
         match &result {
@@ -119,6 +121,7 @@ where
 /// Relays one connection; how it ended, for its device event.
 async fn relay<C>(
     client: C,
+    peer: SocketAddr,
     shared: &Arc<Shared>,
     presence: &OnceLock<Arc<Presence>>,
 ) -> Result<Ending<'static>, SessionError>
@@ -127,8 +130,12 @@ where
 {
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
     let mut from_client = BytesMut::with_capacity(READ_CHUNK);
-    let frame = tokio::time::timeout(
-        shared.connect_timeout,
+    // `mqtt.connection_timeout_ms` covers the CONNECT and its login
+    // together: a client waiting for a password check gets no longer than
+    // one sending its CONNECT slowly.
+    let deadline = tokio::time::Instant::now() + shared.connect_timeout;
+    let frame = tokio::time::timeout_at(
+        deadline,
         read_frame(&mut client_rx, &mut from_client, shared.max_packet),
     )
     .await
@@ -163,7 +170,18 @@ where
         write_client(&mut client_tx, &answer).await?;
         return Ok(Ending::ClientClosed);
     }
-    let principal = match shared.admit(&connect).await {
+    let admitted = tokio::time::timeout_at(deadline, shared.admit(&connect, peer.ip()))
+        .await
+        .unwrap_or_else(|_| {
+            shared.stats.limit(Protocol::Mqtt, Limit::Logins);
+            tracing::info!(
+                client_id = connect.client_id,
+                %peer,
+                "MQTT CONNECT refused: its login was not checked within mqtt.connection_timeout_ms."
+            );
+            Err(Refused::Busy)
+        });
+    let principal = match admitted {
         Ok(principal) => principal,
         Err(refused) => {
             let (v311, v5) = refused.codes();
@@ -183,8 +201,8 @@ where
     // A will topic is a topic the broker is given, bounded the same way
     // (see `broker::census`).
     if let Some(will) = &connect.will_topic {
-        let refusal = if will.len() > shared.max_topic_bytes {
-            Some((Limit::TopicLength, V5_TOPIC_NAME_INVALID))
+        let refusal = if let Err(e) = shared.topics.topic(will) {
+            Limit::of_topic(&e).map(|limit| (limit, V5_TOPIC_NAME_INVALID))
         } else if !shared.census.admit_topic(&name::topic_in(will)) {
             Some((Limit::Topics, V5_QUOTA_EXCEEDED))
         } else {

@@ -304,8 +304,10 @@ impl Upstream {
         let refusal = if !within_rate {
             self.shared.stats.limit(Protocol::Mqtt, Limit::Rate);
             Some(QUOTA_EXCEEDED)
-        } else if topic.len() > self.shared.max_topic_bytes {
-            self.shared.stats.limit(Protocol::Mqtt, Limit::TopicLength);
+        } else if let Err(e) = self.shared.topics.topic(topic) {
+            if let Some(limit) = Limit::of_topic(&e) {
+                self.shared.stats.limit(Protocol::Mqtt, limit);
+            }
             Some(TOPIC_NAME_INVALID)
         } else if let Err(denied) =
             self.shared
@@ -526,7 +528,7 @@ impl Upstream {
             Version::V311 => V311_FAILURE,
             Version::V5 => v5_code,
         };
-        if filter.len() > self.shared.max_topic_bytes {
+        if filter.len() > self.shared.topics.max_bytes {
             self.stats().limit(Protocol::Mqtt, Limit::TopicLength);
             return Some(failure(TOPIC_FILTER_INVALID));
         }
@@ -538,7 +540,10 @@ impl Upstream {
             },
             None => filter,
         };
-        if topic::validate_filter(checked, topic::MAX_TOPIC_BYTES).is_err() {
+        if let Err(e) = self.shared.topics.filter(checked) {
+            if let Some(limit) = Limit::of_topic(&e) {
+                self.stats().limit(Protocol::Mqtt, limit);
+            }
             return Some(failure(TOPIC_FILTER_INVALID));
         }
         match self

@@ -77,7 +77,7 @@ where
     // The session ends when either loop does: `select!` then drops both
     // loops and with them both halves of the pipe's far end, which the
     // session reads as the client going away.
-    tokio::join!(session::run(gate_end, shared, cancel), async {
+    tokio::join!(session::run(gate_end, peer, shared, cancel), async {
         tokio::select! {
             () = frames_in(stream, pipe_tx) => {}
             () = frames_out(pipe_rx, sink) => {}

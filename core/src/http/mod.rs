@@ -38,6 +38,8 @@ pub struct AppState {
     pub publish_limiter: Arc<crate::limits::RateLimiter>,
     /// One permit per SSE stream open (`sse.max_streams`).
     pub sse_slots: Arc<tokio::sync::Semaphore>,
+    /// One permit per body byte being received (`http.max_body_bytes_in_flight`).
+    pub body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// Builds the server on an already bound listener, serving HTTPS with `tls`

@@ -48,14 +48,44 @@ pub async fn publish(
     if declared.is_some_and(|len| len > limit) {
         return Err(too_large());
     }
-    let mut payload = BytesMut::with_capacity(declared.unwrap_or(0));
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid-body", e.to_string()))?;
-        if payload.len() + chunk.len() > limit {
-            return Err(too_large());
+    // The body's bytes are reserved before any is read (a body without a
+    // length may grow to the limit), so half-sent bodies hold a bounded
+    // amount between them; a client is refused at once rather than queued.
+    let reserve = u32::try_from(declared.unwrap_or(limit)).unwrap_or(u32::MAX);
+    let Ok(_reserved) = state.body_budget.clone().try_acquire_many_owned(reserve) else {
+        stats.limit(Protocol::Http, Limit::Bodies);
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many request bodies are arriving at once (http.max_body_bytes_in_flight); retry shortly",
+        )
+        .retry_after(1));
+    };
+    let deadline = std::time::Duration::from_secs(state.config.http.body_timeout_secs);
+    let read = tokio::time::timeout(deadline, async {
+        let mut payload = BytesMut::with_capacity(declared.unwrap_or(0));
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| ApiError::bad_request("invalid-body", e.to_string()))?;
+            if payload.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            payload.extend_from_slice(&chunk);
         }
-        payload.extend_from_slice(&chunk);
-    }
+        Ok(payload)
+    });
+    // An unread body leaves actix no way to find the next request: it
+    // closes the connection after this answer.
+    let payload = read.await.map_err(|_| {
+        stats.limit(Protocol::Http, Limit::Bodies);
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            format!(
+                "the body did not arrive within http.body_timeout_secs ({} s)",
+                state.config.http.body_timeout_secs
+            ),
+        )
+    })??;
     // Checked once the body is read, so a client over its rate keeps its
     // keep-alive connection (actix closes one whose body went unread).
     // Keyed by user; anonymous clients by address (behind a proxy, they
@@ -183,6 +213,11 @@ fn publish_error(error: PublishError) -> ApiError {
         PublishError::TopicTooLong { .. } => ApiError::new(
             actix_web::http::StatusCode::BAD_REQUEST,
             "topic-too-long",
+            error.to_string(),
+        ),
+        PublishError::TopicTooDeep { .. } => ApiError::new(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "topic-too-deep",
             error.to_string(),
         ),
         PublishError::TopicLimit => ApiError::new(

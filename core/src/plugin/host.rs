@@ -28,8 +28,7 @@ use super::status::PluginStatus;
 use crate::auth::{Action, Principal};
 use crate::broker::PublishError;
 use crate::services::Services;
-use crate::stats::{Protocol, Stats};
-use crate::topic;
+use crate::stats::{Limit, Protocol, Stats};
 
 /// Longest log line kept from a plugin, in bytes; the rest is cut.
 const MAX_LOG_BYTES: usize = 4_096;
@@ -116,9 +115,12 @@ impl HostContext {
                     Stats::incr(&self.status.publishes_busy);
                     TwStatus::BUSY
                 }
-                Err(PublishError::InvalidTopic { .. } | PublishError::TooLarge { .. }) => {
-                    TwStatus::INVALID_ARGUMENT
-                }
+                Err(
+                    PublishError::InvalidTopic { .. }
+                    | PublishError::TopicTooLong { .. }
+                    | PublishError::TopicTooDeep { .. }
+                    | PublishError::TooLarge { .. },
+                ) => TwStatus::INVALID_ARGUMENT,
                 Err(PublishError::Denied(_)) => {
                     live.services.stats.deny(Protocol::Plugin, Action::Publish);
                     TwStatus::DENIED
@@ -132,10 +134,13 @@ impl HostContext {
         let Ok(filter) = std::str::from_utf8(filter) else {
             return TwStatus::INVALID_ARGUMENT;
         };
-        if topic::validate_filter(filter, topic::MAX_TOPIC_BYTES).is_err() {
-            return TwStatus::INVALID_ARGUMENT;
-        }
         self.with_live(|live| {
+            if let Err(e) = live.services.router.topic_limits().filter(filter) {
+                if let Some(limit) = Limit::of_topic(&e) {
+                    live.services.stats.limit(Protocol::Plugin, limit);
+                }
+                return TwStatus::INVALID_ARGUMENT;
+            }
             let policy = &live.services.policy;
             if policy
                 .authorize(&self.principal, Action::Subscribe, filter)

@@ -15,13 +15,22 @@ use std::sync::Arc;
 use super::status::PluginStatus;
 use crate::auth::Principal;
 use crate::router::{
-    Delivery, EventId, Message, QueueBound, Router, SubscribeError, SubscribeRequest, Subscription,
+    Delivery, EventId, FilterBounds, Message, QueueBound, Router, SubscribeError, SubscribeRequest,
+    Subscription,
 };
 use crate::stats::Stats;
-use crate::topic;
 
 /// Filters one plugin may hold.
 pub const MAX_FILTERS: usize = 256;
+
+/// A plugin is configured by the integrator, not a remote client: its
+/// filters are bounded by [`MAX_FILTERS`] and the topic limits, with no
+/// budget of their own.
+const PLUGIN_BOUNDS: FilterBounds = FilterBounds {
+    max_filters: MAX_FILTERS,
+    max_filter_bytes: usize::MAX,
+    budget_bytes: usize::MAX,
+};
 
 #[derive(Debug)]
 pub(super) struct Inbox {
@@ -73,13 +82,7 @@ impl Inbox {
         let subscription = self
             .subscription
             .get_or_insert_with(|| self.router.open(bound));
-        let result = subscription.add(
-            &principal,
-            &added,
-            None,
-            MAX_FILTERS,
-            topic::MAX_TOPIC_BYTES,
-        );
+        let result = subscription.add(&principal, &added, None, PLUGIN_BOUNDS);
         self.filters.extend(added);
         match result {
             Ok(()) => {}
@@ -169,8 +172,7 @@ impl Inbox {
             filters: self.filters.clone(),
             start: resume.map_or(crate::router::Start::Now, crate::router::Start::After),
             queue: self.bound(),
-            max_filters: MAX_FILTERS,
-            max_filter_bytes: topic::MAX_TOPIC_BYTES,
+            bounds: PLUGIN_BOUNDS,
         };
         match self.router.subscribe(request) {
             Ok(subscription) => Some(subscription),

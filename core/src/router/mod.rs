@@ -28,7 +28,10 @@ pub mod trie;
 pub use device::{DeviceEvent, DeviceEventKind, DeviceEvents, DisconnectReason};
 pub use message::{now_ms, Encoding, EventId, MalformedId, Message};
 pub use start::{MalformedStart, Start};
-pub use subscription::{Delivery, QueueBound, SubscribeError, SubscribeRequest, Subscription};
+pub use subscription::{
+    filter_cost, Delivery, FilterBounds, QueueBound, SubscribeError, SubscribeRequest,
+    Subscription, LEVEL_COST,
+};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,6 +69,9 @@ pub struct RouterSettings {
     pub max_replay: usize,
     /// Retained values one new subscriber gets at most (`mqtt.max_retained`).
     pub max_retained: usize,
+    /// What every filter is checked against (`mqtt.max_topic_bytes`,
+    /// `mqtt.max_topic_levels`), whoever subscribes.
+    pub topics: crate::topic::Limits,
 }
 
 impl RouterSettings {
@@ -79,6 +85,7 @@ impl RouterSettings {
             max_replay: config.sse.max_replay,
             max_retained: usize::try_from(config.mqtt.max_retained).unwrap_or(usize::MAX),
             routes: config.routes.clone(),
+            topics: config.topic_limits(),
             policy,
         }
     }
@@ -103,6 +110,7 @@ struct Shared {
     read_page: usize,
     max_replay: usize,
     max_retained: usize,
+    topics: crate::topic::Limits,
     state: Mutex<State>,
 }
 
@@ -152,6 +160,7 @@ impl Router {
                 read_page: settings.read_page.max(1),
                 max_replay: settings.max_replay,
                 max_retained: settings.max_retained,
+                topics: settings.topics,
                 stats,
                 log,
                 state: Mutex::new(State {
@@ -179,6 +188,11 @@ impl Router {
     /// The access rules in force.
     pub fn policy(&self) -> &Arc<Policy> {
         &self.shared.policy
+    }
+
+    /// The limits every topic and filter is checked against.
+    pub fn topic_limits(&self) -> crate::topic::Limits {
+        self.shared.topics
     }
 
     /// This router's epoch: the first half of every id it issues.

@@ -9,6 +9,12 @@ use super::*;
 use crate::auth::Principal;
 use crate::broker::stamp::Meta;
 
+const BOUNDS: FilterBounds = FilterBounds {
+    max_filters: 4,
+    max_filter_bytes: 64,
+    budget_bytes: usize::MAX,
+};
+
 struct Harness {
     router: Router,
 }
@@ -27,6 +33,7 @@ fn harness(replay_capacity: usize) -> Harness {
             read_page: 16,
             max_replay: 1_000,
             max_retained: 100,
+            topics: crate::topic::Limits::MQTT,
         },
         Arc::new(Stats::default()),
         Arc::new(crate::log::memory::MemoryLog::new(1_000)),
@@ -43,8 +50,7 @@ fn request(filters: &[&str], resume: Option<EventId>, queue: usize) -> Subscribe
             messages: queue,
             bytes: usize::MAX,
         },
-        max_filters: 4,
-        max_filter_bytes: 64,
+        bounds: BOUNDS,
     }
 }
 
@@ -136,7 +142,7 @@ async fn one_large_message_fits_an_empty_queue() {
         messages: 16,
         bytes: 100,
     });
-    sub.add(&Principal::Anonymous, &["t".into()], None, 4, 64)
+    sub.add(&Principal::Anonymous, &["t".into()], None, BOUNDS)
         .expect("add");
     h.router
         .dispatch("t", Bytes::from(vec![b'x'; 1_000]), Meta::default());
@@ -158,10 +164,10 @@ async fn queued_bytes_are_bounded_too() {
     };
     let mut keeping_up = h.router.open(bound);
     keeping_up
-        .add(&Principal::Anonymous, &["t".into()], None, 4, 64)
+        .add(&Principal::Anonymous, &["t".into()], None, BOUNDS)
         .expect("add");
     let mut slow = h.router.open(bound);
-    slow.add(&Principal::Anonymous, &["t".into()], None, 4, 64)
+    slow.add(&Principal::Anonymous, &["t".into()], None, BOUNDS)
         .expect("add");
     let big = Bytes::from(vec![b'x'; 1_000]); // 1,001 bytes with its topic
     for _ in 0..3 {
@@ -322,7 +328,7 @@ async fn added_filters_replay_without_duplicates() {
         messages: 16,
         bytes: usize::MAX,
     });
-    sub.add(&Principal::Anonymous, &["x/#".to_owned()], None, 4, 64)
+    sub.add(&Principal::Anonymous, &["x/#".to_owned()], None, BOUNDS)
         .expect("add x/#");
     h.router
         .dispatch("x/y", Bytes::from_static(b"both"), Meta::default());
@@ -337,8 +343,7 @@ async fn added_filters_replay_without_duplicates() {
         &Principal::Anonymous,
         &["x/y".to_owned(), "z".to_owned()],
         Some(since),
-        4,
-        64,
+        BOUNDS,
     )
     .expect("add with since");
     h.router

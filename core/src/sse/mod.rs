@@ -16,7 +16,7 @@ use percent_encoding::percent_decode_str;
 
 use crate::auth::Action;
 use crate::http::{identity, ApiError, AppState};
-use crate::router::{EventId, QueueBound, Start, SubscribeError, SubscribeRequest};
+use crate::router::{EventId, FilterBounds, QueueBound, Start, SubscribeError, SubscribeRequest};
 use crate::stats::{Limit, Protocol};
 pub use frame::Format;
 
@@ -84,16 +84,18 @@ pub async fn events(
                 messages: sse.queue_capacity,
                 bytes: sse.queue_max_bytes,
             },
-            max_filters: sse.max_filters,
-            max_filter_bytes: sse.max_filter_bytes,
+            bounds: FilterBounds {
+                max_filters: sse.max_filters,
+                max_filter_bytes: sse.max_filter_bytes,
+                budget_bytes: sse.filter_budget_bytes,
+            },
         })
         .map_err(|e| {
-            match e {
-                SubscribeError::Denied(_) => stats.deny(Protocol::Sse, Action::Subscribe),
-                SubscribeError::TooManyFilters { .. } => {
-                    stats.limit(Protocol::Sse, Limit::Subscriptions)
-                }
-                _ => {}
+            if let SubscribeError::Denied(_) = e {
+                stats.deny(Protocol::Sse, Action::Subscribe);
+            }
+            if let Some(limit) = e.limit() {
+                stats.limit(Protocol::Sse, limit);
             }
             subscribe_error(e)
         })?;
@@ -114,6 +116,10 @@ fn subscribe_error(error: SubscribeError) -> ApiError {
         ),
         SubscribeError::TooManyFilters { .. } => {
             ApiError::bad_request("too-many-filters", error.to_string())
+        }
+        SubscribeError::OverBudget { max, .. } => {
+            ApiError::bad_request("filter-budget", error.to_string())
+                .with("filter_budget_bytes", *max)
         }
         SubscribeError::InvalidFilter { filter, source } => {
             ApiError::bad_request("invalid-filter", error.to_string())

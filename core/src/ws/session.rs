@@ -24,7 +24,7 @@ use crate::auth::{Action, Principal};
 use crate::broker::PublishError;
 use crate::config::WebSocketConfig;
 use crate::limits::TokenBucket;
-use crate::router::{Delivery, QueueBound, Start, SubscribeError, Subscription};
+use crate::router::{Delivery, FilterBounds, QueueBound, Start, SubscribeError, Subscription};
 use crate::services::Services;
 use crate::stats::{Limit, Protocol, Stats};
 
@@ -201,8 +201,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         &self.principal,
                         &topics,
                         start,
-                        self.config.max_filters,
-                        self.config.max_message_bytes,
+                        FilterBounds {
+                            max_filters: self.config.max_filters,
+                            max_filter_bytes: self.config.max_message_bytes,
+                            budget_bytes: self.config.filter_budget_bytes,
+                        },
                     )
                     .map_err(|e| self.subscribe_error(e))?;
                 Ok(Reply::Ack)
@@ -317,12 +320,11 @@ impl<S> Session<S> {
     /// The error for a refused subscribe, counted if the rules refused it.
     fn subscribe_error(&self, error: SubscribeError) -> ProtocolError {
         let stats = &self.services.stats;
-        match error {
-            SubscribeError::Denied(_) => stats.deny(Protocol::WebSocket, Action::Subscribe),
-            SubscribeError::TooManyFilters { .. } => {
-                stats.limit(Protocol::WebSocket, Limit::Subscriptions)
-            }
-            _ => {}
+        if let SubscribeError::Denied(_) = error {
+            stats.deny(Protocol::WebSocket, Action::Subscribe);
+        }
+        if let Some(limit) = error.limit() {
+            stats.limit(Protocol::WebSocket, limit);
         }
         subscribe_error(error)
     }
@@ -398,6 +400,9 @@ fn subscribe_error(error: SubscribeError) -> ProtocolError {
         SubscribeError::TooManyFilters { .. } => {
             ProtocolError::new("too-many-filters", error.to_string())
         }
+        SubscribeError::OverBudget { max, .. } => {
+            ProtocolError::new("filter-budget", error.to_string()).with("filter_budget_bytes", *max)
+        }
         SubscribeError::InvalidFilter { filter, source } => {
             ProtocolError::new("invalid-filter", error.to_string())
                 .with("filter", filter.clone())
@@ -421,6 +426,7 @@ fn publish_error(error: PublishError) -> ProtocolError {
         PublishError::Denied(_) => "forbidden",
         PublishError::TooLarge { .. } => "payload-too-large",
         PublishError::TopicTooLong { .. } => "topic-too-long",
+        PublishError::TopicTooDeep { .. } => "topic-too-deep",
         PublishError::TopicLimit => "topic-limit",
         PublishError::Busy => "busy",
         PublishError::StorageFull => "storage-full",
