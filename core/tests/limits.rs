@@ -173,6 +173,62 @@ async fn websocket_connection_limit() {
     bridge.shutdown().await;
 }
 
+/// Connections that never finish their upgrade request hold no session
+/// slot: with `websocket.max_connections` slots and every place of
+/// `websocket.max_handshakes` taken by half-sent requests, real clients
+/// still get every slot (each pushes out the oldest half-sent one), and
+/// only past the slots is one refused.
+#[tokio::test]
+async fn half_sent_upgrades_keep_nobody_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bridge = start_with(|c| {
+        c.websocket.max_connections = 4;
+        c.websocket.max_handshakes = 8;
+    })
+    .await;
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut socket = tokio::net::TcpStream::connect(bridge.ws)
+            .await
+            .expect("connect");
+        socket
+            .write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\n")
+            .await
+            .expect("half a request");
+        stalled.push(socket);
+    }
+    // Accepted before the real clients arrive (not a timing assertion).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        sessions.push(ws_connect(bridge.ws).await);
+    }
+    let subscribe = json!({"op": "subscribe", "topics": ["a"]});
+    assert_eq!(
+        ws_request(&mut sessions[3], subscribe, "s").await["op"],
+        "ack"
+    );
+    let (status, body) = ws_connect_with(bridge.ws, "/ws", &[])
+        .await
+        .expect_err("every slot is a real session's");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("too-many-connections"))
+    );
+    // The oldest half-sent one was closed to make room, well before the
+    // handshake timeout (5 s) would have closed it.
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        stalled[0].read(&mut byte),
+    );
+    assert!(
+        matches!(read.await, Ok(Ok(0) | Err(_))),
+        "the oldest was dropped"
+    );
+    bridge.shutdown().await;
+}
+
 /// Too many filters for a session is refused and counted, for SSE and
 /// WebSocket alike.
 #[tokio::test]

@@ -258,8 +258,17 @@ pub struct WebSocketConfig {
     pub listen: SocketAddr,
     /// Serve `wss://` with the `[tls]` certificate instead of `ws://`.
     pub tls: bool,
-    /// Sessions open at once; past this an upgrade gets 503.
+    /// Sessions open at once; past this an upgrade gets 503. A slot is
+    /// taken once the client has proved who it is, so connections that
+    /// never do cannot keep a real client out.
     pub max_connections: usize,
+    /// Connections still in their upgrade request (no credentials checked
+    /// yet) at once; past this the oldest of them is dropped to make room
+    /// (counted), so a client sending half a request on every slot holds
+    /// nobody out: a real upgrade takes milliseconds, theirs never ends.
+    pub max_handshakes: usize,
+    /// How long a connection has to send its whole upgrade request.
+    pub handshake_timeout_secs: u64,
     /// The only path upgraded to a WebSocket; others get 404.
     pub path: String,
     /// Largest frame or message a client may send, in bytes; larger closes
@@ -303,6 +312,8 @@ impl Default for WebSocketConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8081)),
             tls: false,
             max_connections: 10_000,
+            max_handshakes: 256,
+            handshake_timeout_secs: 5,
             path: "/ws".into(),
             max_message_bytes: 64 * 1024,
             queue_capacity: 8_192,
@@ -374,7 +385,7 @@ impl Config {
     /// event names that fit on an SSE line. The error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ws = &self.websocket;
-        let positive: [(&str, u64); 42] = [
+        let positive: [(&str, u64); 44] = [
             ("log.segment_bytes", self.log.segment_bytes),
             ("log.max_bytes", self.log.max_bytes),
             ("log.fsync_interval_ms", self.log.fsync_interval_ms),
@@ -430,6 +441,11 @@ impl Config {
             ("websocket.queue_capacity", ws.queue_capacity as u64),
             ("websocket.queue_max_bytes", ws.queue_max_bytes as u64),
             ("websocket.max_filters", ws.max_filters as u64),
+            ("websocket.max_handshakes", ws.max_handshakes as u64),
+            (
+                "websocket.handshake_timeout_secs",
+                ws.handshake_timeout_secs,
+            ),
             (
                 "websocket.filter_budget_bytes",
                 ws.filter_budget_bytes as u64,

@@ -6,9 +6,12 @@
 //! frame and buffer limits are set here explicitly, for every connection.
 //! The upgrade request is where a client proves who it is (a token in the
 //! `Authorization` header, a cookie, or the `access_token` query parameter)
-//! and where the connection limit applies: a refusal is an HTTP status with
-//! a JSON body, before any WebSocket frame.
+//! and where the connection limit applies, once it has: a refusal is an
+//! HTTP status with a JSON body, before any WebSocket frame. Connections
+//! that have not proved anything yet have a bound of their own
+//! ([`handshakes`]).
 
+mod handshakes;
 pub mod protocol;
 mod session;
 
@@ -30,9 +33,7 @@ use crate::auth::Principal;
 use crate::config::{LimitsConfig, WebSocketConfig};
 use crate::services::Services;
 use crate::stats::{Limit, Protocol, Stats};
-
-/// A client has this long to complete the upgrade request.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use handshakes::{Handshake, Handshakes};
 
 /// What every session of the listener shares.
 #[derive(Debug, Clone)]
@@ -50,6 +51,17 @@ pub struct Context {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+/// What the listener's connections share besides the context.
+#[derive(Debug, Clone)]
+struct Room {
+    /// One permit per session (`websocket.max_connections`), taken once
+    /// its client has proved who it is.
+    slots: Arc<Semaphore>,
+    /// Connections still in their upgrade request.
+    handshakes: Arc<Handshakes>,
+    limits: FrameLimits,
+}
+
 /// Accepts connections until `cancel` fires; sessions are spawned on
 /// `tracker` so shutdown can wait for their close frames.
 pub async fn serve(
@@ -58,8 +70,14 @@ pub async fn serve(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let limits = frame_limits(&context.config, context.max_payload_bytes);
-    let slots = Arc::new(Semaphore::new(context.config.max_connections));
+    let room = Room {
+        slots: Arc::new(Semaphore::new(context.config.max_connections)),
+        handshakes: Handshakes::new(
+            context.config.max_handshakes,
+            context.services.stats.clone(),
+        ),
+        limits: frame_limits(&context.config, context.max_payload_bytes),
+    };
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => return,
@@ -74,17 +92,17 @@ pub async fn serve(
                 continue;
             }
         };
-        let (context, cancel) = (context.clone(), cancel.clone());
-        // Taken before the handshake so a full listener answers 503 at once.
-        let slot = slots.clone().try_acquire_owned().ok();
+        let (context, room, cancel) = (context.clone(), room.clone(), cancel.clone());
+        // Entered before TLS: a TLS handshake proves nothing either.
+        let handshake = room.handshakes.enter();
         tracker.spawn(async move {
             let _ = stream.set_nodelay(true);
             // Each kind boxed: a task's future is as large as its largest
             // state, and a plain session should not carry the TLS
             // handshake's and stream's (measured in BENCHMARKS.md, S3).
             match context.tls.clone() {
-                None => Box::pin(run(stream, context, limits, slot, cancel)).await,
-                Some(tls) => Box::pin(run_tls(stream, tls, context, limits, slot, cancel)).await,
+                None => Box::pin(run(stream, context, room, handshake, cancel)).await,
+                Some(tls) => Box::pin(run_tls(stream, tls, context, room, handshake, cancel)).await,
             }
         });
     }
@@ -95,30 +113,56 @@ async fn run_tls(
     stream: tokio::net::TcpStream,
     tls: Arc<rustls::ServerConfig>,
     context: Context,
-    limits: FrameLimits,
-    slot: Option<OwnedSemaphorePermit>,
+    room: Room,
+    handshake: Handshake,
     cancel: CancellationToken,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => run(tls, context, limits, slot, cancel).await,
+    let accept = tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let accepted = tokio::select! {
+        () = cancel.cancelled() => return,
+        () = handshake.evicted.cancelled() => {
+            tracing::debug!("WebSocket TLS handshake dropped for a newer one (websocket.max_handshakes).");
+            return;
+        }
+        accepted = accept => accepted,
+    };
+    match accepted {
+        Ok(Ok(tls)) => run(tls, context, room, handshake, cancel).await,
         Ok(Err(e)) => tracing::debug!(error = %e, "WebSocket TLS handshake failed."),
         Err(_) => tracing::debug!("WebSocket TLS handshake timed out."),
     }
 }
 
-/// Upgrades one connection and serves its session.
+/// Upgrades one connection and serves its session. The upgrade gives up
+/// its place among the handshakes once done, and holds a session slot
+/// from the moment its client proved who it is.
 async fn run<S>(
     stream: S,
     context: Context,
-    limits: FrameLimits,
-    slot: Option<OwnedSemaphorePermit>,
+    room: Room,
+    handshake: Handshake,
     cancel: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some((ws, principal)) = handshake(stream, &context, limits, slot.is_some()).await else {
-        return;
+    let timeout = Duration::from_secs(context.config.handshake_timeout_secs);
+    let upgraded = tokio::select! {
+        () = cancel.cancelled() => return,
+        () = handshake.evicted.cancelled() => {
+            tracing::debug!("WebSocket handshake dropped for a newer one (websocket.max_handshakes).");
+            return;
+        }
+        upgraded = tokio::time::timeout(timeout, upgrade(stream, &context, &room)) => upgraded,
+    };
+    drop(handshake);
+    let (ws, principal, slot) = match upgraded {
+        Ok(Some(upgraded)) => upgraded,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::debug!("WebSocket handshake timed out (websocket.handshake_timeout_secs).");
+            return;
+        }
     };
     let stats = context.services.stats.clone();
     Stats::incr(&stats.ws_sessions_opened);
@@ -143,30 +187,31 @@ fn frame_limits(config: &WebSocketConfig, max_payload_bytes: usize) -> FrameLimi
         .max_frame_size(Some(config.max_message_bytes))
 }
 
-async fn handshake<S>(
+/// The upgrade: the request checked, the client admitted with a session
+/// slot, or refused with an HTTP status.
+async fn upgrade<S>(
     stream: S,
     context: &Context,
-    limits: FrameLimits,
-    has_slot: bool,
-) -> Option<(tokio_tungstenite::WebSocketStream<S>, Principal)>
+    room: &Room,
+) -> Option<(
+    tokio_tungstenite::WebSocketStream<S>,
+    Principal,
+    OwnedSemaphorePermit,
+)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut admitted = None;
     #[allow(clippy::result_large_err)] // the callback type tungstenite requires
     let check = |request: &Request, response: Response| {
-        admitted = Some(check_request(context, request, has_slot)?);
+        admitted = Some(check_request(context, request, &room.slots)?);
         Ok(response)
     };
-    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(limits));
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
-        Ok(Ok(ws)) => admitted.map(|principal| (ws, principal)),
-        Ok(Err(e)) => {
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(room.limits));
+    match upgrade.await {
+        Ok(ws) => admitted.map(|(principal, slot)| (ws, principal, slot)),
+        Err(e) => {
             tracing::debug!(error = %e, "WebSocket handshake refused.");
-            None
-        }
-        Err(_) => {
-            tracing::debug!("WebSocket handshake timed out.");
             None
         }
     }
@@ -178,8 +223,8 @@ where
 fn check_request(
     context: &Context,
     request: &Request,
-    has_slot: bool,
-) -> Result<Principal, ErrorResponse> {
+    slots: &Arc<Semaphore>,
+) -> Result<(Principal, OwnedSemaphorePermit), ErrorResponse> {
     let config = &context.config;
     let stats = &context.services.stats;
     if request.uri().path() != config.path {
@@ -206,21 +251,6 @@ fn check_request(
                 origin.unwrap_or_default()
             ),
         ));
-    }
-    if !has_slot {
-        stats.limit(Protocol::WebSocket, Limit::Connections);
-        let mut response = refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too-many-connections",
-            format!(
-                "the bridge serves at most {} WebSocket sessions (websocket.max_connections); retry later",
-                config.max_connections
-            ),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-        return Err(response);
     }
     let cookies: Vec<&str> = headers
         .get_all(header::COOKIE)
@@ -260,7 +290,24 @@ fn check_request(
             ),
         ));
     }
-    Ok(principal)
+    // Counted once the client proved who it is: connections that prove
+    // nothing never hold a session's place.
+    let Ok(slot) = slots.clone().try_acquire_owned() else {
+        stats.limit(Protocol::WebSocket, Limit::Connections);
+        let mut response = refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too-many-connections",
+            format!(
+                "the bridge serves at most {} WebSocket sessions (websocket.max_connections); retry later",
+                config.max_connections
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        return Err(response);
+    };
+    Ok((principal, slot))
 }
 
 fn unauthorized(stats: &Stats, error: TokenError) -> ErrorResponse {
