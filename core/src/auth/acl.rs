@@ -203,9 +203,13 @@ impl Acl {
                 rule.actions.includes(action) && rule.selector.selects(principal)
             })
             .filter_map(move |(index, rule)| {
-                rule.pattern
-                    .resolve(subject)
-                    .map(|filter| (index, rule, filter))
+                // A deny fails closed: it covers whatever value it could
+                // not name (see `auth::pattern`).
+                match rule.effect {
+                    Effect::Allow => rule.pattern.resolve(subject),
+                    Effect::Deny => Some(rule.pattern.resolve_widest(subject)),
+                }
+                .map(|filter| (index, rule, filter))
             })
     }
 
@@ -283,6 +287,70 @@ mod tests {
             grants: None,
             expires_at: None,
         }))
+    }
+
+    /// A deny rule whose placeholder has no value for a principal still
+    /// applies, to every value (fails closed); an allow rule in the same
+    /// case does not apply at all. Each principal it can name is denied
+    /// its own topic only.
+    #[test]
+    fn a_deny_that_cannot_name_the_principal_denies_every_value() {
+        let acl = Acl::new(vec![
+            rule("any", Effect::Deny, Actions::Publish, "devices/%c/config"),
+            rule(
+                "any",
+                Effect::Deny,
+                Actions::Subscribe,
+                "inbox/%u-private/#",
+            ),
+            rule("any", Effect::Allow, Actions::Both, "#"),
+        ]);
+        let named = user("alice", &[], Some("cam-1"));
+        let web = user("alice", &[], None);
+        let publish = |p: &Principal, topic| acl.decide_topic(p, Action::Publish, topic);
+        assert_eq!(
+            publish(&named, "devices/cam-1/config"),
+            Err(Refusal::DeniedBy(0))
+        );
+        assert_eq!(publish(&named, "devices/cam-2/config"), Ok(()));
+        assert_eq!(
+            publish(&web, "devices/cam-2/config"),
+            Err(Refusal::DeniedBy(0))
+        );
+        assert_eq!(
+            publish(&Principal::Anonymous, "devices/x/config"),
+            Err(Refusal::DeniedBy(0))
+        );
+        assert_eq!(publish(&web, "devices/cam-2/state"), Ok(()));
+        let hash = user("#", &[], None);
+        assert_eq!(
+            acl.decide_filter(&hash, "inbox/bob-private/#"),
+            Err(Refusal::DeniedBy(1)),
+            "a user called `#` is denied every inbox, not none"
+        );
+        assert_eq!(
+            acl.decide_filter(&named, "inbox/bob-private/#"),
+            Ok(Access::Full)
+        );
+        assert_eq!(
+            acl.decide_filter(&named, "inbox/alice-private/#"),
+            Err(Refusal::DeniedBy(1))
+        );
+    }
+
+    /// A token's `sub` and an MQTT username are one namespace, as
+    /// documented: `user:NAME` selects both, because the configured issuer
+    /// is trusted to name users. Keeping them apart is done with roles.
+    #[test]
+    fn a_token_subject_is_the_user_of_that_name() {
+        let acl = Acl::new(vec![rule("user:admin", Effect::Allow, Actions::Both, "#")]);
+        let from_token = user("admin", &[], None);
+        assert_eq!(acl.decide_topic(&from_token, Action::Publish, "a"), Ok(()));
+        let other = user("admin2", &[], None);
+        assert_eq!(
+            acl.decide_topic(&other, Action::Publish, "a"),
+            Err(Refusal::NoRule)
+        );
     }
 
     fn home_acl() -> Acl {

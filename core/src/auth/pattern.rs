@@ -1,10 +1,14 @@
 //! ACL topic patterns: a topic filter that may name the asking principal,
 //! `%u` for its user name and `%c` for its client id (`%%` is a literal `%`).
 //!
-//! A substitution can only narrow a rule, never widen it: a value that is
-//! empty, or holds `/`, `+`, `#` or NUL, or starts with `$`, would change the
-//! filter's shape (a user called `#`, a client id `a/b`), so a rule whose
-//! value is unusable does not apply to that principal at all.
+//! A substitution can never widen what a rule allows nor narrow what it
+//! denies: a value that is empty, or holds `/`, `+`, `#` or NUL, or starts
+//! with `$`, would change the filter's shape (a user called `#`, a client
+//! id `a/b`). An allow rule whose value is unusable does not apply to that
+//! principal at all ([`Pattern::resolve`]); a deny rule applies to every
+//! value the placeholder's level could take ([`Pattern::resolve_widest`]),
+//! so a principal without a client id is denied `devices/%c/config` for
+//! every device rather than for none.
 
 use std::borrow::Cow;
 
@@ -103,6 +107,31 @@ impl Pattern {
             user.unwrap_or_default(),
             client.unwrap_or_default(),
         )))
+    }
+}
+
+impl Pattern {
+    /// The filter for `subject` where a placeholder with no usable value
+    /// stands for any value: its whole level becomes `+`. What a deny rule
+    /// denies a principal it cannot name.
+    pub fn resolve_widest(&self, subject: Subject<'_>) -> Cow<'_, str> {
+        if let Some(literal) = &self.literal {
+            return Cow::Borrowed(literal);
+        }
+        // NUL is never in a pattern's text (filters refuse it): it marks
+        // the levels that lost their value.
+        const MISSING: &str = "\0";
+        let user = subject.user.filter(|v| usable(v)).unwrap_or(MISSING);
+        let client = subject.client_id.filter(|v| usable(v)).unwrap_or(MISSING);
+        let rendered = render(&self.parts, user, client);
+        if !rendered.contains('\0') {
+            return Cow::Owned(rendered);
+        }
+        let levels: Vec<&str> = rendered
+            .split('/')
+            .map(|level| if level.contains('\0') { "+" } else { level })
+            .collect();
+        Cow::Owned(levels.join("/"))
     }
 }
 
