@@ -299,3 +299,43 @@ fn jwt_dates_are_read_in_whole_seconds() {
     assert_eq!(whole_seconds(&serde_json::json!(1e300)), Some(u64::MAX));
     assert_eq!(whole_seconds(&serde_json::json!("soon")), None);
 }
+
+/// `exp` and `nbf` are honoured whatever JSON number type carries them:
+/// an integer, a float with a fraction, a float without one, each in the
+/// future and in the past; any other type is refused.
+#[test]
+fn time_claims_of_every_number_type_are_honoured() {
+    let at = |claim: &str, value: serde_json::Value| {
+        let mut c = claims();
+        c[claim] = value;
+        verify(&config(), &hs256(&c, SECRET))
+    };
+    let soon = now() + 600;
+    let past = now() - 600;
+    let leeway = config().leeway_secs;
+    for (kind, future, gone) in [
+        ("integer", json!(soon), json!(past)),
+        (
+            "fraction",
+            json!(soon as f64 + 0.5),
+            json!(past as f64 + 0.5),
+        ),
+        ("whole float", json!(soon as f64), json!(past as f64)),
+    ] {
+        let identity = at("exp", future.clone()).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(identity.expires_at, Some(soon + leeway), "exp as {kind}");
+        assert!(
+            matches!(at("exp", gone.clone()), Err(TokenError::Expired)),
+            "exp as {kind} in the past"
+        );
+        assert!(
+            matches!(at("nbf", future), Err(TokenError::NotYetValid)),
+            "nbf as {kind} in the future"
+        );
+        assert!(at("nbf", gone).is_ok(), "nbf as {kind} in the past");
+    }
+    for other in [json!(true), json!(null), json!([soon]), json!({"at": soon})] {
+        assert!(at("exp", other.clone()).is_err(), "exp {other}");
+        assert!(at("nbf", other.clone()).is_err(), "nbf {other}");
+    }
+}
