@@ -22,7 +22,11 @@
 //!   with its census of topics and filters and its health.
 //! - [`gate`]: the MQTT listeners in front of the broker that enforce the
 //!   access rules on devices' SUBSCRIBE, PUBLISH, wills and deliveries
-//!   (rumqttd 0.20 only checks CONNECT); also MQTT over TLS.
+//!   (rumqttd 0.20 only checks CONNECT); also MQTT over TLS. It keeps the
+//!   filters live devices hold ([`gate::DeviceFilters`]).
+//! - [`command`]: commands that wait for their device's answer (on
+//!   `{topic}/reply`), bounded per topic, per client and in total; used by
+//!   `POST /command` and the WebSocket `command` op.
 //! - [`sse`]: `GET /events`, the SSE encoder and stream.
 //! - [`ws`]: the WebSocket listener, its JSON protocol and sessions.
 //! - [`http`]: the HTTP server: publish, health, CORS, error bodies.
@@ -38,7 +42,7 @@
 //! - [`metrics`]: those counters in the Prometheus format, at `/metrics`.
 //! - [`tls`]: the certificate every TLS listener presents.
 //! - [`services`]: what every entry point is given explicitly: stats,
-//!   rules, log, router and broker handle.
+//!   rules, log, router, broker handle, device filters and commands.
 //! - [`bridge`]: starting and stopping the whole: the startup plan (every
 //!   listener and what it serves, bound first), the order of start, and
 //!   the unwinding of a start that fails.
@@ -51,6 +55,7 @@
 pub mod auth;
 pub mod bridge;
 pub mod broker;
+pub mod command;
 pub mod config;
 pub mod gate;
 pub mod http;

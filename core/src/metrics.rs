@@ -297,6 +297,19 @@ impl Collector for StatsCollector {
         )?;
         labelled(
             &mut encoder,
+            "commands",
+            "Commands from web clients, by outcome.",
+            total,
+            "outcome",
+            &[
+                ("answered", read(&s.commands_answered)),
+                ("timeout", read(&s.commands_timed_out)),
+                ("no_subscriber", read(&s.commands_unrouted)),
+                ("refused", read(&s.commands_refused)),
+            ],
+        )?;
+        labelled(
+            &mut encoder,
             "messages_out",
             "Messages written to web clients, by protocol.",
             total,

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use crate::auth::Policy;
 use crate::broker::Broker;
+use crate::command::Commands;
+use crate::gate::DeviceFilters;
 use crate::log::Log;
 use crate::router::Router;
 use crate::stats::Stats;
@@ -25,4 +27,8 @@ pub struct Services {
     pub router: Router,
     /// The one way into the embedded broker: publishes, and its health.
     pub broker: Broker,
+    /// The filters the devices connected now hold (kept by the gate).
+    pub device_filters: Arc<DeviceFilters>,
+    /// Commands waiting for their device's answer.
+    pub commands: Arc<Commands>,
 }

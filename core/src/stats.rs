@@ -108,6 +108,15 @@ counters! {
     http_publishes,
     /// Publishes accepted from WebSocket sessions.
     ws_publishes,
+    /// Commands (HTTP and WebSocket) their device answered in time.
+    commands_answered,
+    /// Commands sent that no answer came back for in time.
+    commands_timed_out,
+    /// Commands refused because nothing was subscribed to their topic.
+    commands_unrouted,
+    /// Commands refused by a limit: pending ones, or one in flight on the
+    /// same topic.
+    commands_refused,
     /// Clients refused for missing, invalid or expired credentials (by
     /// protocol and reason in [`Refusals`]).
     auth_failures,

@@ -75,6 +75,7 @@ fn ws_request() -> impl Strategy<Value = String> {
         Just("subscribe"),
         Just("unsubscribe"),
         Just("publish"),
+        Just("command"),
         Just("ping"),
         Just("nope"),
     ];
@@ -86,6 +87,7 @@ fn ws_request() -> impl Strategy<Value = String> {
         Just("encoding"),
         Just("qos"),
         Just("retain"),
+        Just("timeout_ms"),
         Just("ref"),
         Just("extra"),
     ];
@@ -111,7 +113,7 @@ async fn reply(ws: &mut common::Ws) -> Option<Value> {
             Message::Text(text) => {
                 let frame: Value = serde_json::from_str(&text).expect("the bridge sends JSON");
                 match frame["op"].as_str() {
-                    Some("ack" | "pong" | "error") => return Some(frame),
+                    Some("ack" | "pong" | "error" | "reply") => return Some(frame),
                     Some("message" | "gap") => {}
                     other => panic!("unknown frame {other:?}: {frame}"),
                 }
@@ -137,7 +139,12 @@ async fn still_serving(bridge: &TestBridge) {
 #[test]
 fn websocket_sessions_answer_every_request() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let bridge = runtime.block_on(start_with(|_| {}));
+    // Commands that find a subscriber wait for an answer that never
+    // comes: briefly.
+    let bridge = runtime.block_on(start_with(|c| {
+        c.limits.command_timeout_ms = 100;
+        c.limits.max_command_timeout_ms = 300;
+    }));
     let mut runner = TestRunner::new(config());
     let requests = proptest::collection::vec(ws_request(), 1..8);
     runner

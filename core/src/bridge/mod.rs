@@ -195,6 +195,8 @@ impl Bridge {
             log,
             router,
             broker,
+            device_filters: Arc::default(),
+            commands: Arc::new(crate::command::Commands::new(&config.limits)),
         };
 
         // Plugins start once the broker is up (their first publishes have

@@ -385,7 +385,7 @@ impl Config {
     /// event names that fit on an SSE line. The error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ws = &self.websocket;
-        let positive: [(&str, u64); 44] = [
+        let positive: [(&str, u64); 47] = [
             ("log.segment_bytes", self.log.segment_bytes),
             ("log.max_bytes", self.log.max_bytes),
             ("log.fsync_interval_ms", self.log.fsync_interval_ms),
@@ -419,6 +419,15 @@ impl Config {
             ("mqtt.log_segment_count", self.mqtt.log_segment_count as u64),
             ("http.max_publish_bytes", self.http.max_publish_bytes as u64),
             ("http.body_timeout_secs", self.http.body_timeout_secs),
+            ("limits.command_timeout_ms", self.limits.command_timeout_ms),
+            (
+                "limits.max_pending_commands",
+                self.limits.max_pending_commands as u64,
+            ),
+            (
+                "limits.max_pending_commands_per_client",
+                self.limits.max_pending_commands_per_client as u64,
+            ),
             (
                 "http.max_body_bytes_in_flight",
                 self.http.max_body_bytes_in_flight as u64,
@@ -459,6 +468,12 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::invalid(key, "must be greater than 0"));
             }
+        }
+        if self.limits.max_command_timeout_ms < self.limits.command_timeout_ms {
+            return Err(ConfigError::invalid(
+                "limits.max_command_timeout_ms",
+                "must be at least limits.command_timeout_ms",
+            ));
         }
         if self.http.max_body_bytes_in_flight < self.http.max_publish_bytes
             || u32::try_from(self.http.max_publish_bytes).is_err()

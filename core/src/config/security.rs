@@ -132,6 +132,16 @@ pub struct LimitsConfig {
     pub mqtt_publish_rate: u32,
     /// Publishes an MQTT connection may make at once before its rate applies.
     pub mqtt_publish_burst: u32,
+    /// How long a command (`POST /command`, the WebSocket `command` op)
+    /// waits for its device's answer when the client names no timeout, and
+    /// the longest it may name, in milliseconds.
+    pub command_timeout_ms: u64,
+    pub max_command_timeout_ms: u64,
+    /// Commands waiting for an answer at once, in total and per client
+    /// (a user, or an address when anonymous); past them a command is
+    /// refused (503, 429). Each holds a subscription and a request.
+    pub max_pending_commands: usize,
+    pub max_pending_commands_per_client: usize,
 }
 
 impl Default for LimitsConfig {
@@ -141,6 +151,10 @@ impl Default for LimitsConfig {
             publish_burst: 200,
             mqtt_publish_rate: 0,
             mqtt_publish_burst: 200,
+            command_timeout_ms: 5_000,
+            max_command_timeout_ms: 30_000,
+            max_pending_commands: 1_024,
+            max_pending_commands_per_client: 16,
         }
     }
 }

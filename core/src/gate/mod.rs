@@ -43,6 +43,7 @@
 
 mod acks;
 mod downstream;
+mod filters;
 pub mod packet;
 mod presence;
 mod pump;
@@ -69,6 +70,7 @@ use crate::auth::{Identity, Policy, Principal};
 use crate::config::Config;
 use crate::limits::TokenBucket;
 use crate::stats::{AuthFailure, Limit, Protocol, Stats};
+pub use filters::DeviceFilters;
 
 /// Room above `mqtt.max_payload_bytes` for a packet's topic, properties
 /// and headers: a packet larger than both is refused (and counted).
@@ -87,6 +89,8 @@ pub struct Upstreams {
 #[derive(Debug)]
 pub struct Shared {
     policy: Arc<Policy>,
+    /// The filters live connections hold (see `filters`).
+    device_filters: Arc<DeviceFilters>,
     stats: Arc<Stats>,
     upstreams: Upstreams,
     /// Each MQTT user's roles, from `[[auth.users]]`.
@@ -154,6 +158,7 @@ impl Shared {
             devices: services.router.devices().clone(),
             registry: Arc::default(),
             census: services.broker.census().clone(),
+            device_filters: services.device_filters.clone(),
             log: services.log.clone(),
             topics: config.topic_limits(),
             max_inflight: config.mqtt.max_inflight,
@@ -184,6 +189,8 @@ impl Shared {
             log,
             router,
             broker,
+            device_filters: Arc::default(),
+            commands: Arc::new(crate::command::Commands::new(&config.limits)),
         };
         Arc::new(Self::new(&config, &services, policy, upstreams, auth))
     }

@@ -99,8 +99,10 @@ pub struct Upstream {
     refused_qos2: HashSet<u16>,
     bucket: Option<TokenBucket>,
     /// The filters this client holds (as far as the gate let them through),
-    /// for `mqtt.max_subscriptions`.
+    /// for `mqtt.max_subscriptions`, also noted in the bridge's
+    /// `DeviceFilters` under `connection`.
     subscribed: HashSet<String>,
+    connection: u64,
     /// The acknowledgements the broker is sent: the client's, and the
     /// gate's for deliveries it withheld.
     order: AckOrder,
@@ -114,10 +116,21 @@ pub struct Upstream {
     unreleased: HashSet<u16>,
 }
 
+/// The connection's filters leave the bridge's record with it.
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        for filter in &self.subscribed {
+            self.shared.device_filters.remove(self.connection, filter);
+        }
+    }
+}
+
 impl Upstream {
     pub fn new(shared: Arc<Shared>, version: Version, principal: Principal) -> Self {
         let bucket = shared.publish_bucket(Instant::now());
+        let connection = shared.device_filters.connection();
         Self {
+            connection,
             shared,
             version,
             principal,
@@ -174,7 +187,9 @@ impl Upstream {
                 let filters = packet::unsubscribe_filters(bytes, &frame, self.version)?;
                 let mut escaped = Vec::new();
                 for (filter, range) in filters {
-                    self.subscribed.remove(filter);
+                    if self.subscribed.remove(filter) {
+                        self.shared.device_filters.remove(self.connection, filter);
+                    }
                     if let Cow::Owned(internal) = name::filter_in(filter) {
                         if internal.len() > topic::MAX_TOPIC_BYTES {
                             return Err(SessionError::Protocol("a topic filter too long"));
@@ -505,6 +520,7 @@ impl Upstream {
             });
         }
         self.subscribed.insert(filter.to_owned());
+        self.shared.device_filters.add(self.connection, filter);
         None
     }
 

@@ -2,6 +2,8 @@
 //! `GET /healthz`, `GET /plugins`, CORS, who a request is from, and JSON
 //! error bodies for every refusal.
 
+mod body;
+pub mod command;
 mod error;
 pub mod identity;
 mod publish;
@@ -65,6 +67,7 @@ pub fn serve(
             .route("/events", web::get().to(crate::sse::events))
             .route("/publish", web::post().to(publish::publish))
             .route("/publish/{tail:.*}", web::post().to(publish::publish))
+            .route("/command/{tail:.*}", web::post().to(command::command))
             .route("/healthz", web::get().to(health))
             .route("/metrics", web::get().to(metrics))
             .route("/plugins", web::get().to(plugins));
@@ -95,6 +98,7 @@ fn cors(config: &HttpConfig) -> Cors {
     let mut cors = Cors::default()
         .allowed_methods(["GET", "POST"])
         .allowed_headers(["content-type", "last-event-id", "authorization"])
+        .expose_headers([command::REPLY_TOPIC_HEADER])
         .max_age(3600);
     if config.cors_allow_credentials {
         cors = cors.supports_credentials();

@@ -5,10 +5,8 @@
 //! `qos=0` (default) answers 202 once the message is queued for the broker;
 //! `qos=1` answers 200 once the broker has appended it to its log.
 
-use actix_web::http::{header, StatusCode};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::BytesMut;
-use futures_util::StreamExt;
 use percent_encoding::percent_decode_str;
 
 use super::{identity, ApiError, AppState};
@@ -28,94 +26,12 @@ pub async fn publish(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = identity::principal(&req, &state, Protocol::Http, true)?;
-    let topic = topic_from_path(req.uri().path())?;
+    let topic = topic_from_path(req.uri().path(), "/publish")?;
     let query = parse_query(req.query_string())?;
-    let stats = &state.services.stats;
-    let limit = state.config.http.max_publish_bytes;
-    let too_large = || {
-        stats.limit(Protocol::Http, Limit::Payload);
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload-too-large",
-            format!("the body is larger than http.max_publish_bytes ({limit} bytes)"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(too_large());
-    }
-    // The body's bytes are reserved before any is read (a body without a
-    // length may grow to the limit), so half-sent bodies hold a bounded
-    // amount between them; a client is refused at once rather than queued.
-    let reserve = u32::try_from(declared.unwrap_or(limit)).unwrap_or(u32::MAX);
-    let Ok(_reserved) = state.body_budget.clone().try_acquire_many_owned(reserve) else {
-        stats.limit(Protocol::Http, Limit::Bodies);
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            "too many request bodies are arriving at once (http.max_body_bytes_in_flight); retry shortly",
-        )
-        .retry_after(1));
-    };
-    let deadline = std::time::Duration::from_secs(state.config.http.body_timeout_secs);
-    let read = tokio::time::timeout(deadline, async {
-        let mut payload = BytesMut::with_capacity(declared.unwrap_or(0));
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| ApiError::bad_request("invalid-body", e.to_string()))?;
-            if payload.len() + chunk.len() > limit {
-                return Err(too_large());
-            }
-            payload.extend_from_slice(&chunk);
-        }
-        Ok(payload)
-    });
-    // An unread body leaves actix no way to find the next request: it
-    // closes the connection after this answer.
-    let payload = read.await.map_err(|_| {
-        stats.limit(Protocol::Http, Limit::Bodies);
-        ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body-timeout",
-            format!(
-                "the body did not arrive within http.body_timeout_secs ({} s)",
-                state.config.http.body_timeout_secs
-            ),
-        )
-    })??;
+    let payload = super::body::read(&req, &mut body, &state).await?;
     // Checked once the body is read, so a client over its rate keeps its
     // keep-alive connection (actix closes one whose body went unread).
-    // Keyed by user; anonymous clients by address (behind a proxy, they
-    // share the proxy's).
-    let client = match &principal {
-        Principal::User(identity) => format!("user:{}", identity.name),
-        _ => format!(
-            "addr:{}",
-            req.peer_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default()
-        ),
-    };
-    if let Err(wait) = state.publish_limiter.check(&client) {
-        stats.limit(Protocol::Http, Limit::Rate);
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate-limited",
-            format!(
-                "more than limits.publish_rate ({}/s) publishes; retry in {} ms",
-                state.config.limits.publish_rate,
-                wait.as_millis()
-            ),
-        )
-        .with(
-            "retry_after_ms",
-            u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-        )
-        .retry_after(crate::limits::retry_after_secs(wait)));
-    }
+    check_rate(&state, &client_key(&req, &principal))?;
     let bytes = payload.len();
     state
         .services
@@ -149,10 +65,47 @@ pub async fn publish(
     })))
 }
 
-/// The topic is the rest of the path after `/publish/`, percent-decoded
+/// Who a request counts against, for rates and pending commands: its
+/// user, or its address when anonymous (behind a proxy, anonymous clients
+/// share the proxy's).
+pub(super) fn client_key(req: &HttpRequest, principal: &Principal) -> String {
+    match principal {
+        Principal::User(identity) => format!("user:{}", identity.name),
+        _ => format!(
+            "addr:{}",
+            req.peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// Takes one publish from `client`'s allowance, or the 429 to answer.
+pub(super) fn check_rate(state: &AppState, client: &str) -> Result<(), ApiError> {
+    let Err(wait) = state.publish_limiter.check(client) else {
+        return Ok(());
+    };
+    state.services.stats.limit(Protocol::Http, Limit::Rate);
+    Err(ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        format!(
+            "more than limits.publish_rate ({}/s) publishes; retry in {} ms",
+            state.config.limits.publish_rate,
+            wait.as_millis()
+        ),
+    )
+    .with(
+        "retry_after_ms",
+        u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+    )
+    .retry_after(crate::limits::retry_after_secs(wait)))
+}
+
+/// The topic is the rest of the path after `prefix/`, percent-decoded
 /// (so `%2F` and `/` both separate levels, and `%23` is a `#`, refused later).
-fn topic_from_path(path: &str) -> Result<String, ApiError> {
-    let rest = path.strip_prefix("/publish").unwrap_or_default();
+pub(super) fn topic_from_path(path: &str, prefix: &str) -> Result<String, ApiError> {
+    let rest = path.strip_prefix(prefix).unwrap_or_default();
     let raw = rest.strip_prefix('/').unwrap_or(rest);
     percent_decode_str(raw)
         .decode_utf8()
@@ -197,7 +150,7 @@ fn parse_query(query: &str) -> Result<PublishQuery, ApiError> {
     Ok(parsed)
 }
 
-fn publish_error(error: PublishError) -> ApiError {
+pub(super) fn publish_error(error: PublishError) -> ApiError {
     match &error {
         PublishError::InvalidTopic { topic, source } => {
             ApiError::bad_request("invalid-topic", error.to_string())
@@ -255,15 +208,21 @@ mod tests {
     #[test]
     fn topic_comes_from_the_path() {
         assert_eq!(
-            topic_from_path("/publish/home/light/1/set").ok(),
+            topic_from_path("/publish/home/light/1/set", "/publish").ok(),
             Some("home/light/1/set".into())
         );
         assert_eq!(
-            topic_from_path("/publish/a%2Fb%20c").ok(),
+            topic_from_path("/publish/a%2Fb%20c", "/publish").ok(),
             Some("a/b c".into())
         );
-        assert_eq!(topic_from_path("/publish/").ok(), Some(String::new()));
-        assert_eq!(topic_from_path("/publish").ok(), Some(String::new()));
+        assert_eq!(
+            topic_from_path("/publish/", "/publish").ok(),
+            Some(String::new())
+        );
+        assert_eq!(
+            topic_from_path("/publish", "/publish").ok(),
+            Some(String::new())
+        );
     }
 
     /// qos and retain take only their documented values.
@@ -293,7 +252,7 @@ mod tests {
             if let Ok(parsed) = parse_query(&query) {
                 proptest::prop_assert!(parsed.qos <= 1);
             }
-            let _ = topic_from_path(&path);
+            let _ = topic_from_path(&path, "/publish");
         }
     }
 }

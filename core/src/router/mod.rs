@@ -190,6 +190,14 @@ impl Router {
         &self.shared.policy
     }
 
+    /// Whether some web or plugin subscriber holds a filter matching
+    /// `topic` (whether it may read it is decided per message).
+    pub fn has_subscriber(&self, topic: &str) -> bool {
+        let mut found = false;
+        self.lock().trie.for_each_match(topic, |_| found = true);
+        found
+    }
+
     /// The limits every topic and filter is checked against.
     pub fn topic_limits(&self) -> crate::topic::Limits {
         self.shared.topics

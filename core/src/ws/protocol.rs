@@ -1,9 +1,10 @@
 //! The JSON protocol of WebSocket sessions: parsing client requests with
 //! errors that name the problem, and encoding what the server sends.
 //!
-//! Client → server: `subscribe`, `unsubscribe`, `publish`, `ping`, each with
-//! an optional `ref` echoed in the reply. Server → client: `message`, `ack`,
-//! `error`, `pong`, `gap`. See `docs/websocket.md`.
+//! Client → server: `subscribe`, `unsubscribe`, `publish`, `command`,
+//! `ping`, each with an optional `ref` echoed in the reply. Server →
+//! client: `message`, `ack`, `reply` (a command's answer), `error`, `pong`,
+//! `gap`. See `docs/websocket.md`.
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -28,6 +29,12 @@ pub enum Request {
         payload: Bytes,
         qos: u8,
         retain: bool,
+    },
+    /// Publish, then wait for the device's answer (see `crate::command`).
+    Command {
+        topic: String,
+        payload: Bytes,
+        timeout_ms: Option<u64>,
     },
     Ping,
 }
@@ -81,6 +88,18 @@ struct PublishFields {
     qos: u8,
     #[serde(default)]
     retain: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandFields {
+    topic: String,
+    #[serde(default)]
+    payload: String,
+    #[serde(default)]
+    encoding: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }
 
 /// Parses one text frame. Returns the request's `ref` (if it had one, even
@@ -143,10 +162,23 @@ pub fn parse(text: &str) -> (Option<Value>, Result<Request, ProtocolError>) {
         "unsubscribe" => fields::<UnsubscribeFields>(rest, &op)
             .map(|f| Request::Unsubscribe { topics: f.topics }),
         "publish" => fields::<PublishFields>(rest, &op).and_then(publish),
+        "command" => fields::<CommandFields>(rest, &op).and_then(|f| {
+            if f.timeout_ms == Some(0) {
+                return Err(ProtocolError::new(
+                    "invalid-timeout",
+                    "timeout_ms must be above 0",
+                ));
+            }
+            Ok(Request::Command {
+                payload: decode(f.payload, f.encoding.as_deref())?,
+                topic: f.topic,
+                timeout_ms: f.timeout_ms,
+            })
+        }),
         "ping" => fields::<serde::de::IgnoredAny>(rest, &op).map(|_| Request::Ping),
         other => Err(ProtocolError::new(
             "unknown-op",
-            format!("unknown op `{other}`: use subscribe, unsubscribe, publish or ping"),
+            format!("unknown op `{other}`: use subscribe, unsubscribe, publish, command or ping"),
         )),
     };
     (reference, request)
@@ -157,22 +189,25 @@ fn fields<T: serde::de::DeserializeOwned>(rest: Value, op: &str) -> Result<T, Pr
         .map_err(|e| ProtocolError::new("invalid-request", format!("{op}: {e}")))
 }
 
-fn publish(fields: PublishFields) -> Result<Request, ProtocolError> {
-    let payload = match fields.encoding.as_deref() {
-        None | Some("utf8") => Bytes::from(fields.payload),
+/// A payload as sent: text, or base64 with `"encoding": "base64"`.
+fn decode(payload: String, encoding: Option<&str>) -> Result<Bytes, ProtocolError> {
+    match encoding {
+        None | Some("utf8") => Ok(Bytes::from(payload)),
         Some("base64") => base64::engine::general_purpose::STANDARD
-            .decode(fields.payload.as_bytes())
+            .decode(payload.as_bytes())
             .map(Bytes::from)
             .map_err(|e| {
                 ProtocolError::new("invalid-payload", format!("payload is not base64: {e}"))
-            })?,
-        Some(other) => {
-            return Err(ProtocolError::new(
-                "invalid-request",
-                format!("unknown encoding `{other}`: use utf8 or base64"),
-            ))
-        }
-    };
+            }),
+        Some(other) => Err(ProtocolError::new(
+            "invalid-request",
+            format!("unknown encoding `{other}`: use utf8 or base64"),
+        )),
+    }
+}
+
+fn publish(fields: PublishFields) -> Result<Request, ProtocolError> {
+    let payload = decode(fields.payload, fields.encoding.as_deref())?;
     if fields.qos > 1 {
         return Err(ProtocolError::new(
             "invalid-request",
@@ -220,6 +255,20 @@ pub fn message(message: &Message) -> Bytes {
 
 pub fn ack(reference: Option<Value>) -> String {
     reply("ack", reference, serde_json::Map::new())
+}
+
+/// A command's answer: the topic it came on and its payload, as text or
+/// base64 like a `message`.
+pub fn command_reply(reference: Option<Value>, topic: &str, payload: &[u8]) -> String {
+    let (text, encoding) = payload_text(payload);
+    let mut fields = serde_json::Map::new();
+    fields.insert("topic".into(), topic.into());
+    fields.insert("payload".into(), text.as_ref().into());
+    fields.insert(
+        "encoding".into(),
+        serde_json::to_value(encoding).unwrap_or_default(),
+    );
+    reply("reply", reference, fields)
 }
 
 pub fn pong(reference: Option<Value>) -> String {

@@ -31,6 +31,13 @@ use crate::stats::{Limit, Protocol, Stats};
 /// Deliveries written before one flush.
 const MAX_BATCH: usize = 64;
 
+/// Sessions so far, for an anonymous session's own key among the clients
+/// with commands waiting.
+static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A command waiting for its answer: resolves to the frame to send.
+type Waiting = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
+
 /// Why a session ended, and the close frame it sends (if any).
 struct Ending {
     code: CloseCode,
@@ -48,10 +55,21 @@ pub struct Session<S> {
     /// The session's publish allowance; `None` when unlimited.
     bucket: Option<TokenBucket>,
     max_payload_bytes: usize,
+    /// Commands waiting for their answers, which come back as frames in
+    /// whatever order they arrive (each carries its `ref`); at most
+    /// `limits.max_pending_commands_per_client`, which `crate::command`
+    /// holds to.
+    commands: futures_util::stream::FuturesUnordered<Waiting>,
+    /// Who this session is among clients with commands waiting.
+    client: String,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub fn new(ws: WebSocketStream<S>, context: &Context, principal: Principal) -> Self {
+        let principal_key = match &principal {
+            Principal::User(identity) => Some(identity.name.clone()),
+            _ => None,
+        };
         let services = context.services.clone();
         let config = context.config.clone();
         let subscription = services.router.open(QueueBound {
@@ -67,6 +85,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             principal,
             bucket: TokenBucket::new(&context.limits, std::time::Instant::now()),
             max_payload_bytes: context.max_payload_bytes,
+            commands: futures_util::stream::FuturesUnordered::new(),
+            client: match &principal_key {
+                Some(user) => format!("user:{user}"),
+                None => format!(
+                    "ws-session:{}",
+                    SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                ),
+            },
         }
     }
 
@@ -146,6 +172,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         return ending;
                     }
                 }
+                Some(answer) = self.commands.next(), if !self.commands.is_empty() => {
+                    if let Err(ending) = self.write(Frame::Text(answer.into())).await {
+                        return ending;
+                    }
+                }
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= self.idle_timeout() {
                         return Some(Ending { code: CloseCode::Policy, reason: "idle timeout" });
@@ -161,7 +192,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Handles one frame; `Some` ends the session.
     async fn on_frame(&mut self, frame: Frame) -> Option<Option<Ending>> {
         let reply = match frame {
-            Frame::Text(text) => self.on_request(&text).await,
+            Frame::Text(text) => match self.on_request(&text).await {
+                Some(reply) => reply,
+                // A command: its answer comes later.
+                None => return None,
+            },
             Frame::Binary(_) => protocol::error(
                 None,
                 ProtocolError::new("binary-not-supported", "send requests as JSON text frames"),
@@ -174,20 +209,84 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.write(Frame::Text(reply.into())).await.err()
     }
 
-    async fn on_request(&mut self, text: &str) -> String {
+    /// The reply to one request; `None` for a command, whose answer is
+    /// sent once it comes.
+    async fn on_request(&mut self, text: &str) -> Option<String> {
         let (reference, request) = protocol::parse(text);
         let result = match request {
-            Ok(request) => self.handle(request).await,
+            Ok(request) => self.handle(request, &reference).await,
             Err(error) => Err(error),
         };
         match result {
-            Ok(Reply::Ack) => protocol::ack(reference),
-            Ok(Reply::Pong) => protocol::pong(reference),
-            Err(error) => protocol::error(reference, error),
+            Ok(Reply::Ack) => Some(protocol::ack(reference)),
+            Ok(Reply::Pong) => Some(protocol::pong(reference)),
+            Ok(Reply::Later) => None,
+            Err(error) => Some(protocol::error(reference, error)),
         }
     }
 
-    async fn handle(&mut self, request: Request) -> Result<Reply, ProtocolError> {
+    /// Starts a command; its answer (or refusal) joins `commands`.
+    fn command(
+        &mut self,
+        reference: Option<serde_json::Value>,
+        topic: String,
+        payload: bytes::Bytes,
+        timeout_ms: Option<u64>,
+    ) {
+        let services = self.services.clone();
+        let principal = self.principal.clone();
+        let client = self.client.clone();
+        self.commands.push(Box::pin(async move {
+            let sent = services
+                .commands
+                .send(
+                    &services,
+                    crate::command::Command {
+                        protocol: Protocol::WebSocket,
+                        principal: &principal,
+                        client,
+                        topic: &topic,
+                        payload,
+                        timeout_ms,
+                    },
+                )
+                .await;
+            match sent {
+                Ok(reply) => protocol::command_reply(reference, &reply.topic, &reply.payload),
+                Err(error) => {
+                    if matches!(
+                        error,
+                        crate::command::CommandError::Publish(PublishError::Denied(_))
+                    ) {
+                        services.stats.deny(Protocol::WebSocket, Action::Publish);
+                    }
+                    protocol::error(reference, command_error(error))
+                }
+            }
+        }));
+    }
+
+    /// Takes one publish from the session's allowance, or the refusal.
+    fn take_publish(&mut self) -> Result<(), ProtocolError> {
+        let Some(bucket) = &mut self.bucket else {
+            return Ok(());
+        };
+        bucket.take(std::time::Instant::now()).map_err(|wait| {
+            self.services.stats.limit(Protocol::WebSocket, Limit::Rate);
+            let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            ProtocolError::new(
+                "rate-limited",
+                format!("more publishes than limits.publish_rate allows; retry in {wait_ms} ms"),
+            )
+            .with("retry_after_ms", wait_ms)
+        })
+    }
+
+    async fn handle(
+        &mut self,
+        request: Request,
+        reference: &Option<serde_json::Value>,
+    ) -> Result<Reply, ProtocolError> {
         match request {
             Request::Subscribe { topics, since } => {
                 // An id resumes after it; a time replays from then on.
@@ -232,17 +331,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         ),
                     ));
                 }
-                if let Some(bucket) = &mut self.bucket {
-                    if let Err(wait) = bucket.take(std::time::Instant::now()) {
-                        stats.limit(Protocol::WebSocket, Limit::Rate);
-                        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-                        return Err(ProtocolError::new(
-                            "rate-limited",
-                            format!("more publishes than limits.publish_rate allows; retry in {wait_ms} ms"),
-                        )
-                        .with("retry_after_ms", wait_ms));
-                    }
-                }
+                self.take_publish()?;
                 self.services
                     .broker
                     .publish(
@@ -259,6 +348,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Ok(Reply::Ack)
             }
             Request::Ping => Ok(Reply::Pong),
+            Request::Command {
+                topic,
+                payload,
+                timeout_ms,
+            } => {
+                self.take_publish()?;
+                self.command(reference.clone(), topic, payload, timeout_ms);
+                Ok(Reply::Later)
+            }
         }
     }
 
@@ -314,6 +412,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 enum Reply {
     Ack,
     Pong,
+    /// A command: its answer is sent when it comes.
+    Later,
 }
 
 impl<S> Session<S> {
@@ -413,6 +513,27 @@ fn subscribe_error(error: SubscribeError) -> ProtocolError {
         SubscribeError::ReplayTooLong { max, .. } => {
             ProtocolError::new("replay-too-long", error.to_string()).with("max_replay", *max)
         }
+    }
+}
+
+/// A refused or unanswered command as an `error` frame, with the codes
+/// `POST /command` uses.
+fn command_error(error: crate::command::CommandError) -> ProtocolError {
+    use crate::command::CommandError;
+    let code = error.code();
+    let message = error.to_string();
+    match error {
+        CommandError::Publish(e) => publish_error(e),
+        CommandError::Topic { topic, source } => ProtocolError::new(code, message)
+            .with("topic", topic)
+            .with("rule", source.rule()),
+        CommandError::TimeoutTooLong { max, .. } => {
+            ProtocolError::new(code, message).with("max_timeout_ms", max)
+        }
+        CommandError::Timeout { timeout_ms } => {
+            ProtocolError::new(code, message).with("timeout_ms", timeout_ms)
+        }
+        _ => ProtocolError::new(code, message),
     }
 }
 
