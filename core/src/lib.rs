@@ -27,6 +27,8 @@
 //! - [`command`]: commands that wait for their device's answer (on
 //!   `{topic}/reply`), bounded per topic, per client and in total; used by
 //!   `POST /command` and the WebSocket `command` op.
+//! - [`presence`]: each device's online state, retained on
+//!   `$tidewater/presence/<client id>`, swept at start; `GET /devices`.
 //! - [`sse`]: `GET /events`, the SSE encoder and stream.
 //! - [`ws`]: the WebSocket listener, its JSON protocol and sessions.
 //! - [`http`]: the HTTP server: publish, health, CORS, error bodies.
@@ -42,7 +44,8 @@
 //! - [`metrics`]: those counters in the Prometheus format, at `/metrics`.
 //! - [`tls`]: the certificate every TLS listener presents.
 //! - [`services`]: what every entry point is given explicitly: stats,
-//!   rules, log, router, broker handle, device filters and commands.
+//!   rules, log, router, broker handle, device filters, commands and
+//!   presence.
 //! - [`bridge`]: starting and stopping the whole: the startup plan (every
 //!   listener and what it serves, bound first), the order of start, and
 //!   the unwinding of a start that fails.
@@ -63,6 +66,7 @@ pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod plugin;
+pub mod presence;
 pub mod router;
 pub mod services;
 pub mod sse;

@@ -200,6 +200,14 @@ impl Collector for StatsCollector {
                 ("mqtt", read(&s.mqtt_connections_open)),
             ],
         )?;
+        let bodies =
+            ConstGauge::new(i64::try_from(read(&s.http_body_bytes_in_flight)).unwrap_or(i64::MAX));
+        bodies.encode(encoder.encode_descriptor(
+            "http_body_bytes_in_flight",
+            "Body bytes HTTP requests have reserved while their bodies arrive (http.max_body_bytes_in_flight).",
+            None,
+            bodies.metric_type(),
+        )?)?;
         labelled(
             &mut encoder,
             "connections_opened",
@@ -294,6 +302,18 @@ impl Collector for StatsCollector {
                 ("http", read(&s.http_publishes)),
                 ("websocket", read(&s.ws_publishes)),
             ],
+        )?;
+        counter(
+            &mut encoder,
+            "presence_published",
+            "Device states the bridge published on $tidewater/presence/.",
+            read(&s.presence_published),
+        )?;
+        counter(
+            &mut encoder,
+            "presence_dropped",
+            "Device states not published: past presence.max_devices, past the topic limits, or refused by the broker.",
+            read(&s.presence_dropped),
         )?;
         labelled(
             &mut encoder,

@@ -11,6 +11,7 @@ use crate::broker::Broker;
 use crate::command::Commands;
 use crate::gate::DeviceFilters;
 use crate::log::Log;
+use crate::presence::Presence;
 use crate::router::Router;
 use crate::stats::Stats;
 
@@ -31,4 +32,6 @@ pub struct Services {
     pub device_filters: Arc<DeviceFilters>,
     /// Commands waiting for their device's answer.
     pub commands: Arc<Commands>,
+    /// Every device's last known state (see `crate::presence`).
+    pub presence: Arc<Presence>,
 }

@@ -108,6 +108,14 @@ counters! {
     http_publishes,
     /// Publishes accepted from WebSocket sessions.
     ws_publishes,
+    /// Body bytes HTTP requests have reserved while their bodies arrive
+    /// (at most `http.max_body_bytes_in_flight`); a gauge.
+    http_body_bytes_in_flight,
+    /// Device states published on `$tidewater/presence/…`.
+    presence_published,
+    /// Device states not published: past `presence.max_devices`, a topic
+    /// past the limits, or a broker that would not take it.
+    presence_dropped,
     /// Commands (HTTP and WebSocket) their device answered in time.
     commands_answered,
     /// Commands sent that no answer came back for in time.
@@ -320,6 +328,10 @@ impl Stats {
 
     pub fn decr(counter: &AtomicU64) {
         counter.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Counts credentials refused on `protocol`.

@@ -23,6 +23,15 @@
 /// ever reach the broker.
 pub const MAX_TOPIC_BYTES: usize = 65_535;
 
+/// Where the bridge publishes its own messages (device presence): nobody
+/// else may publish under it, whatever the rules say.
+pub const RESERVED_PREFIX: &str = "$tidewater/";
+
+/// Whether `topic` is under [`RESERVED_PREFIX`].
+pub fn is_reserved(topic: &str) -> bool {
+    topic.starts_with(RESERVED_PREFIX)
+}
+
 /// Why a topic name or topic filter was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {

@@ -240,12 +240,24 @@ async fn the_dashboard_follows_the_bridge_through_a_restart() {
         between_rounds(&mut last_event).await;
     }
 
+    // A light that reports its state and takes commands but never answers
+    // them: a real MQTT device, for the page's "no answer".
+    let mut silent = common::Device::connect(first.mqtt, "silent-light").await;
+    silent.subscribe("home/light/silent/set").await;
+    silent
+        .publish(
+            "home/light/silent/state",
+            r#"{"on":false,"brightness":100}"#,
+            true,
+        )
+        .await;
+
     let screenshot = screenshot_path();
     let mut node = tokio::process::Command::new("node")
         .arg(js.join("dashboard.mjs"))
         .arg(format!("http://{http}/"))
         .arg(&screenshot)
-        .arg(json!({"rooms": rooms, "lights": lights}).to_string())
+        .arg(json!({"rooms": rooms, "lights": lights, "silent": "silent"}).to_string())
         .current_dir(&js)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

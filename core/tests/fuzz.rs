@@ -37,12 +37,18 @@ fn config() -> Config {
 /// A topic or filter: ordinary, deep (up to thousands of levels), long,
 /// Unicode, or with wildcards anywhere.
 fn filter() -> impl Strategy<Value = String> {
+    filter_within(20_000)
+}
+
+/// The same, with at most `deepest` empty levels: a request line has room
+/// for fewer (past about 8 KiB, actix refuses the request itself).
+fn filter_within(deepest: usize) -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-z+#/]{1,12}",
         "\\PC{1,24}",
-        (1usize..20_000).prop_map(|n| "/".repeat(n)),
+        (1usize..deepest).prop_map(|n| "/".repeat(n)),
         (1usize..80).prop_map(|n| vec!["l"; n].join("/")),
-        (1usize..3000).prop_map(|n| "x".repeat(n)),
+        (1usize..3000.min(deepest)).prop_map(|n| "x".repeat(n)),
         Just("温度/客厅".to_owned()),
         Just("°C/+/#".to_owned()),
         Just("$SYS/#".to_owned()),
@@ -190,7 +196,7 @@ fn sse_query() -> impl Strategy<Value = String> {
         Just(""),
     ];
     let raw_value = prop_oneof![
-        filter(),
+        filter_within(2_000),
         Just("-5m".to_owned()),
         Just("-99999999999999s".to_owned()),
         Just("2026-13-01T00:00:00Z".to_owned()),
@@ -237,7 +243,11 @@ fn sse_requests_are_a_stream_or_a_clear_refusal() {
                 );
                 if status != 200 {
                     let refusal = common::request(bridge.http, "GET", &path, &[], b"").await;
-                    if status == 400 {
+                    if refusal.body.is_empty() {
+                        // Only the HTTP parser answers without a body: a
+                        // request line past its limit.
+                        assert!(path.len() > 8 * 1024, "{status} with no body for {path}");
+                    } else if status == 400 {
                         assert!(refusal.json()["error"].is_string(), "{path}");
                     }
                 }

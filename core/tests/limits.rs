@@ -366,16 +366,12 @@ async fn bodies_in_flight_are_bounded() {
         .await
         .expect("headers");
     // Once the first holds its 600 bytes, a second of 600 does not fit.
-    let mut refused = None;
-    for _ in 0..50 {
-        let answer = post(bridge.http, "/publish/a", &[b'y'; 600]).await;
-        if answer.status == 503 {
-            refused = Some(answer);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let refused = refused.expect("a 503 while the first body is held");
+    eventually("the first body's 600 bytes reserved", || {
+        bridge.stats().http_body_bytes_in_flight == 600
+    })
+    .await;
+    let refused = post(bridge.http, "/publish/a", &[b'y'; 600]).await;
+    assert_eq!(refused.status, 503);
     assert_eq!(refused.json()["error"], "busy");
     assert!(refused.header("retry-after").is_some());
     assert_eq!(
@@ -386,6 +382,15 @@ async fn bodies_in_flight_are_bounded() {
     half_sent.write_all(&[b'x'; 598]).await.expect("the rest");
     let answer = first_answer(&mut half_sent).await;
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    eventually("every reservation given back", || {
+        bridge.stats().http_body_bytes_in_flight == 0
+    })
+    .await;
+    assert_eq!(
+        metric(bridge.http, "tidewater_http_body_bytes_in_flight").await,
+        0,
+        "the gauge is exported"
+    );
     bridge.shutdown().await;
 }
 

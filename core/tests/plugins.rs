@@ -84,6 +84,46 @@ async fn sim_light_takes_mqtt_commands() {
     bridge.shutdown().await;
 }
 
+/// A command to a light the sim-light driver serves is answered by the
+/// driver with the light's new state (on `{topic}/reply`), and a command it
+/// cannot follow with an error, at once rather than at the timeout.
+#[tokio::test]
+async fn sim_light_answers_commands() {
+    let library = rust_plugin("sim-light");
+    let mut bridge = start(vec![plugin("lights", &library, json!({"lights": ["1"]}))]).await;
+    wait_for_state(&bridge, "lights", "running").await;
+    let answer = common::request(
+        bridge.http,
+        "POST",
+        "/command/home/light/1/set?timeout_ms=3000",
+        &[],
+        b"brightness 40",
+    )
+    .await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(answer.body, br#"{"on":true,"brightness":40}"#);
+    let started = std::time::Instant::now();
+    let refused = common::request(
+        bridge.http,
+        "POST",
+        "/command/home/light/1/set?timeout_ms=3000",
+        &[],
+        b"purple",
+    )
+    .await;
+    assert_eq!(refused.status, 200);
+    assert!(refused.json()["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("purple")));
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    bridge.shutdown().await;
+}
+
 /// The C driver, compiled with `cc`, decodes a binary frame from an MQTT
 /// device into JSON that reaches an SSE client; a corrupt frame is an error
 /// shown in `GET /plugins`, and decoding goes on.

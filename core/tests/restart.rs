@@ -25,6 +25,7 @@ const STARTUP: Duration = Duration::from_secs(15);
 struct Bridge {
     child: Child,
     http: SocketAddr,
+    mqtt: SocketAddr,
 }
 
 impl Bridge {
@@ -81,7 +82,7 @@ impl Bridge {
             })
             .spawn()
             .expect("spawn tidewater");
-        let mut bridge = Self { child, http };
+        let mut bridge = Self { child, http, mqtt };
         let deadline = Instant::now() + STARTUP;
         loop {
             assert!(
@@ -258,6 +259,49 @@ async fn ids_go_on_one_by_one_across_sigkill_and_sigterm() {
         } else {
             drop(restarted);
         }
+    }
+}
+
+/// The retained presence of `client_id` on `bridge`, as JSON.
+async fn presence_of(bridge: &Bridge, client_id: &str) -> serde_json::Value {
+    let path = format!("/events?topic=%24tidewater%2Fpresence%2F{client_id}");
+    let mut sse = SseClient::connect(bridge.http, &path, &[]).await;
+    serde_json::from_str(&sse.expect_event().await.data).expect("presence is JSON")
+}
+
+/// A device online when the bridge is killed is not left online: the next
+/// start marks it offline (`bridge-stopped`) before any device can come
+/// in, and a clean stop does the same for the devices connected then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_device_is_left_online_by_a_bridge_that_stopped() {
+    use common::raw::{Connect, RawMqtt};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    for signal in ["KILL", "TERM"] {
+        let mut bridge = Bridge::start(dir.path()).await;
+        let id = format!("lamp-{signal}");
+        let options = Connect {
+            level: 4,
+            client_id: &id,
+            login: None,
+            will_topic: None,
+        };
+        let (_lamp, code) = RawMqtt::connect(bridge.mqtt, options).await;
+        assert_eq!(code, Some(0));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while presence_of(&bridge, &id).await["online"] != true {
+            assert!(Instant::now() < deadline, "{id} never showed online");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bridge.signal(signal);
+        bridge.wait();
+        let restarted = Bridge::start(dir.path()).await;
+        let state = presence_of(&restarted, &id).await;
+        assert_eq!(
+            (state["online"].as_bool(), state["reason"].as_str()),
+            (Some(false), Some("bridge-stopped")),
+            "after SIG{signal}: {state}"
+        );
+        drop(restarted);
     }
 }
 

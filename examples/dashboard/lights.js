@@ -1,10 +1,11 @@
 // Light tiles: each light's reported state (home/light/<id>/state, JSON
-// {"on", "brightness"}) and a switch that publishes on/off to
-// home/light/<id>/set. The switch shows what the light reports, never what
-// was asked: a command is only a request until the light answers.
+// {"on", "brightness"}) and a switch that sends on/off as a command to
+// home/light/<id>/set (POST /command: the bridge waits for the light's
+// answer). The switch shows what the light reports, never what was asked:
+// a command is only a request until the light answers.
 
 const PREFIX = 'home/light';
-// How long a command may go unanswered before the tile says so.
+// How long the bridge waits for a light's answer before saying none came.
 const ANSWER_TIMEOUT_MS = 5000;
 
 function element(tag, className, text) {
@@ -49,38 +50,40 @@ class Light {
 
   report(state) {
     this.state = state;
-    if (this.pending) {
-      clearTimeout(this.pending.timer);
-      this.pending = null;
-    }
+    this.pending = null;
     this.render();
   }
 
   async toggle() {
     if (!this.state || this.pending) return;
     const wanted = !this.state.on;
-    this.pending = {
-      wanted,
-      timer: setTimeout(() => {
-        this.pending = null;
-        this.render(`No answer from light ${this.id}`);
-      }, ANSWER_TIMEOUT_MS),
-    };
+    this.pending = { wanted };
     this.render();
-    const url = `/publish/${PREFIX}/${encodeURIComponent(this.id)}/set?qos=1`;
-    let problem = null;
+    const topic = `${PREFIX}/${encodeURIComponent(this.id)}/set`;
+    const url = `/command/${topic}?timeout_ms=${ANSWER_TIMEOUT_MS}`;
+    let note = null;
     try {
-      // qos=1: the answer comes once the broker holds the command.
       const response = await fetch(url, { method: 'POST', body: wanted ? 'on' : 'off' });
-      if (!response.ok) problem = await failure(response);
+      if (response.ok) {
+        // The light's answer is its new state (or why it could not).
+        const answer = await response.json().catch(() => null);
+        if (answer && typeof answer.on === 'boolean') {
+          this.report(answer);
+          return;
+        }
+        note = `Light ${this.id}: ${answer && answer.error ? answer.error : 'an answer this page cannot read'}`;
+      } else if (response.status === 504) {
+        note = `No answer from light ${this.id}`;
+      } else if (response.status === 404) {
+        note = `Light ${this.id} is not connected`;
+      } else {
+        note = `Not sent: ${await failure(response)}`;
+      }
     } catch (e) {
-      problem = `cannot reach the bridge (${e.message})`;
+      note = `Not sent: cannot reach the bridge (${e.message})`;
     }
-    if (problem && this.pending) {
-      clearTimeout(this.pending.timer);
-      this.pending = null;
-      this.render(`Not sent: ${problem}`);
-    }
+    this.pending = null;
+    this.render(note);
   }
 
   render(note) {

@@ -197,6 +197,7 @@ impl Bridge {
             broker,
             device_filters: Arc::default(),
             commands: Arc::new(crate::command::Commands::new(&config.limits)),
+            presence: Arc::new(crate::presence::Presence::new(&config.presence)),
         };
 
         // Plugins start once the broker is up (their first publishes have
@@ -208,6 +209,16 @@ impl Bridge {
 
         let mut addrs = Vec::with_capacity(bound.len());
         let mut server_task = None;
+        // Presence listens before any device can connect, so it sees every
+        // connect, after its sweep of what a previous run left online.
+        if config.presence.enabled {
+            tasks.spawn(crate::presence::run(
+                services.presence.clone(),
+                services.clone(),
+                services.router.devices().subscribe(),
+                cancel.clone(),
+            ));
+        }
         let gate = Arc::new(gate::Shared::new(
             &config,
             &services,

@@ -13,6 +13,13 @@
 //!   stays inside the first level, so `+` and `#` match the internal forms
 //!   exactly as they match the real names, and no topic starts with `$`
 //!   that did not before. Decoding strips one leading escape.
+//! - the bridge's own topics, under `$tidewater/` (presence), get the
+//!   escape too. rumqttd 0.20 matches no `$` topic against any wildcard
+//!   filter at all (MQTT only forbids a wildcard *first* level), so
+//!   `$tidewater/presence/+` would never see one, nor would the egress
+//!   link's `#`. Escaped, both match; the gate then keeps these topics
+//!   from filters whose first level is a wildcard, as MQTT says
+//!   (`gate::downstream`).
 //! - a **client id** keeps ASCII letters, digits, `-` and `_`; every other
 //!   byte becomes `.` and two hex digits (`a/b` is `a.2fb`). The broker
 //!   never hands a client id back, so only the gate encodes it.
@@ -31,7 +38,7 @@ pub const ESCAPE: char = '\u{1}';
 /// The broker's form of `topic`.
 pub fn topic_in(topic: &str) -> Cow<'_, str> {
     match topic.chars().next() {
-        Some(c) if !c.is_ascii() || c == ESCAPE => {
+        Some(c) if !c.is_ascii() || c == ESCAPE || crate::topic::is_reserved(topic) => {
             let mut escaped = String::with_capacity(topic.len() + 1);
             escaped.push(ESCAPE);
             escaped.push_str(topic);

@@ -11,7 +11,7 @@ use super::ingress::IngressRequest;
 use super::name;
 use crate::auth::{Action, Denied, Principal};
 use crate::stats::{Limit, Protocol, Stats};
-use crate::topic::TopicError;
+use crate::topic::{self, TopicError};
 
 /// How long a publish waits for the broker's confirmation.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,6 +22,8 @@ pub enum PublishError {
     InvalidTopic { topic: String, source: TopicError },
     #[error(transparent)]
     Denied(#[from] Denied),
+    #[error("topics under `$tidewater/` are the bridge's own: nobody else publishes there")]
+    Reserved,
     #[error(
         "the payload is {size} bytes; the broker takes at most {max} (mqtt.max_payload_bytes)"
     )]
@@ -91,6 +93,45 @@ impl Broker {
         self.enqueue(Protocol::Plugin, principal, topic, payload, meta, None)
     }
 
+    /// Publishes one of the bridge's own messages (presence), on a topic
+    /// under `$tidewater/` that no access rule governs, waiting for room
+    /// in the ingress queue rather than dropping it. A topic past the
+    /// limits or the census is refused (the caller counts it).
+    pub async fn publish_own(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        retain: bool,
+    ) -> Result<(), PublishError> {
+        self.shared
+            .settings
+            .topics
+            .topic(topic)
+            .map_err(|source| PublishError::InvalidTopic {
+                topic: topic.chars().take(256).collect(),
+                source,
+            })?;
+        if !self.shared.log.accepting() {
+            return Err(PublishError::StorageFull);
+        }
+        if !self.shared.census.admit_topic(&name::topic_in(topic)) {
+            return Err(PublishError::TopicLimit);
+        }
+        let request = IngressRequest {
+            topic: topic.to_owned(),
+            payload,
+            qos: 1,
+            retain,
+            restored: false,
+            confirm: None,
+        };
+        self.shared
+            .ingress
+            .send(request)
+            .await
+            .map_err(|_| PublishError::Unavailable)
+    }
+
     /// Checks and queues a publish; a refusal by a limit is counted for
     /// `protocol`.
     fn enqueue(
@@ -118,6 +159,9 @@ impl Broker {
                     source,
                 })
             }
+        }
+        if topic::is_reserved(topic) {
+            return Err(PublishError::Reserved);
         }
         self.shared
             .settings

@@ -35,6 +35,30 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[log]`: the log beneath the router (see `crate::log`).
     pub log: crate::log::LogConfig,
+    /// `[presence]`: devices' online state as retained messages.
+    pub presence: PresenceConfig,
+}
+
+/// `[presence]`: each MQTT device's state, published by the bridge on
+/// `$tidewater/presence/<client id>` (see `crate::presence`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    pub enabled: bool,
+    /// Devices (distinct client ids) whose presence is kept; a device past
+    /// it gets none (counted). Each is a retained topic the broker keeps
+    /// for good, so this is presence's share of `mqtt.max_topics`, and it
+    /// bounds what devices with ever-new client ids can take.
+    pub max_devices: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_devices: 10_000,
+        }
+    }
 }
 
 /// `[mqtt]`: the embedded broker, and the MQTT gate in front of it (which
@@ -385,7 +409,7 @@ impl Config {
     /// event names that fit on an SSE line. The error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ws = &self.websocket;
-        let positive: [(&str, u64); 47] = [
+        let positive: [(&str, u64); 48] = [
             ("log.segment_bytes", self.log.segment_bytes),
             ("log.max_bytes", self.log.max_bytes),
             ("log.fsync_interval_ms", self.log.fsync_interval_ms),
@@ -420,6 +444,7 @@ impl Config {
             ("http.max_publish_bytes", self.http.max_publish_bytes as u64),
             ("http.body_timeout_secs", self.http.body_timeout_secs),
             ("limits.command_timeout_ms", self.limits.command_timeout_ms),
+            ("presence.max_devices", self.presence.max_devices as u64),
             (
                 "limits.max_pending_commands",
                 self.limits.max_pending_commands as u64,

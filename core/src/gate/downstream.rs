@@ -63,6 +63,8 @@ pub struct Downstream {
     presence: Option<Arc<Presence>>,
     /// MQTT 5: the largest packet the client accepts, if it set a limit.
     client_max_packet: Option<usize>,
+    /// This connection's id in `DeviceFilters`.
+    connection: u64,
 }
 
 impl Downstream {
@@ -78,7 +80,30 @@ impl Downstream {
             order: AckOrder::new(version),
             presence: None,
             client_max_packet: None,
+            connection: u64::MAX,
         }
+    }
+
+    /// The connection's id in the bridge's `DeviceFilters`, where its
+    /// filters are.
+    pub fn with_connection(mut self, connection: u64) -> Self {
+        self.connection = connection;
+        self
+    }
+
+    /// MQTT's `$` rule for the bridge's own topics: the broker is given
+    /// `$tidewater/…` in a form its wildcards match (see `broker::name`),
+    /// so a client gets such a message only through a filter that names
+    /// `$tidewater` itself, never through `#` or `+/…`.
+    fn dollar_rule(&self, topic: &str) -> bool {
+        if !crate::topic::is_reserved(topic) {
+            return true;
+        }
+        let mut held = false;
+        self.shared
+            .device_filters
+            .for_each_holder(topic, |id| held |= id == self.connection);
+        held
     }
 
     /// Sends the client no packet larger than `max` bytes.
@@ -149,8 +174,9 @@ impl Downstream {
                 let topic = name::topic_out(publish.topic);
                 // The gate set the client's Topic Alias Maximum to 0, so
                 // the broker names every topic; an empty one is unreadable.
-                let readable =
-                    !topic.is_empty() && self.shared.policy.may_read(&self.principal, topic);
+                let readable = !topic.is_empty()
+                    && self.shared.policy.may_read(&self.principal, topic)
+                    && self.dollar_rule(topic);
                 let phase = Phase::Receipt;
                 if readable {
                     // The topic as it was published, and the payload

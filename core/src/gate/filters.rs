@@ -36,6 +36,12 @@ impl DeviceFilters {
         self.lock().remove(shared_filter(filter), id);
     }
 
+    /// Calls `f` with each connection holding a filter that matches
+    /// `topic` (once per such filter), MQTT's `$` rule applied.
+    pub fn for_each_holder(&self, topic: &str, f: impl FnMut(u64)) {
+        self.lock().for_each_match(topic, f);
+    }
+
     /// Whether any live device holds a filter matching `topic`.
     pub fn any_match(&self, topic: &str) -> bool {
         let mut found = false;

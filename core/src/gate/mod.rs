@@ -191,6 +191,7 @@ impl Shared {
             broker,
             device_filters: Arc::default(),
             commands: Arc::new(crate::command::Commands::new(&config.limits)),
+            presence: Arc::new(crate::presence::Presence::new(&config.presence)),
         };
         Arc::new(Self::new(&config, &services, policy, upstreams, auth))
     }

@@ -190,7 +190,16 @@ where
         }
     };
     if let Some(will) = &connect.will_topic {
-        if let Err(denied) = shared.policy.authorize(&principal, Action::Publish, will) {
+        let allowed = if crate::topic::is_reserved(will) {
+            Err(crate::auth::Denied {
+                action: Action::Publish,
+                topic: will.clone(),
+                reason: "topics under $tidewater/ are the bridge's own".into(),
+            })
+        } else {
+            shared.policy.authorize(&principal, Action::Publish, will)
+        };
+        if let Err(denied) = allowed {
             shared.stats.deny(Protocol::Mqtt, Action::Publish);
             Stats::incr(&shared.stats.mqtt_publishes_denied);
             tracing::info!(client_id = connect.client_id, %principal, reason = %denied, "MQTT CONNECT refused: its will topic is denied.");
@@ -321,10 +330,13 @@ where
     let _ = presence.set(device.clone());
     let (to_down, from_up) = mpsc::channel(shared.notes);
     let (to_up, from_down) = mpsc::channel(shared.notes);
+    let connection = shared.device_filters.connection();
     let up = Upstream::new(shared.clone(), version, principal.clone())
+        .with_connection(connection)
         .with_gate_pings(gate_pings)
         .with_presence(device.clone());
     let down = Downstream::new(shared.clone(), version, principal)
+        .with_connection(connection)
         .with_presence(device)
         .with_max_packet(connect.maximum_packet_size);
     let client_to_broker = pump::up(

@@ -128,9 +128,8 @@ impl Drop for Upstream {
 impl Upstream {
     pub fn new(shared: Arc<Shared>, version: Version, principal: Principal) -> Self {
         let bucket = shared.publish_bucket(Instant::now());
-        let connection = shared.device_filters.connection();
         Self {
-            connection,
+            connection: u64::MAX,
             shared,
             version,
             principal,
@@ -144,6 +143,13 @@ impl Upstream {
             presence: None,
             unreleased: HashSet::new(),
         }
+    }
+
+    /// Records this client's filters under `connection` in the bridge's
+    /// `DeviceFilters`.
+    pub fn with_connection(mut self, connection: u64) -> Self {
+        self.connection = connection;
+        self
     }
 
     /// Notes the client's DISCONNECT in `presence`.
@@ -324,6 +330,11 @@ impl Upstream {
                 self.shared.stats.limit(Protocol::Mqtt, limit);
             }
             Some(TOPIC_NAME_INVALID)
+        } else if topic::is_reserved(topic) {
+            self.stats().deny(Protocol::Mqtt, Action::Publish);
+            Stats::incr(&self.stats().mqtt_publishes_denied);
+            tracing::debug!(principal = %self.principal, "MQTT PUBLISH refused: $tidewater/ is the bridge's own.");
+            Some(NOT_AUTHORIZED)
         } else if let Err(denied) =
             self.shared
                 .policy

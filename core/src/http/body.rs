@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 
 use super::{ApiError, AppState};
-use crate::stats::{Limit, Protocol};
+use crate::stats::{Limit, Protocol, Stats};
 
 /// The whole body of `req`, or the refusal to answer instead.
 pub async fn read(
@@ -39,7 +39,7 @@ pub async fn read(
     // length may grow to the limit), so half-sent bodies hold a bounded
     // amount between them; a client is refused at once rather than queued.
     let reserve = u32::try_from(declared.unwrap_or(limit)).unwrap_or(u32::MAX);
-    let Ok(_reserved) = state.body_budget.clone().try_acquire_many_owned(reserve) else {
+    let Ok(permit) = state.body_budget.clone().try_acquire_many_owned(reserve) else {
         stats.limit(Protocol::Http, Limit::Bodies);
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -48,6 +48,7 @@ pub async fn read(
         )
         .retry_after(1));
     };
+    let _reserved = Reserved::new(permit, reserve, stats.clone());
     let deadline = std::time::Duration::from_secs(state.config.http.body_timeout_secs);
     let read = tokio::time::timeout(deadline, async {
         let mut payload = BytesMut::with_capacity(declared.unwrap_or(0));
@@ -73,4 +74,34 @@ pub async fn read(
             ),
         )
     })?
+}
+
+/// Body bytes reserved for one request, shown in
+/// `tidewater_http_body_bytes_in_flight` while held.
+struct Reserved {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    bytes: u64,
+    stats: std::sync::Arc<Stats>,
+}
+
+impl Reserved {
+    fn new(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        bytes: u32,
+        stats: std::sync::Arc<Stats>,
+    ) -> Self {
+        let bytes = u64::from(bytes);
+        Stats::add(&stats.http_body_bytes_in_flight, bytes);
+        Self {
+            _permit: permit,
+            bytes,
+            stats,
+        }
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        Stats::sub(&self.stats.http_body_bytes_in_flight, self.bytes);
+    }
 }

@@ -70,7 +70,8 @@ pub fn serve(
             .route("/command/{tail:.*}", web::post().to(command::command))
             .route("/healthz", web::get().to(health))
             .route("/metrics", web::get().to(metrics))
-            .route("/plugins", web::get().to(plugins));
+            .route("/plugins", web::get().to(plugins))
+            .route("/devices", web::get().to(devices));
         // Static files last, so the API's paths always win.
         match &static_dir {
             Some(dir) => app.service(
@@ -163,10 +164,34 @@ async fn plugins(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(list)
 }
 
+/// `[{"client_id", "username", "online", "since", "reason", "will_sent"}]`:
+/// every device whose presence topic the caller may read, in client id
+/// order (the same rules as a subscription to it).
+async fn devices(
+    req: actix_web::HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = identity::principal(&req, &state, crate::stats::Protocol::Http, false)?;
+    let policy = &state.services.policy;
+    let list: Vec<_> = state
+        .services
+        .presence
+        .devices()
+        .into_iter()
+        .filter(|d| {
+            let topic = crate::presence::topic_for(&d.client_id);
+            policy
+                .authorize(&principal, crate::auth::Action::Subscribe, &topic)
+                .is_ok()
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(list))
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(
         actix_web::http::StatusCode::NOT_FOUND,
         "not-found",
-        "no such endpoint: try GET /events?topic=…, POST /publish/{topic}, GET /healthz, GET /metrics or GET /plugins",
+        "no such endpoint: try GET /events?topic=…, POST /publish/{topic}, POST /command/{topic}, GET /devices, GET /healthz, GET /metrics or GET /plugins",
     )
 }

@@ -158,6 +158,7 @@ pub(super) fn publish_error(error: PublishError) -> ApiError {
                 .with("rule", source.rule())
         }
         PublishError::Denied(denied) => ApiError::forbidden(denied.to_string()),
+        PublishError::Reserved => ApiError::forbidden(error.to_string()),
         PublishError::TooLarge { .. } => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload-too-large",

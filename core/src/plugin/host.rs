@@ -121,7 +121,7 @@ impl HostContext {
                     | PublishError::TopicTooDeep { .. }
                     | PublishError::TooLarge { .. },
                 ) => TwStatus::INVALID_ARGUMENT,
-                Err(PublishError::Denied(_)) => {
+                Err(PublishError::Denied(_) | PublishError::Reserved) => {
                     live.services.stats.deny(Protocol::Plugin, Action::Publish);
                     TwStatus::DENIED
                 }

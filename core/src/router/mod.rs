@@ -25,7 +25,9 @@ pub mod start;
 mod subscription;
 pub mod trie;
 
-pub use device::{DeviceEvent, DeviceEventKind, DeviceEvents, DisconnectReason};
+pub use device::{
+    DeviceEvent, DeviceEventKind, DeviceEventReceiver, DeviceEvents, DisconnectReason,
+};
 pub use message::{now_ms, Encoding, EventId, MalformedId, Message};
 pub use start::{MalformedStart, Start};
 pub use subscription::{

@@ -544,7 +544,7 @@ fn publish_error(error: PublishError) -> ProtocolError {
                 .with("topic", topic.clone())
                 .with("rule", source.rule())
         }
-        PublishError::Denied(_) => "forbidden",
+        PublishError::Denied(_) | PublishError::Reserved => "forbidden",
         PublishError::TooLarge { .. } => "payload-too-large",
         PublishError::TopicTooLong { .. } => "topic-too-long",
         PublishError::TopicTooDeep { .. } => "topic-too-deep",

@@ -50,6 +50,9 @@ pub fn test_config() -> Config {
     // In-process bridges keep nothing on disk unless a test asks for it
     // (see `on_disk`).
     config.log.kind = tidewater::log::Kind::Memory;
+    // Presence adds a message per device connect and disconnect; tests that
+    // count messages would count those too. `tests/presence.rs` turns it on.
+    config.presence.enabled = false;
     config
 }
 

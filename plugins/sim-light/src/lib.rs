@@ -1,8 +1,11 @@
 //! `sim-light`: simulated smart lights. Each configured light takes
 //! commands on `<prefix>/<id>/set` (see [`command`]) and publishes its state
 //! retained on `<prefix>/<id>/state` as `{"on":true,"brightness":80}`: once
-//! at start, then after every command. No thread of its own: commands
-//! arrive on the plugin's host thread. See README.md.
+//! at start, then after every command. Each command is also answered on
+//! `<prefix>/<id>/set/reply` (the bridge's command convention, so
+//! `POST /command/<prefix>/<id>/set` gets the light's new state back), or
+//! with `{"error": …}` for a command it cannot follow. No thread of its
+//! own: commands arrive on the plugin's host thread. See README.md.
 
 pub mod command;
 
@@ -90,10 +93,22 @@ impl Plugin for SimLight {
             .lights
             .get(id)
             .ok_or_else(|| format!("no light `{id}`"))?;
-        let command = Command::parse(payload).map_err(|e| format!("light `{id}`: {e}"))?;
+        let reply = format!("{topic}/reply");
+        let command = match Command::parse(payload) {
+            Ok(command) => command,
+            Err(e) => {
+                // Answered, so a waiting command learns why at once.
+                let answer = serde_json::json!({"error": e.to_string()}).to_string();
+                self.host.publish(&reply, answer, false)?;
+                return Err(format!("light `{id}`: {e}").into());
+            }
+        };
         let next = command.apply(current);
         self.lights.insert(id.to_owned(), next);
-        self.publish_state(id, next)
+        self.publish_state(id, next)?;
+        self.host
+            .publish(&reply, serde_json::to_string(&next)?, false)?;
+        Ok(())
     }
 }
 
@@ -142,14 +157,27 @@ mod tests {
             instance.on_message("home/light/1/set", b"off"),
             TwStatus::OK
         );
-        let states: Vec<String> = test.take_published().iter().map(|p| p.text()).collect();
+        let published = test.take_published();
+        let on = |topic: &str| -> Vec<String> {
+            published
+                .iter()
+                .filter(|p| p.topic == topic)
+                .map(|p| p.text())
+                .collect()
+        };
+        let states = [
+            r#"{"on":true,"brightness":80}"#,
+            r#"{"on":false,"brightness":80}"#,
+        ];
+        assert_eq!(on("home/light/1/state"), states);
         assert_eq!(
+            on("home/light/1/set/reply"),
             states,
-            [
-                r#"{"on":true,"brightness":80}"#,
-                r#"{"on":false,"brightness":80}"#
-            ]
+            "each command answered"
         );
+        assert!(published
+            .iter()
+            .all(|p| p.retain == (p.topic == "home/light/1/state")));
     }
 
     /// A bad command is an error (logged by the bridge) and changes nothing.
@@ -163,7 +191,10 @@ mod tests {
             instance.on_message("home/light/1/set", b"purple"),
             TwStatus::ERROR
         );
-        assert!(test.published().is_empty());
+        let published = test.take_published();
+        assert_eq!(published.len(), 1, "only the answer");
+        assert_eq!(published[0].topic, "home/light/1/set/reply");
+        assert!(published[0].text().contains("unknown command `purple`"));
         assert!(test
             .logs()
             .iter()

@@ -1,0 +1,293 @@
+//! Device presence: the bridge publishes each MQTT device's state on
+//! `$tidewater/presence/<client id>`, retained, so any subscriber (SSE,
+//! WebSocket, MQTT, plugins) and a bridge that restarted see who is online
+//! now, and since when.
+//!
+//! The state comes from the gate's device events (a connect, and exactly
+//! one disconnect with who ended it). It goes through the broker and the
+//! log like any message, so resumes, `since` and the access rules apply
+//! to it: a subscription to `$tidewater/presence/+` needs a rule that
+//! allows it (`#` never covers a `$` topic), and a user can be kept from
+//! another's devices with rules on their presence topics. Nobody but the
+//! bridge may publish under `$tidewater/`.
+//!
+//! A client id becomes one topic level: `%`, `/`, `+` and `#` are written
+//! `%25`, `%2F`, `%2B`, `%23` (ids may hold them). A device with an empty
+//! client id has no presence: nothing tells it from the next one.
+//!
+//! A bridge that stopped without saying so (a crash, a power cut) left
+//! devices marked online: at start, before its listeners open, every
+//! device still online is published offline with the reason
+//! `bridge-stopped`. On a clean stop the same is done for the devices
+//! connected then.
+//!
+//! Bounded: `presence.max_devices` distinct client ids are kept (each is a
+//! retained topic the broker keeps for good); past it a new device gets
+//! no presence, counted in `tidewater_presence_dropped_total`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::PresenceConfig;
+use crate::router::{now_ms, DeviceEvent, DeviceEventKind, DeviceEventReceiver, DisconnectReason};
+use crate::services::Services;
+use crate::stats::Stats;
+
+/// Where presence is published: one level per device below it.
+pub const PREFIX: &str = "$tidewater/presence/";
+
+/// How long a clean stop may take to publish the devices still online.
+const STOP_DEADLINE: Duration = Duration::from_secs(1);
+
+/// The presence topic of `client_id`.
+pub fn topic_for(client_id: &str) -> String {
+    let mut topic = String::with_capacity(PREFIX.len() + client_id.len());
+    topic.push_str(PREFIX);
+    for c in client_id.chars() {
+        match c {
+            '%' => topic.push_str("%25"),
+            '/' => topic.push_str("%2F"),
+            '+' => topic.push_str("%2B"),
+            '#' => topic.push_str("%23"),
+            other => topic.push(other),
+        }
+    }
+    topic
+}
+
+/// One device's state, as published (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceState {
+    pub client_id: String,
+    pub username: Option<String>,
+    pub online: bool,
+    /// Milliseconds since the Unix epoch when it came online or went away.
+    pub since: u64,
+    /// Why it went offline; absent while online.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    /// Whether the broker published its will as it went.
+    pub will_sent: bool,
+}
+
+/// What an offline device's `reason` says.
+fn reason(ending: &DisconnectReason) -> &'static str {
+    match ending {
+        DisconnectReason::Client { .. } => "client-disconnect",
+        DisconnectReason::ConnectionLost => "connection-lost",
+        DisconnectReason::TakenOver => "taken-over",
+        // After the gate's checks, what the broker closes is a device whose
+        // keep-alive ran out.
+        DisconnectReason::Broker => "keep-alive-timeout",
+        DisconnectReason::Gate(_) => "protocol-error",
+        DisconnectReason::Shutdown => "bridge-stopped",
+    }
+}
+
+/// Every device's last known state.
+#[derive(Debug)]
+pub struct Presence {
+    max_devices: usize,
+    devices: Mutex<HashMap<String, DeviceState>>,
+}
+
+impl Presence {
+    pub fn new(config: &PresenceConfig) -> Self {
+        Self {
+            max_devices: config.max_devices.max(1),
+            devices: Mutex::default(),
+        }
+    }
+
+    /// Every device known, in client id order.
+    pub fn devices(&self) -> Vec<DeviceState> {
+        let mut all: Vec<_> = self.lock().values().cloned().collect();
+        all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        all
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, DeviceState>> {
+        self.devices.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records `state`; `false` if it is a new device past
+    /// `presence.max_devices`.
+    fn record(&self, state: &DeviceState) -> bool {
+        let mut devices = self.lock();
+        if !devices.contains_key(&state.client_id) && devices.len() >= self.max_devices {
+            return false;
+        }
+        devices.insert(state.client_id.clone(), state.clone());
+        true
+    }
+}
+
+/// Publishes presence from `events` until `cancel`: first the devices a
+/// previous run left online, then every connect and disconnect.
+pub async fn run(
+    presence: Arc<Presence>,
+    services: Services,
+    mut events: DeviceEventReceiver,
+    cancel: CancellationToken,
+) {
+    sweep(&presence, &services).await;
+    loop {
+        let event = tokio::select! {
+            () = cancel.cancelled() => break,
+            event = events.recv() => event,
+        };
+        match event {
+            Some(Ok(event)) => {
+                if let Some(state) = state_of(&event) {
+                    publish(&presence, &services, state).await;
+                }
+            }
+            // Lost events are counted by the receiver; the next event of
+            // each device sets its state right.
+            Some(Err(_)) => {}
+            None => break,
+        }
+    }
+    // A clean stop: the devices still online go offline with it.
+    let online: Vec<_> = presence
+        .devices()
+        .into_iter()
+        .filter(|d| d.online)
+        .collect();
+    let stop = async {
+        for device in online {
+            publish(&presence, &services, went_away(device, "bridge-stopped")).await;
+        }
+    };
+    let _ = tokio::time::timeout(STOP_DEADLINE, stop).await;
+}
+
+/// Marks offline what the log's retained presence says is online: a
+/// previous run that ended without saying so.
+async fn sweep(presence: &Presence, services: &Services) {
+    let log = services.log.clone();
+    let before = log.next();
+    let max = presence.max_devices;
+    let read = tokio::task::spawn_blocking(move || {
+        log.retained_before(before, &mut |topic| topic.starts_with(PREFIX), max)
+    })
+    .await;
+    let Ok((records, _)) = read else {
+        tracing::warn!("Presence: the retained states could not be read; devices a previous run left online stay so until they connect.");
+        return;
+    };
+    for record in records {
+        let Ok(state) = serde_json::from_slice::<DeviceState>(&record.payload) else {
+            continue;
+        };
+        if state.online {
+            publish(presence, services, went_away(state, "bridge-stopped")).await;
+        } else {
+            presence.record(&state);
+        }
+    }
+}
+
+fn went_away(state: DeviceState, why: &str) -> DeviceState {
+    DeviceState {
+        online: false,
+        since: now_ms(),
+        reason: Some(why.to_owned()),
+        will_sent: false,
+        ..state
+    }
+}
+
+/// The state a device event sets, if the device can have one.
+fn state_of(event: &DeviceEvent) -> Option<DeviceState> {
+    if event.client_id.is_empty() {
+        return None;
+    }
+    let (online, why, will_sent) = match &event.kind {
+        DeviceEventKind::Connected { .. } => (true, None, false),
+        DeviceEventKind::Disconnected {
+            reason: ending,
+            will_topic,
+        } => (false, Some(reason(ending).to_owned()), will_topic.is_some()),
+    };
+    Some(DeviceState {
+        client_id: event.client_id.clone(),
+        username: event.username.clone(),
+        online,
+        since: event.at_ms,
+        reason: why,
+        will_sent,
+    })
+}
+
+/// Publishes `state` as its device's retained presence, counting what
+/// cannot be.
+async fn publish(presence: &Presence, services: &Services, state: DeviceState) {
+    let stats = &services.stats;
+    if !presence.record(&state) {
+        Stats::incr(&stats.presence_dropped);
+        tracing::debug!(
+            client_id = state.client_id,
+            "Presence not kept: presence.max_devices reached."
+        );
+        return;
+    }
+    let topic = topic_for(&state.client_id);
+    let payload = serde_json::to_vec(&state).unwrap_or_default();
+    match services
+        .broker
+        .publish_own(&topic, payload.into(), true)
+        .await
+    {
+        Ok(()) => Stats::incr(&stats.presence_published),
+        Err(e) => {
+            Stats::incr(&stats.presence_dropped);
+            tracing::debug!(client_id = state.client_id, error = %e, "Presence not published.");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client id is one level, whatever it holds, and two ids never
+    /// share a topic.
+    #[test]
+    fn a_client_id_is_one_level() {
+        assert_eq!(topic_for("cam-1"), "$tidewater/presence/cam-1");
+        assert_eq!(topic_for("a/b+c#d"), "$tidewater/presence/a%2Fb%2Bc%23d");
+        assert_eq!(topic_for("50%"), "$tidewater/presence/50%25");
+        assert_ne!(topic_for("a/b"), topic_for("a%2Fb"));
+        assert_eq!(topic_for("温度"), "$tidewater/presence/温度");
+        for id in ["a/b", "+", "#", "x/+/#"] {
+            let level = &topic_for(id)[PREFIX.len()..];
+            assert!(!level.contains(['/', '+', '#']), "{id}");
+        }
+    }
+
+    /// Past `max_devices`, a new device is refused; a known one is not.
+    #[test]
+    fn devices_are_bounded() {
+        let presence = Presence::new(&PresenceConfig {
+            enabled: true,
+            max_devices: 1,
+        });
+        let state = |id: &str| DeviceState {
+            client_id: id.into(),
+            username: None,
+            online: true,
+            since: 1,
+            reason: None,
+            will_sent: false,
+        };
+        assert!(presence.record(&state("a")));
+        assert!(!presence.record(&state("b")));
+        assert!(presence.record(&went_away(state("a"), "taken-over")));
+        assert_eq!(presence.devices().len(), 1);
+    }
+}
