@@ -24,6 +24,11 @@
 //! Bounded: `presence.max_devices` distinct client ids are kept (each is a
 //! retained topic the broker keeps for good); past it a new device gets
 //! no presence, counted in `tidewater_presence_dropped_total`.
+//!
+//! Each driver plugin's state goes the same way, on
+//! `$tidewater/drivers/<name>` (`{"name", "state", "since",
+//! "last_error"}`), checked every [`DRIVER_POLL`]: a plugin changes state
+//! on its own thread, which the bridge does not wait on.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -33,12 +38,20 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::PresenceConfig;
+use crate::plugin::PluginStatuses;
 use crate::router::{now_ms, DeviceEvent, DeviceEventKind, DeviceEventReceiver, DisconnectReason};
 use crate::services::Services;
 use crate::stats::Stats;
 
 /// Where presence is published: one level per device below it.
 pub const PREFIX: &str = "$tidewater/presence/";
+
+/// Where each driver plugin's state is published (plugin names are one
+/// level already).
+pub const DRIVERS: &str = "$tidewater/drivers/";
+
+/// How often the drivers' states are looked at.
+pub const DRIVER_POLL: Duration = Duration::from_millis(250);
 
 /// How long a clean stop may take to publish the devices still online.
 const STOP_DEADLINE: Duration = Duration::from_secs(1);
@@ -72,6 +85,67 @@ pub struct DeviceState {
     pub reason: Option<String>,
     /// Whether the broker published its will as it went.
     pub will_sent: bool,
+}
+
+/// One driver plugin's state, as published (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriverState {
+    pub name: String,
+    /// `loaded`, `running`, `failed` or `stopped`, as `GET /plugins` says.
+    pub state: String,
+    /// When it entered that state (as the bridge saw it), in milliseconds
+    /// since the Unix epoch.
+    pub since: u64,
+    pub last_error: Option<String>,
+}
+
+/// The drivers' states as last published, to publish only changes.
+#[derive(Debug, Default)]
+struct Drivers {
+    published: HashMap<String, (String, Option<String>)>,
+}
+
+impl Drivers {
+    /// Publishes the state of every driver whose state or last error
+    /// changed since it was last published.
+    async fn check(&mut self, statuses: &PluginStatuses, services: &Services) {
+        for status in statuses.iter() {
+            let snapshot = status.snapshot();
+            let state = serde_json::to_value(snapshot.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let now = (state.clone(), snapshot.last_error.clone());
+            if self.published.get(&snapshot.name) == Some(&now) {
+                continue;
+            }
+            let driver = DriverState {
+                name: snapshot.name.clone(),
+                state,
+                since: now_ms(),
+                last_error: snapshot.last_error,
+            };
+            publish_driver(services, &driver).await;
+            self.published.insert(snapshot.name, now);
+        }
+    }
+}
+
+async fn publish_driver(services: &Services, driver: &DriverState) {
+    let topic = format!("{DRIVERS}{}", driver.name);
+    let payload = serde_json::to_vec(driver).unwrap_or_default();
+    let stats = &services.stats;
+    match services
+        .broker
+        .publish_own(&topic, payload.into(), true)
+        .await
+    {
+        Ok(()) => Stats::incr(&stats.presence_published),
+        Err(e) => {
+            Stats::incr(&stats.presence_dropped);
+            tracing::debug!(driver = driver.name, error = %e, "Driver state not published.");
+        }
+    }
 }
 
 /// What an offline device's `reason` says.
@@ -132,12 +206,20 @@ pub async fn run(
     presence: Arc<Presence>,
     services: Services,
     mut events: DeviceEventReceiver,
+    drivers: PluginStatuses,
     cancel: CancellationToken,
 ) {
-    sweep(&presence, &services).await;
+    sweep(&presence, &services, &drivers).await;
+    let mut published = Drivers::default();
+    let mut poll = tokio::time::interval(DRIVER_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
             () = cancel.cancelled() => break,
+            _ = poll.tick() => {
+                published.check(&drivers, &services).await;
+                continue;
+            }
             event = events.recv() => event,
         };
         match event {
@@ -162,18 +244,36 @@ pub async fn run(
         for device in online {
             publish(&presence, &services, went_away(device, "bridge-stopped")).await;
         }
+        // The drivers are stopped with the bridge, next.
+        for status in drivers.iter() {
+            let snapshot = status.snapshot();
+            let failed = snapshot.state == crate::plugin::PluginState::Failed;
+            let driver = DriverState {
+                name: snapshot.name,
+                state: if failed { "failed" } else { "stopped" }.to_owned(),
+                since: now_ms(),
+                last_error: snapshot.last_error,
+            };
+            publish_driver(&services, &driver).await;
+        }
     };
     let _ = tokio::time::timeout(STOP_DEADLINE, stop).await;
 }
 
 /// Marks offline what the log's retained presence says is online: a
-/// previous run that ended without saying so.
-async fn sweep(presence: &Presence, services: &Services) {
+/// previous run that ended without saying so; and stopped, the drivers a
+/// previous run had that this one has not (configured ones get their
+/// state on the first look).
+async fn sweep(presence: &Presence, services: &Services, drivers: &PluginStatuses) {
     let log = services.log.clone();
     let before = log.next();
     let max = presence.max_devices;
     let read = tokio::task::spawn_blocking(move || {
-        log.retained_before(before, &mut |topic| topic.starts_with(PREFIX), max)
+        log.retained_before(
+            before,
+            &mut |topic| topic.starts_with(PREFIX) || topic.starts_with(DRIVERS),
+            max,
+        )
     })
     .await;
     let Ok((records, _)) = read else {
@@ -181,6 +281,21 @@ async fn sweep(presence: &Presence, services: &Services) {
         return;
     };
     for record in records {
+        if record.topic.starts_with(DRIVERS) {
+            let Ok(driver) = serde_json::from_slice::<DriverState>(&record.payload) else {
+                continue;
+            };
+            let configured = drivers.iter().any(|d| d.name() == driver.name);
+            if !configured && !matches!(driver.state.as_str(), "stopped" | "failed") {
+                let stopped = DriverState {
+                    state: "stopped".into(),
+                    since: now_ms(),
+                    ..driver
+                };
+                publish_driver(services, &stopped).await;
+            }
+            continue;
+        }
         let Ok(state) = serde_json::from_slice::<DeviceState>(&record.payload) else {
             continue;
         };

@@ -231,6 +231,48 @@ async fn modbus_values_reach_sse_and_commands_write_registers() {
 
 // ------------------------------------------------------------ runtime ---
 
+/// Each driver's state is retained on `$tidewater/drivers/<name>`: running
+/// once started, failed with its last error when it panics.
+#[tokio::test]
+async fn drivers_publish_their_state() {
+    let mut config = plugin_support::bridge::config_with(vec![plugin(
+        "panicky",
+        &rust_plugin("test-panic"),
+        json!({}),
+    )]);
+    config.presence.enabled = true;
+    let mut bridge = plugin_support::bridge::start_config(config).await;
+    let mut states = SseClient::connect(
+        bridge.http,
+        "/events?topic=%24tidewater%2Fdrivers%2Fpanicky",
+        &[],
+    )
+    .await;
+    let state = |event: common::SseEvent| -> Value {
+        serde_json::from_str(&event.data).expect("a driver state is JSON")
+    };
+    let mut running = state(next_event(&mut states).await);
+    while running["state"] != "running" {
+        running = state(next_event(&mut states).await);
+    }
+    assert_eq!(running["name"], "panicky");
+    let device = Device::connect(bridge.mqtt, "panic-trigger").await;
+    device.publish("test/panic/in/now", "", false).await;
+    // The error may be seen a moment before the state it ends in.
+    let mut failed = state(next_event(&mut states).await);
+    while failed["state"] == "running" {
+        failed = state(next_event(&mut states).await);
+    }
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("asked to panic")),
+        "{failed}"
+    );
+    bridge.shutdown().await;
+}
+
 /// A plugin that panics in `on_message` is marked failed and receives
 /// nothing more, while the bridge keeps serving: SSE keeps flowing, and
 /// `GET /plugins` shows the failure and its panic message.

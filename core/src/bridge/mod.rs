@@ -216,6 +216,7 @@ impl Bridge {
                 services.presence.clone(),
                 services.clone(),
                 services.router.devices().subscribe(),
+                statuses.clone(),
                 cancel.clone(),
             ));
         }

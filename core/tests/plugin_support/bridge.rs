@@ -69,7 +69,11 @@ pub fn config_with(plugins: Vec<PluginConfig>) -> tidewater::Config {
 }
 
 pub async fn start(plugins: Vec<PluginConfig>) -> PluginBridge {
-    let config = config_with(plugins);
+    start_config(config_with(plugins)).await
+}
+
+/// A bridge from `config` (made with [`config_with`]).
+pub async fn start_config(config: tidewater::Config) -> PluginBridge {
     let cancel = CancellationToken::new();
     let bridge = Bridge::start(config, cancel.clone())
         .await
