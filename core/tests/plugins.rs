@@ -165,7 +165,9 @@ async fn c_vendor_frame_decodes_binary_frames() {
 
 /// modbus-tcp polls a real Modbus server (pymodbus): its decoded, scaled
 /// values reach an SSE client as JSON, and an MQTT publish on a `set` topic
-/// writes the register, which the next value shows.
+/// writes the register, which the next value shows; a command is answered
+/// once the device acknowledged the write, and a command it cannot carry
+/// out at once, with why.
 #[tokio::test]
 async fn modbus_values_reach_sse_and_commands_write_registers() {
     let Some(server) = plugin_support::ModbusServer::start() else {
@@ -180,7 +182,8 @@ async fn modbus_values_reach_sse_and_commands_write_registers() {
             {"name": "temperature", "table": "holding", "address": 0, "type": "i16", "scale": 0.1, "unit": "°C"},
             {"name": "flow", "table": "holding", "address": 3, "type": "f32", "unit": "m3/h"},
             {"name": "counter", "table": "input", "address": 0},
-            {"name": "setpoint", "table": "holding", "address": 10, "writable": true, "unit": "%"}
+            {"name": "setpoint", "table": "holding", "address": 10, "writable": true, "unit": "%"},
+            {"name": "missing", "table": "holding", "address": 5000, "writable": true}
         ]
     });
     let mut bridge = start(vec![plugin("boiler", &library, config)]).await;
@@ -226,6 +229,32 @@ async fn modbus_values_reach_sse_and_commands_write_registers() {
     }
     let entry = plugin_entry(&bridge, "boiler").await;
     assert_eq!(entry["messages_in"], 1, "{entry}");
+
+    let command = |path: &'static str, body: &'static [u8]| {
+        let http = bridge.http;
+        async move { common::request(http, "POST", path, &[], body).await }
+    };
+    let written = command("/command/plant/boiler/setpoint/set?timeout_ms=5000", b"70").await;
+    assert_eq!(written.status, 200, "{}", String::from_utf8_lossy(&written.body));
+    assert_eq!(written.json(), json!({"ok": true, "value": 70.0}));
+    let refused = command("/command/plant/boiler/setpoint/set?timeout_ms=5000", b"warm").await;
+    assert_eq!(refused.status, 200);
+    assert_eq!(refused.json()["ok"], false, "{}", refused.json());
+    assert!(refused.json()["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("expected a number")));
+    // The device refuses a write past its registers: the answer carries
+    // the Modbus exception.
+    let exception = command("/command/plant/boiler/missing/set?timeout_ms=5000", b"1").await;
+    assert_eq!(exception.status, 200);
+    assert_eq!(exception.json()["ok"], false, "{}", exception.json());
+    assert!(
+        exception.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("exception")),
+        "{}",
+        exception.json()
+    );
     bridge.shutdown().await;
 }
 

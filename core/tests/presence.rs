@@ -128,6 +128,12 @@ async fn presence_reaches_every_protocol_and_only_the_bridge_writes_it() {
     let mut everything = device(bridge.mqtt, 4, "everything", None).await;
     assert_eq!(everything.subscribe(1, &[("#", 0)]).await, [0]);
     let _door = device(bridge.mqtt, 4, "door", None).await;
+    // Both states retained before anyone subscribes (presence is
+    // published as the gate reports, not before the CONNACK).
+    common::eventually("two states published", || {
+        bridge.stats().presence_published >= 2
+    })
+    .await;
     let mut ws = ws_connect(bridge.ws).await;
     let subscribe = json!({"op": "subscribe", "topics": ["$tidewater/presence/+"]});
     let mut early = Vec::new();
@@ -151,8 +157,9 @@ async fn presence_reaches_every_protocol_and_only_the_bridge_writes_it() {
         watcher.subscribe(1, &[("$tidewater/presence/#", 0)]).await,
         [0]
     );
+    // The two retained states and the watcher's own, in any order.
     let mut seen = Vec::new();
-    while seen.len() < 2 {
+    while seen.len() < 3 {
         seen.push(watcher.next_publish().await.topic);
     }
     assert!(

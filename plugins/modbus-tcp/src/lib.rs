@@ -2,7 +2,10 @@
 //! of a Modbus TCP device every `interval_ms`, publishes each decoded value
 //! (u16, i16, u32, i32 or f32, scaled, with its unit) as JSON on
 //! `<topic_prefix>/<name>`, and writes a writable holding register when a
-//! value arrives on `<topic_prefix>/<name>/set`. See README.md.
+//! value arrives on `<topic_prefix>/<name>/set`, answering each on
+//! `<topic_prefix>/<name>/set/reply` once the device acknowledged the
+//! write (or with the Modbus exception), so `POST /command` gets the
+//! outcome. See README.md.
 //!
 //! # Layout
 //! - [`client`]: the Modbus TCP protocol (functions 3, 4, 6 and 16).
@@ -64,6 +67,29 @@ impl Plugin for ModbusTcp {
     }
 
     fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<(), Error> {
+        let queued = self.queue_write(topic, payload);
+        if let Err(error) = &queued {
+            // Answered at once, so a waiting command learns why; a write
+            // that was queued is answered by the thread once it is done.
+            let answer = serde_json::json!({"ok": false, "error": error.to_string()});
+            self.host
+                .publish(&format!("{topic}/reply"), answer.to_string(), false)?;
+        }
+        queued
+    }
+
+    fn stop(&mut self) {
+        // Closing the queue ends the thread after its current request.
+        drop(self.writes.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl ModbusTcp {
+    /// Queues the write `payload` asks of the register `topic` names.
+    fn queue_write(&mut self, topic: &str, payload: &[u8]) -> Result<(), Error> {
         let name = topic
             .strip_prefix(&self.config.topic_prefix)
             .and_then(|rest| rest.strip_prefix('/'))
@@ -84,14 +110,6 @@ impl Plugin for ModbusTcp {
             )
             .into()),
             Err(TrySendError::Disconnected(_)) => Err("the driver's thread has ended".into()),
-        }
-    }
-
-    fn stop(&mut self) {
-        // Closing the queue ends the thread after its current request.
-        drop(self.writes.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
         }
     }
 }

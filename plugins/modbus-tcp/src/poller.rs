@@ -124,44 +124,58 @@ impl Poller {
     }
 
     /// Writes a register, then reads it back and publishes what the device
-    /// now holds, as confirmation.
+    /// now holds, as confirmation; and answers the command on
+    /// `<prefix>/<name>/set/reply` (the bridge's command convention):
+    /// `{"ok": true, "value": …}` once the device acknowledged the write,
+    /// else `{"ok": false, "error": …}` with the Modbus exception or why.
     pub fn write(&mut self, write: &Write) {
         let register = self.config.registers[write.register].clone();
-        let words = match value::encode(
+        let result = self.apply(write, &register);
+        let answer = match &result {
+            Ok(()) => {
+                self.host.info(&format!(
+                    "Register `{}` set to {}.",
+                    register.name, write.value
+                ));
+                serde_json::json!({"ok": true, "value": write.value})
+            }
+            Err(error) => {
+                self.host
+                    .error(&format!("Register `{}`: {error}", register.name));
+                serde_json::json!({"ok": false, "error": error})
+            }
+        };
+        let topic = format!("{}/{}/set/reply", self.config.topic_prefix, register.name);
+        if let Err(e) = self.host.publish(&topic, answer.to_string(), false) {
+            self.host.warn(&format!("Cannot publish on {topic}: {e}"));
+        }
+    }
+
+    /// The write itself; why it did not happen, if it did not.
+    fn apply(&mut self, write: &Write, register: &Register) -> Result<(), String> {
+        let words = value::encode(
             write.value / register.scale,
             register.data_type,
             register.word_order,
-        ) {
-            Ok(words) => words,
-            Err(e) => {
-                self.host
-                    .error(&format!("Register `{}`: cannot write: {e}", register.name));
-                return;
-            }
-        };
+        )
+        .map_err(|e| format!("cannot write: {e}"))?;
         let Some(client) = self.client() else {
-            self.host.error(&format!(
-                "Register `{}`: write of {} dropped: the device is offline",
-                register.name, write.value
+            return Err(format!(
+                "write of {} dropped: the device is offline",
+                write.value
             ));
-            return;
         };
         let written = client.write(register.address, &words);
-        let result = written.and_then(|()| self.poll(write.register));
-        match result {
-            Ok(()) => self.host.info(&format!(
-                "Register `{}` set to {}.",
-                register.name, write.value
-            )),
-            Err(e) => {
-                self.host
-                    .error(&format!("Register `{}`: write failed: {e}", register.name));
+        written
+            .and_then(|()| self.poll(write.register))
+            .map_err(|e| {
+                let message = format!("write failed: {e}");
                 if !e.keeps_connection() {
                     self.client = None;
                     self.set_online(false, Some(&e));
                 }
-            }
-        }
+                message
+            })
     }
 
     /// Publishes `<prefix>/status` (retained) when availability changes.
