@@ -3,11 +3,13 @@
 //!
 //! The answer comes on `{topic}/reply`, the convention every device can
 //! follow (MQTT 3.1.1 has no response topic; `docs/commands.md`). Before
-//! the command is published the bridge subscribes to that topic itself,
-//! past the access rules (no client reads through this subscription), so a
-//! reply cannot come too early to be seen; the first message published
-//! there after it is the answer. Retained values on the reply topic are
-//! not answers and are skipped.
+//! the command is published the bridge subscribes to that topic for the
+//! client, so a reply cannot come too early to be seen; the first message
+//! published there after it is the answer. The client needs the right to
+//! publish on the topic and to read the reply topic, as if it published
+//! and subscribed itself: a command is never a way to read what the rules
+//! deny. Retained values on the reply topic are not answers and are
+//! skipped.
 //!
 //! One command per topic is in flight at a time: a second one for the same
 //! topic is refused with 409 `command-in-flight` rather than queued, since
@@ -95,6 +97,8 @@ pub enum CommandError {
     TooMany(usize),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error("the answer could not be read: {0}")]
+    ReplyDenied(crate::auth::Denied),
     #[error("cannot wait for the reply: {0}")]
     Subscribe(#[from] SubscribeError),
     #[error("no answer within {timeout_ms} ms")]
@@ -114,6 +118,7 @@ impl CommandError {
             Self::TooManyForClient(_) => "rate-limited",
             Self::TooMany(_) => "busy",
             Self::Publish(_) => "publish-refused",
+            Self::ReplyDenied(_) => "forbidden",
             Self::Subscribe(_) => "subscription-ended",
             Self::Timeout { .. } => "device-timeout",
             Self::Flooded => "subscription-ended",
@@ -159,6 +164,7 @@ impl Commands {
         command: Command<'_>,
     ) -> Result<Reply, CommandError> {
         let stats = &services.stats;
+        let command_protocol = command.protocol;
         let result = self.exchange(services, command).await;
         match &result {
             Ok(_) => Stats::incr(&stats.commands_answered),
@@ -169,7 +175,15 @@ impl Commands {
                 | CommandError::TooManyForClient(_)
                 | CommandError::TooMany(_),
             ) => Stats::incr(&stats.commands_refused),
-            Err(_) => {}
+            Err(CommandError::ReplyDenied(_)) => {
+                stats.deny(command_protocol, crate::auth::Action::Subscribe);
+                Stats::incr(&stats.commands_failed);
+            }
+            Err(CommandError::Flooded) => {
+                // The replies that overflowed the subscription are lost.
+                Stats::incr(&stats.commands_failed);
+            }
+            Err(_) => Stats::incr(&stats.commands_failed),
         }
         result
     }
@@ -199,12 +213,16 @@ impl Commands {
                     source,
                 })?;
         }
-        // The right first: who may not publish there learns nothing of who
-        // listens.
+        // The rights first: who may not publish there, or read the answer,
+        // learns nothing of who listens.
         services
             .policy
             .authorize(command.principal, Action::Publish, topic)
             .map_err(PublishError::from)?;
+        services
+            .policy
+            .authorize(command.principal, Action::Subscribe, &reply_topic)
+            .map_err(CommandError::ReplyDenied)?;
         if !services.router.has_subscriber(topic) && !services.device_filters.any_match(topic) {
             return Err(CommandError::NoSubscriber(topic.to_owned()));
         }
@@ -213,8 +231,12 @@ impl Commands {
             messages: REPLY_QUEUE,
             bytes: usize::MAX,
         });
-        replies.add_for_bridge(
+        // As the client's own subscription: rules that allow the reply
+        // topic only per message still apply to each reply.
+        replies.add_from(
+            command.principal,
             std::slice::from_ref(&reply_topic),
+            crate::router::Start::Now,
             FilterBounds {
                 max_filters: 1,
                 max_filter_bytes: usize::MAX,

@@ -326,6 +326,7 @@ impl Collector for StatsCollector {
                 ("timeout", read(&s.commands_timed_out)),
                 ("no_subscriber", read(&s.commands_unrouted)),
                 ("refused", read(&s.commands_refused)),
+                ("failed", read(&s.commands_failed)),
             ],
         )?;
         labelled(

@@ -11,15 +11,19 @@
 //! another's devices with rules on their presence topics. Nobody but the
 //! bridge may publish under `$tidewater/`.
 //!
+//! Of two connections with one client id (a takeover), the later one's
+//! events decide: the old connection's `taken-over` is published only if
+//! it comes before the new one's connect, which follows it at once.
+//!
 //! A client id becomes one topic level: `%`, `/`, `+` and `#` are written
 //! `%25`, `%2F`, `%2B`, `%23` (ids may hold them). A device with an empty
 //! client id has no presence: nothing tells it from the next one.
 //!
 //! A bridge that stopped without saying so (a crash, a power cut) left
-//! devices marked online: at start, before its listeners open, every
-//! device still online is published offline with the reason
-//! `bridge-stopped`. On a clean stop the same is done for the devices
-//! connected then.
+//! devices marked online: at start, before its listeners open ([`sweep`],
+//! awaited by the start), every device still online is published offline
+//! with the reason `bridge-stopped`. On a clean stop the same is done for
+//! the devices connected then.
 //!
 //! Bounded: `presence.max_devices` distinct client ids are kept (each is a
 //! retained topic the broker keeps for good); past it a new device gets
@@ -167,6 +171,10 @@ fn reason(ending: &DisconnectReason) -> &'static str {
 pub struct Presence {
     max_devices: usize,
     devices: Mutex<HashMap<String, DeviceState>>,
+    /// The latest connection (the gate's number) seen per client id: the
+    /// events of two connections with one id race (a takeover's connect
+    /// and the old one's disconnect), and the later connection decides.
+    latest: Mutex<HashMap<String, u64>>,
 }
 
 impl Presence {
@@ -174,6 +182,25 @@ impl Presence {
         Self {
             max_devices: config.max_devices.max(1),
             devices: Mutex::default(),
+            latest: Mutex::default(),
+        }
+    }
+
+    /// Whether `event` is about the latest connection of its client id
+    /// (noting it if it is newer): an older connection's disconnect says
+    /// nothing about a device a newer one holds.
+    fn is_latest(&self, event: &DeviceEvent) -> bool {
+        let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        match latest.get(&event.client_id) {
+            Some(&seen) if seen > event.connection => false,
+            _ if latest.len() >= self.max_devices && !latest.contains_key(&event.client_id) => {
+                // Past the bound `record` refuses the device anyway.
+                true
+            }
+            _ => {
+                latest.insert(event.client_id.clone(), event.connection);
+                true
+            }
         }
     }
 
@@ -200,8 +227,8 @@ impl Presence {
     }
 }
 
-/// Publishes presence from `events` until `cancel`: first the devices a
-/// previous run left online, then every connect and disconnect.
+/// Publishes presence from `events` until `cancel`: every connect and
+/// disconnect, and the drivers' states. [`sweep`] has run before.
 pub async fn run(
     presence: Arc<Presence>,
     services: Services,
@@ -209,7 +236,6 @@ pub async fn run(
     drivers: PluginStatuses,
     cancel: CancellationToken,
 ) {
-    sweep(&presence, &services, &drivers).await;
     let mut published = Drivers::default();
     let mut poll = tokio::time::interval(DRIVER_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -224,7 +250,7 @@ pub async fn run(
         };
         match event {
             Some(Ok(event)) => {
-                if let Some(state) = state_of(&event) {
+                if let Some(state) = state_of(&event).filter(|_| presence.is_latest(&event)) {
                     publish(&presence, &services, state).await;
                 }
             }
@@ -264,7 +290,7 @@ pub async fn run(
 /// previous run that ended without saying so; and stopped, the drivers a
 /// previous run had that this one has not (configured ones get their
 /// state on the first look).
-async fn sweep(presence: &Presence, services: &Services, drivers: &PluginStatuses) {
+pub async fn sweep(presence: &Presence, services: &Services, drivers: &PluginStatuses) {
     let log = services.log.clone();
     let before = log.next();
     let max = presence.max_devices;
@@ -343,6 +369,14 @@ fn state_of(event: &DeviceEvent) -> Option<DeviceState> {
 /// cannot be.
 async fn publish(presence: &Presence, services: &Services, state: DeviceState) {
     let stats = &services.stats;
+    let topic = topic_for(&state.client_id);
+    // Checked before the device takes a place: an id whose topic is past
+    // the limits would hold one and never be shown.
+    if let Err(e) = services.router.topic_limits().topic(&topic) {
+        Stats::incr(&stats.presence_dropped);
+        tracing::debug!(client_id = state.client_id, error = %e, "Presence not published: its topic is past the limits.");
+        return;
+    }
     if !presence.record(&state) {
         Stats::incr(&stats.presence_dropped);
         tracing::debug!(
@@ -351,7 +385,6 @@ async fn publish(presence: &Presence, services: &Services, state: DeviceState) {
         );
         return;
     }
-    let topic = topic_for(&state.client_id);
     let payload = serde_json::to_vec(&state).unwrap_or_default();
     match services
         .broker

@@ -125,6 +125,10 @@ counters! {
     /// Commands refused by a limit: pending ones, or one in flight on the
     /// same topic.
     commands_refused,
+    /// Commands that failed otherwise: a bad timeout or topic, the rules,
+    /// a publish the broker refused, replies lost to a device flooding
+    /// them.
+    commands_failed,
     /// Clients refused for missing, invalid or expired credentials (by
     /// protocol and reason in [`Refusals`]).
     auth_failures,

@@ -228,3 +228,51 @@ async fn websocket_commands_answer_with_a_reply() {
     assert_eq!(unrouted["code"], "no-subscriber");
     bridge.shutdown().await;
 }
+
+/// A command is no way to read what the rules deny: a client that may
+/// publish on a topic but not read its reply topic is refused (403)
+/// before anything is published.
+#[tokio::test]
+async fn a_command_needs_the_right_to_read_the_answer() {
+    use tidewater::auth::acl::{Actions, Effect};
+    use tidewater::config::AclRuleConfig;
+    let bridge = start_with(|c| {
+        let rule = |action, filter: &str| AclRuleConfig {
+            principal: "any".into(),
+            effect: Effect::Allow,
+            action,
+            filter: filter.into(),
+        };
+        c.auth.acl = vec![
+            rule(Actions::Publish, "cmd/#"),
+            rule(Actions::Subscribe, "cmd/+"),
+            rule(Actions::Both, "open/#"),
+        ];
+    })
+    .await;
+    let mut device = Device::connect(bridge.mqtt, "listener").await;
+    device.subscribe("cmd/+").await;
+    let refused = request(
+        bridge.http,
+        "POST",
+        "/command/cmd/x?timeout_ms=200",
+        &[],
+        b"1",
+    )
+    .await;
+    assert_eq!(
+        refused.status,
+        403,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert_eq!(refused.json()["error"], "forbidden");
+    // Nothing was published: the device got no command.
+    device.publish("cmd/y", "ordinary", false).await;
+    assert_eq!(device.next().await.topic, "cmd/y");
+    // Where the answer may be read, the command goes out and is answered.
+    responder(bridge.mqtt, "open-1", "open/door").await;
+    let answered = request(bridge.http, "POST", "/command/open/door", &[], b"x").await;
+    assert_eq!(answered.status, 200);
+    bridge.shutdown().await;
+}

@@ -235,9 +235,18 @@ async fn modbus_values_reach_sse_and_commands_write_registers() {
         async move { common::request(http, "POST", path, &[], body).await }
     };
     let written = command("/command/plant/boiler/setpoint/set?timeout_ms=5000", b"70").await;
-    assert_eq!(written.status, 200, "{}", String::from_utf8_lossy(&written.body));
+    assert_eq!(
+        written.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&written.body)
+    );
     assert_eq!(written.json(), json!({"ok": true, "value": 70.0}));
-    let refused = command("/command/plant/boiler/setpoint/set?timeout_ms=5000", b"warm").await;
+    let refused = command(
+        "/command/plant/boiler/setpoint/set?timeout_ms=5000",
+        b"warm",
+    )
+    .await;
     assert_eq!(refused.status, 200);
     assert_eq!(refused.json()["ok"], false, "{}", refused.json());
     assert!(refused.json()["error"]

@@ -209,9 +209,10 @@ impl Bridge {
 
         let mut addrs = Vec::with_capacity(bound.len());
         let mut server_task = None;
-        // Presence listens before any device can connect, so it sees every
-        // connect, after its sweep of what a previous run left online.
+        // Presence marks offline what a previous run left online, then
+        // listens, all before any device can connect: it sees every connect.
         if config.presence.enabled {
+            crate::presence::sweep(&services.presence, &services, &statuses).await;
             tasks.spawn(crate::presence::run(
                 services.presence.clone(),
                 services.clone(),

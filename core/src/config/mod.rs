@@ -268,7 +268,8 @@ impl Default for SseConfig {
             max_replay: 100_000,
             max_filters: 16,
             max_filter_bytes: 1_024,
-            filter_budget_bytes: 32 * 1024,
+            // 16 filters of four levels (`home/kitchen/light/1`) fit.
+            filter_budget_bytes: 48 * 1024,
             max_streams: 10_000,
         }
     }
@@ -344,7 +345,8 @@ impl Default for WebSocketConfig {
             queue_max_bytes: 256 * 1024,
             send_buffer_bytes: 64 * 1024,
             max_filters: 64,
-            filter_budget_bytes: 64 * 1024,
+            // 64 filters of four levels fit.
+            filter_budget_bytes: 176 * 1024,
             ping_interval_secs: 20,
             idle_timeout_secs: 60,
             allowed_origins: Vec::new(),
@@ -703,6 +705,16 @@ const MAX_PERIOD_SECS: u64 = 86_400;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The filter budgets leave room for what the filter counts allow,
+    /// with ordinary filters: four levels of about ten bytes each.
+    #[test]
+    fn default_budgets_fit_ordinary_filters() {
+        let config = Config::default();
+        let cost = crate::router::filter_cost("home/kitchen/ceiling/light-12");
+        assert!(config.sse.max_filters * cost <= config.sse.filter_budget_bytes);
+        assert!(config.websocket.max_filters * cost <= config.websocket.filter_budget_bytes);
+    }
 
     /// A payload limit that leaves no room under MQTT's largest packet for
     /// the topic and properties is refused, naming the key.

@@ -99,11 +99,9 @@ impl Downstream {
         if !crate::topic::is_reserved(topic) {
             return true;
         }
-        let mut held = false;
         self.shared
             .device_filters
-            .for_each_holder(topic, |id| held |= id == self.connection);
-        held
+            .reserved_match(self.connection, topic)
     }
 
     /// Sends the client no packet larger than `max` bytes.

@@ -33,6 +33,8 @@ pub enum Ending<'a> {
 #[derive(Debug)]
 pub struct Presence {
     events: DeviceEvents,
+    /// The gate's number for this connection (see `DeviceFilters`).
+    connection: u64,
     client_id: String,
     username: Option<String>,
     level: u8,
@@ -45,9 +47,15 @@ pub struct Presence {
 }
 
 impl Presence {
-    pub fn new(connect: &Connect, principal: &Principal, events: DeviceEvents) -> Self {
+    pub fn new(
+        connect: &Connect,
+        principal: &Principal,
+        events: DeviceEvents,
+        connection: u64,
+    ) -> Self {
         Self {
             events,
+            connection,
             client_id: connect.client_id.clone(),
             username: match principal {
                 Principal::User(identity) => Some(identity.name.clone()),
@@ -73,6 +81,7 @@ impl Presence {
             return;
         }
         self.events.send(
+            self.connection,
             &self.client_id,
             self.username.as_deref(),
             DeviceEventKind::Connected {
@@ -118,6 +127,7 @@ impl Presence {
             "MQTT device disconnected."
         );
         self.events.send(
+            self.connection,
             &self.client_id,
             self.username.as_deref(),
             DeviceEventKind::Disconnected { reason, will_topic },

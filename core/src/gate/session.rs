@@ -326,11 +326,16 @@ where
         return Ok(Ending::ClientClosed);
     };
 
-    let device = Arc::new(Presence::new(&connect, &principal, shared.devices.clone()));
+    let connection = shared.device_filters.connection();
+    let device = Arc::new(Presence::new(
+        &connect,
+        &principal,
+        shared.devices.clone(),
+        connection,
+    ));
     let _ = presence.set(device.clone());
     let (to_down, from_up) = mpsc::channel(shared.notes);
     let (to_up, from_down) = mpsc::channel(shared.notes);
-    let connection = shared.device_filters.connection();
     let up = Upstream::new(shared.clone(), version, principal.clone())
         .with_connection(connection)
         .with_gate_pings(gate_pings)

@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::acks::{self, AckOrder, Entry, Phase};
 use super::packet::{self, kind, Edit, Frame, Piece, Version};
 use super::presence::Presence;
-use super::{SessionError, Shared};
+use super::{filters, SessionError, Shared};
 use crate::auth::{Action, Principal};
 use crate::broker::{name, stamp};
 use crate::limits::TokenBucket;
@@ -102,6 +102,10 @@ pub struct Upstream {
     /// for `mqtt.max_subscriptions`, also noted in the bridge's
     /// `DeviceFilters` under `connection`.
     subscribed: HashSet<String>,
+    /// How many of `subscribed` stand for each filter in `DeviceFilters`
+    /// (`$share/a/x` and `x` both stand for `x`): noted there on the first,
+    /// removed on the last.
+    held: HashMap<String, usize>,
     connection: u64,
     /// The acknowledgements the broker is sent: the client's, and the
     /// gate's for deliveries it withheld.
@@ -119,7 +123,7 @@ pub struct Upstream {
 /// The connection's filters leave the bridge's record with it.
 impl Drop for Upstream {
     fn drop(&mut self) {
-        for filter in &self.subscribed {
+        for filter in self.held.keys() {
             self.shared.device_filters.remove(self.connection, filter);
         }
     }
@@ -138,6 +142,7 @@ impl Upstream {
             refused_qos2: HashSet::new(),
             bucket,
             subscribed: HashSet::new(),
+            held: HashMap::new(),
             order: AckOrder::new(version),
             gate_pings: None,
             presence: None,
@@ -194,7 +199,7 @@ impl Upstream {
                 let mut escaped = Vec::new();
                 for (filter, range) in filters {
                     if self.subscribed.remove(filter) {
-                        self.shared.device_filters.remove(self.connection, filter);
+                        self.release(filter);
                     }
                     if let Cow::Owned(internal) = name::filter_in(filter) {
                         if internal.len() > topic::MAX_TOPIC_BYTES {
@@ -531,8 +536,26 @@ impl Upstream {
             });
         }
         self.subscribed.insert(filter.to_owned());
-        self.shared.device_filters.add(self.connection, filter);
+        let noted = filters::shared_filter(filter);
+        let count = self.held.entry(noted.to_owned()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.shared.device_filters.add(self.connection, noted);
+        }
         None
+    }
+
+    /// One filter of `subscribed` less, in `DeviceFilters` too once none
+    /// stands for it.
+    fn release(&mut self, filter: &str) {
+        let noted = filters::shared_filter(filter);
+        if let Some(count) = self.held.get_mut(noted) {
+            *count -= 1;
+            if *count == 0 {
+                self.held.remove(noted);
+                self.shared.device_filters.remove(self.connection, noted);
+            }
+        }
     }
 
     /// `None` if the broker may be given `filter` (see `broker::census`),

@@ -43,7 +43,10 @@ pub async fn command(
         )
         .await
         .map_err(|e| {
-            if matches!(e, CommandError::Publish(PublishError::Denied(_))) {
+            if matches!(
+                e,
+                CommandError::Publish(PublishError::Denied(_) | PublishError::Reserved)
+            ) {
                 services.stats.deny(Protocol::Http, Action::Publish);
             }
             command_error(e)
@@ -93,6 +96,7 @@ fn command_error(error: CommandError) -> ApiError {
             ApiError::bad_request(code, message).with("max_timeout_ms", max)
         }
         CommandError::NoSubscriber(_) => ApiError::new(StatusCode::NOT_FOUND, code, message),
+        CommandError::ReplyDenied(_) => ApiError::forbidden(message),
         CommandError::InFlight(_) => ApiError::new(StatusCode::CONFLICT, code, message),
         CommandError::TooManyForClient(_) => {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message).retry_after(1)

@@ -46,7 +46,7 @@ pub async fn publish(
         )
         .await
         .map_err(|e| {
-            if matches!(e, PublishError::Denied(_)) {
+            if matches!(e, PublishError::Denied(_) | PublishError::Reserved) {
                 state.services.stats.deny(Protocol::Http, Action::Publish);
             }
             publish_error(e)

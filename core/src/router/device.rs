@@ -22,6 +22,9 @@ pub struct DeviceEvent {
     pub client_id: String,
     /// The MQTT user it logged in as; `None` for an anonymous device.
     pub username: Option<String>,
+    /// The gate's number for the connection, rising with each new one: of
+    /// two connections with one client id, the later has the larger.
+    pub connection: u64,
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
     pub kind: DeviceEventKind,
@@ -104,7 +107,13 @@ impl DeviceEvents {
     }
 
     /// Sends an event to every listener, without waiting for any.
-    pub fn send(&self, client_id: &str, username: Option<&str>, kind: DeviceEventKind) {
+    pub fn send(
+        &self,
+        connection: u64,
+        client_id: &str,
+        username: Option<&str>,
+        kind: DeviceEventKind,
+    ) {
         match &kind {
             DeviceEventKind::Connected { .. } => Stats::incr(&self.stats.device_connects),
             DeviceEventKind::Disconnected { .. } => Stats::incr(&self.stats.device_disconnects),
@@ -112,6 +121,7 @@ impl DeviceEvents {
         let event = DeviceEvent {
             client_id: client_id.to_owned(),
             username: username.map(str::to_owned),
+            connection,
             at_ms: now_ms(),
             kind,
         };
@@ -168,10 +178,10 @@ mod tests {
     async fn a_listener_that_falls_behind_is_told_what_it_lost() {
         let stats = Arc::new(Stats::default());
         let events = DeviceEvents::new(2, stats.clone());
-        events.send("nobody-listens", None, connected());
+        events.send(0, "nobody-listens", None, connected());
         let mut listener = events.subscribe();
         for id in ["a", "b", "c"] {
-            events.send(id, Some("ann"), connected());
+            events.send(1, id, Some("ann"), connected());
         }
         assert_eq!(listener.recv().await, Some(Err(1)));
         let next = listener.recv().await.expect("open").expect("kept");

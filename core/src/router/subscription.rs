@@ -267,28 +267,6 @@ impl Subscription {
         start: Start,
         bounds: FilterBounds,
     ) -> Result<(), SubscribeError> {
-        self.add_checked(Some(principal), filters, start, bounds)
-    }
-
-    /// Adds filters the bridge itself reads (a command waiting for its
-    /// reply): no access rule applies, as to no other reader of them.
-    pub(crate) fn add_for_bridge(
-        &mut self,
-        filters: &[String],
-        bounds: FilterBounds,
-    ) -> Result<(), SubscribeError> {
-        self.add_checked(None, filters, Start::Now, bounds)
-    }
-
-    /// Adds filters, each checked against the rules for `principal`
-    /// (none for the bridge's own).
-    fn add_checked(
-        &mut self,
-        principal: Option<&Principal>,
-        filters: &[String],
-        start: Start,
-        bounds: FilterBounds,
-    ) -> Result<(), SubscribeError> {
         let resume = match start {
             Start::After(id) => Some(id),
             _ => None,
@@ -303,13 +281,11 @@ impl Subscription {
                     filter: filter.chars().take(256).collect(),
                     source,
                 })?;
-            if let Some(principal) = principal {
-                let access =
-                    self.router
-                        .policy()
-                        .authorize(principal, Action::Subscribe, filter)?;
-                per_message |= access == Access::PerMessage;
-            }
+            let access = self
+                .router
+                .policy()
+                .authorize(principal, Action::Subscribe, filter)?;
+            per_message |= access == Access::PerMessage;
             if !self.filters.contains(filter) && !added.contains(filter) {
                 added.push(filter.clone());
             }
@@ -332,7 +308,7 @@ impl Subscription {
             return Ok(());
         }
         if per_message {
-            self.reader = principal.cloned();
+            self.reader = Some(principal.clone());
         }
 
         let router = self.router.clone();

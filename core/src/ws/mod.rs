@@ -83,8 +83,8 @@ pub async fn serve(
             () = cancel.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Usually out of file descriptors: back off instead of spinning.
                 tracing::warn!(error = %e, "WebSocket accept failed.");
@@ -101,8 +101,10 @@ pub async fn serve(
             // state, and a plain session should not carry the TLS
             // handshake's and stream's (measured in BENCHMARKS.md, S3).
             match context.tls.clone() {
-                None => Box::pin(run(stream, context, room, handshake, cancel)).await,
-                Some(tls) => Box::pin(run_tls(stream, tls, context, room, handshake, cancel)).await,
+                None => Box::pin(run(stream, peer, context, room, handshake, cancel)).await,
+                Some(tls) => {
+                    Box::pin(run_tls(stream, peer, tls, context, room, handshake, cancel)).await
+                }
             }
         });
     }
@@ -111,6 +113,7 @@ pub async fn serve(
 /// Completes the TLS handshake within its deadline, then serves the session.
 async fn run_tls(
     stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     context: Context,
     room: Room,
@@ -128,7 +131,7 @@ async fn run_tls(
         accepted = accept => accepted,
     };
     match accepted {
-        Ok(Ok(tls)) => run(tls, context, room, handshake, cancel).await,
+        Ok(Ok(tls)) => run(tls, peer, context, room, handshake, cancel).await,
         Ok(Err(e)) => tracing::debug!(error = %e, "WebSocket TLS handshake failed."),
         Err(_) => tracing::debug!("WebSocket TLS handshake timed out."),
     }
@@ -139,6 +142,7 @@ async fn run_tls(
 /// from the moment its client proved who it is.
 async fn run<S>(
     stream: S,
+    peer: std::net::SocketAddr,
     context: Context,
     room: Room,
     handshake: Handshake,
@@ -167,7 +171,7 @@ async fn run<S>(
     let stats = context.services.stats.clone();
     Stats::incr(&stats.ws_sessions_opened);
     Stats::incr(&stats.ws_sessions_open);
-    session::Session::new(ws, &context, principal)
+    session::Session::new(ws, &context, principal, peer)
         .run(cancel)
         .await;
     drop(slot);

@@ -31,10 +31,6 @@ use crate::stats::{Limit, Protocol, Stats};
 /// Deliveries written before one flush.
 const MAX_BATCH: usize = 64;
 
-/// Sessions so far, for an anonymous session's own key among the clients
-/// with commands waiting.
-static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 /// A command waiting for its answer: resolves to the frame to send.
 type Waiting = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
 
@@ -56,19 +52,28 @@ pub struct Session<S> {
     bucket: Option<TokenBucket>,
     max_payload_bytes: usize,
     /// Commands waiting for their answers, which come back as frames in
-    /// whatever order they arrive (each carries its `ref`); at most
-    /// `limits.max_pending_commands_per_client`, which `crate::command`
-    /// holds to.
+    /// whatever order they arrive (each carries its `ref`). At most
+    /// `limits.max_pending_commands_per_client` here: past it a command is
+    /// refused at once, before it is even started, so a client sending
+    /// commands faster than their answers are written cannot grow this.
     commands: futures_util::stream::FuturesUnordered<Waiting>,
+    max_commands: usize,
     /// Who this session is among clients with commands waiting.
     client: String,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    pub fn new(ws: WebSocketStream<S>, context: &Context, principal: Principal) -> Self {
-        let principal_key = match &principal {
-            Principal::User(identity) => Some(identity.name.clone()),
-            _ => None,
+    pub fn new(
+        ws: WebSocketStream<S>,
+        context: &Context,
+        principal: Principal,
+        peer: std::net::SocketAddr,
+    ) -> Self {
+        // As HTTP clients count: by user, anonymous ones by address, so
+        // one host's sessions share one allowance of waiting commands.
+        let client = match &principal {
+            Principal::User(identity) => format!("user:{}", identity.name),
+            _ => format!("addr:{}", peer.ip()),
         };
         let services = context.services.clone();
         let config = context.config.clone();
@@ -86,13 +91,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             bucket: TokenBucket::new(&context.limits, std::time::Instant::now()),
             max_payload_bytes: context.max_payload_bytes,
             commands: futures_util::stream::FuturesUnordered::new(),
-            client: match &principal_key {
-                Some(user) => format!("user:{user}"),
-                None => format!(
-                    "ws-session:{}",
-                    SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                ),
-            },
+            client,
+            max_commands: context.limits.max_pending_commands_per_client.max(1),
         }
     }
 
@@ -256,7 +256,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Err(error) => {
                     if matches!(
                         error,
-                        crate::command::CommandError::Publish(PublishError::Denied(_))
+                        crate::command::CommandError::Publish(
+                            PublishError::Denied(_) | PublishError::Reserved
+                        )
                     ) {
                         services.stats.deny(Protocol::WebSocket, Action::Publish);
                     }
@@ -353,6 +355,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 payload,
                 timeout_ms,
             } => {
+                if self.commands.len() >= self.max_commands {
+                    Stats::incr(&self.services.stats.commands_refused);
+                    return Err(ProtocolError::new(
+                        "rate-limited",
+                        format!(
+                            "{} commands of this session are waiting already (limits.max_pending_commands_per_client)",
+                            self.max_commands
+                        ),
+                    ));
+                }
                 self.take_publish()?;
                 self.command(reference.clone(), topic, payload, timeout_ms);
                 Ok(Reply::Later)
@@ -431,7 +443,7 @@ impl<S> Session<S> {
 
     /// The error for a refused publish, counted if the rules refused it.
     fn publish_error(&self, error: PublishError) -> ProtocolError {
-        if matches!(error, PublishError::Denied(_)) {
+        if matches!(error, PublishError::Denied(_) | PublishError::Reserved) {
             self.services
                 .stats
                 .deny(Protocol::WebSocket, Action::Publish);
