@@ -137,17 +137,22 @@ impl Drivers {
 
 async fn publish_driver(services: &Services, driver: &DriverState) {
     let topic = format!("{DRIVERS}{}", driver.name);
-    let payload = serde_json::to_vec(driver).unwrap_or_default();
+    publish_retained(services, &topic, driver).await;
+}
+
+/// Publishes `state` retained on `topic`, counting whether it went.
+async fn publish_retained(services: &Services, topic: &str, state: &impl Serialize) {
+    let payload = serde_json::to_vec(state).unwrap_or_default();
     let stats = &services.stats;
     match services
         .broker
-        .publish_own(&topic, payload.into(), true)
+        .publish_own(topic, payload.into(), true)
         .await
     {
         Ok(()) => Stats::incr(&stats.presence_published),
         Err(e) => {
             Stats::incr(&stats.presence_dropped);
-            tracing::debug!(driver = driver.name, error = %e, "Driver state not published.");
+            tracing::debug!(topic, error = %e, "State not published.");
         }
     }
 }
@@ -385,18 +390,7 @@ async fn publish(presence: &Presence, services: &Services, state: DeviceState) {
         );
         return;
     }
-    let payload = serde_json::to_vec(&state).unwrap_or_default();
-    match services
-        .broker
-        .publish_own(&topic, payload.into(), true)
-        .await
-    {
-        Ok(()) => Stats::incr(&stats.presence_published),
-        Err(e) => {
-            Stats::incr(&stats.presence_dropped);
-            tracing::debug!(client_id = state.client_id, error = %e, "Presence not published.");
-        }
-    }
+    publish_retained(services, &topic, &state).await;
 }
 
 #[cfg(test)]

@@ -15,6 +15,30 @@ use crate::presence::Presence;
 use crate::router::Router;
 use crate::stats::Stats;
 
+impl Services {
+    /// The services over `broker`, `router` and `log`, with the command
+    /// and presence state `config` sizes, and no device filters yet.
+    pub fn new(
+        config: &crate::config::Config,
+        stats: Arc<Stats>,
+        policy: Arc<Policy>,
+        log: Arc<dyn Log>,
+        router: Router,
+        broker: Broker,
+    ) -> Self {
+        Self {
+            stats,
+            policy,
+            log,
+            router,
+            broker,
+            device_filters: Arc::default(),
+            commands: Arc::new(Commands::new(&config.limits)),
+            presence: Arc::new(Presence::new(&config.presence)),
+        }
+    }
+}
+
 /// The bridge's shared services; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Services {

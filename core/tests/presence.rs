@@ -23,6 +23,12 @@ async fn device(addr: std::net::SocketAddr, level: u8, id: &str, will: Option<&s
     client
 }
 
+/// A stream of every device's presence.
+async fn watch_presence(bridge: &common::TestBridge) -> SseClient {
+    let path = "/events?topic=%24tidewater%2Fpresence%2F%2B";
+    SseClient::connect(bridge.http, path, &[]).await
+}
+
 /// The next presence state on `sse`, as JSON.
 async fn next_state(sse: &mut SseClient) -> Value {
     let event = sse.expect_event().await;
@@ -34,12 +40,7 @@ async fn next_state(sse: &mut SseClient) -> Value {
 #[tokio::test]
 async fn presence_follows_every_way_a_device_comes_and_goes() {
     let bridge = start_with(|c| c.presence.enabled = true).await;
-    let mut sse = SseClient::connect(
-        bridge.http,
-        "/events?topic=%24tidewater%2Fpresence%2F%2B",
-        &[],
-    )
-    .await;
+    let mut sse = watch_presence(&bridge).await;
 
     let mut lamp = device(bridge.mqtt, 4, "lamp/1", None).await;
     let online = next_state(&mut sse).await;
@@ -112,12 +113,7 @@ async fn presence_follows_every_way_a_device_comes_and_goes() {
 #[tokio::test]
 async fn a_silent_device_times_out() {
     let bridge = start_with(|c| c.presence.enabled = true).await;
-    let mut sse = SseClient::connect(
-        bridge.http,
-        "/events?topic=%24tidewater%2Fpresence%2F%2B",
-        &[],
-    )
-    .await;
+    let mut sse = watch_presence(&bridge).await;
     let mut connect = raw::connect_packet(&raw::Connect {
         level: 4,
         client_id: "sleepy",

@@ -189,16 +189,7 @@ impl Bridge {
             retained = restored,
             "Log ready."
         );
-        let services = Services {
-            stats,
-            policy: access.policy.clone(),
-            log,
-            router,
-            broker,
-            device_filters: Arc::default(),
-            commands: Arc::new(crate::command::Commands::new(&config.limits)),
-            presence: Arc::new(crate::presence::Presence::new(&config.presence)),
-        };
+        let services = Services::new(&config, stats, access.policy.clone(), log, router, broker);
 
         // Plugins start once the broker is up (their first publishes have
         // somewhere to go) and before anyone is served, so a required

@@ -183,16 +183,8 @@ impl Shared {
         // Nobody reads the broker side: these tests never publish through it.
         let settings = crate::broker::BrokerSettings::from_config(&config, policy.clone());
         let (broker, _) = crate::broker::Broker::for_tests(settings, stats.clone(), log.clone(), 1);
-        let services = crate::services::Services {
-            stats,
-            policy: policy.clone(),
-            log,
-            router,
-            broker,
-            device_filters: Arc::default(),
-            commands: Arc::new(crate::command::Commands::new(&config.limits)),
-            presence: Arc::new(crate::presence::Presence::new(&config.presence)),
-        };
+        let services =
+            crate::services::Services::new(&config, stats, policy.clone(), log, router, broker);
         Arc::new(Self::new(&config, &services, policy, upstreams, auth))
     }
 
