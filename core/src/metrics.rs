@@ -446,6 +446,7 @@ impl Collector for StatsCollector {
                 ("subscription", read(&s.mqtt_subscriptions_denied)),
                 ("delivery", read(&s.mqtt_deliveries_withheld)),
                 ("overflow", read(&s.mqtt_gate_overflows)),
+                ("properties", read(&s.mqtt_properties_dropped)),
             ],
         )?;
         let mut family = encoder.encode_descriptor(

@@ -151,6 +151,9 @@ counters! {
     /// MQTT connections closed because they did not read the gate's
     /// answers while sending more requests that needed one.
     mqtt_gate_overflows,
+    /// MQTT 5 publishes whose properties (but their topic alias) the gate
+    /// did not pass on: rumqttd 0.20 cannot deliver them to 3.1.1 devices.
+    mqtt_properties_dropped,
 }
 
 /// Where a refusal happened.

@@ -504,3 +504,80 @@ async fn devices_that_reconnect_at_once_are_let_back_in() {
     assert_eq!(get(bridge.http, "/healthz").await.status, 200);
     bridge.shutdown().await;
 }
+
+/// rumqttd 0.20 hands an MQTT 5 publish's properties (content type,
+/// response topic, correlation data) to every subscriber, and its 3.1.1
+/// writer panics on them, which stopped the 3.1.1 listener for every
+/// device. The gate passes no properties but the topic alias: the 3.1.1
+/// subscriber gets the message, and the listener goes on serving.
+#[tokio::test]
+async fn mqtt5_publish_properties_do_not_take_down_mqtt311_devices() {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, MqttOptions};
+    let bridge =
+        start_with(|c| c.mqtt.listen_v5 = Some("127.0.0.1:0".parse().expect("addr"))).await;
+    let mut v4 = Device::connect(bridge.mqtt, "v4-sub").await;
+    v4.subscribe("props/x").await;
+    let addr = bridge.mqtt_v5.expect("v5");
+    let mut options = MqttOptions::new("v5-pub", "127.0.0.1", addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let props = PublishProperties {
+        response_topic: Some("props/x/reply".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"c1")),
+        content_type: Some("text/plain".into()),
+        ..Default::default()
+    };
+    client
+        .publish_with_properties("props/x", QoS::AtLeastOnce, false, "hello", props)
+        .await
+        .expect("pub");
+    let got = v4.next().await;
+    assert_eq!(&got.payload[..], b"hello");
+    v4.publish("props/x", "again", false).await;
+    assert_eq!(&v4.next().await.payload[..], b"again");
+    bridge.shutdown().await;
+}
+
+/// The same for a will's properties: the will reaches a 3.1.1 subscriber,
+/// plain, and the listener goes on.
+#[tokio::test]
+async fn mqtt5_will_properties_do_not_take_down_mqtt311_devices() {
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, MqttOptions};
+    let bridge =
+        start_with(|c| c.mqtt.listen_v5 = Some("127.0.0.1:0".parse().expect("addr"))).await;
+    let mut v4 = Device::connect(bridge.mqtt, "v4-sub").await;
+    v4.subscribe("wills/x").await;
+    let addr = bridge.mqtt_v5.expect("v5");
+    let mut options = MqttOptions::new("v5-will", "127.0.0.1", addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let props = LastWillProperties {
+        delay_interval: None,
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: Some("text/plain".into()),
+        response_topic: Some("a/b".into()),
+        correlation_data: None,
+        user_properties: Vec::new(),
+    };
+    options.set_last_will(LastWill::new(
+        "wills/x",
+        "gone",
+        QoS::AtMostOnce,
+        false,
+        Some(props),
+    ));
+    let (_client, mut eventloop) = AsyncClient::new(options, 64);
+    let task = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    task.abort();
+    let got = v4.next().await;
+    assert_eq!(&got.payload[..], b"gone");
+    v4.publish("wills/x", "again", false).await;
+    assert_eq!(&v4.next().await.payload[..], b"again");
+    bridge.shutdown().await;
+}

@@ -159,6 +159,8 @@ pub struct Connect {
     /// them (see [`crate::broker::name`]).
     pub client_id_range: Range<usize>,
     pub will_topic_range: Option<Range<usize>>,
+    /// Where an MQTT 5 will's property block (its length included) lies.
+    pub will_properties_range: Option<Range<usize>>,
     /// Where the will payload (length prefix included) lies, and the will's
     /// QoS and retain flag, so the gate can stamp it (see
     /// [`crate::broker::stamp`]).
@@ -219,13 +221,14 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
     let mut will_topic = None;
     let mut will_topic_range = None;
     let mut will_payload_range = None;
+    let mut will_properties_range = None;
     let will_qos = (flags >> 3) & 0x03;
     if will_qos == 3 {
         return Err(r.malformed("will QoS 3"));
     }
     if flags & 0x04 != 0 {
         if version == Version::V5 {
-            r.properties()?;
+            will_properties_range = Some(r.properties()?.range);
         }
         let start = r.pos;
         will_topic = Some(r.string("will topic")?.to_owned());
@@ -254,6 +257,7 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
         will_topic,
         client_id_range,
         will_topic_range,
+        will_properties_range,
         will_payload_range,
         will_qos,
         will_retain: flags & 0x20 != 0,
@@ -281,6 +285,9 @@ pub struct Publish<'a> {
     /// Where the topic (length prefix included) lies in the packet.
     pub topic_range: Range<usize>,
     pub topic_alias: Option<u16>,
+    /// Where the MQTT 5 property block (its length included) lies; empty,
+    /// at the payload, for 3.1.1.
+    pub properties_range: Range<usize>,
     /// Where the payload starts (it runs to the end of the packet).
     pub payload_at: usize,
 }
@@ -307,11 +314,15 @@ pub fn parse_publish<'a>(
     } else {
         None
     };
-    let topic_alias = match version {
-        Version::V5 => r.properties()?.topic_alias,
-        Version::V311 => None,
+    let (topic_alias, properties_range) = match version {
+        Version::V5 => {
+            let properties = r.properties()?;
+            (properties.topic_alias, properties.range)
+        }
+        Version::V311 => (None, r.pos..r.pos),
     };
     Ok(Publish {
+        properties_range,
         qos,
         retain: frame.first & 0x01 != 0,
         payload_at: r.pos,

@@ -289,6 +289,17 @@ where
     if let Cow::Owned(id) = &client_id {
         edits.push((connect.client_id_range.clone(), Piece::Field(id.as_bytes())));
     }
+    // A will's MQTT 5 properties go the way of a PUBLISH's (see
+    // `upstream`): rumqttd 0.20 would hand them to 3.1.1 subscribers and
+    // its 3.1.1 writer panics on them. The will is kept, plain.
+    if let Some(range) = connect
+        .will_properties_range
+        .clone()
+        .filter(|r| r.len() > 1)
+    {
+        Stats::incr(&shared.stats.mqtt_properties_dropped);
+        edits.push((range, Piece::Raw(&[0])));
+    }
     if let (Some(Cow::Owned(topic)), Some(range)) = (&will, &connect.will_topic_range) {
         edits.push((range.clone(), Piece::Field(topic.as_bytes())));
     }

@@ -386,19 +386,41 @@ impl Upstream {
             let stamp = stamp::byte(meta, frame.len - publish.payload_at);
             let stamp = stamp.as_ref().map(std::slice::from_ref);
             let at = publish.payload_at;
-            let edits: &[Edit<'_>] = match (restore, stamp) {
-                (false, None) => &[],
-                (false, Some(stamp)) => &[(at..at, Piece::Raw(stamp))],
-                (true, None) => &[(publish.topic_range, Piece::Field(internal.as_bytes()))],
-                (true, Some(stamp)) => &[
-                    (publish.topic_range, Piece::Field(internal.as_bytes())),
-                    (at..at, Piece::Raw(stamp)),
-                ],
+            // rumqttd 0.20 hands a publish's MQTT 5 properties on to every
+            // subscriber, and its 3.1.1 writer panics on them
+            // (`unreachable!`), killing the 3.1.1 listener for every
+            // device: the broker is given the topic alias only (its own
+            // business with this connection), and the other properties
+            // (content type, response topic, correlation data, user
+            // properties, expiry) do not pass the gate.
+            let block = match publish.topic_alias {
+                // Length 3: the Topic Alias property (0x23) and its value.
+                Some(alias) => {
+                    let [hi, lo] = alias.to_be_bytes();
+                    [3, 0x23, hi, lo]
+                }
+                None => [0; 4],
             };
+            let alias_only = &block[..if publish.topic_alias.is_some() { 4 } else { 1 }];
+            let strip = self.version == Version::V5
+                && &bytes[publish.properties_range.clone()] != alias_only;
+            if strip {
+                Stats::incr(&self.stats().mqtt_properties_dropped);
+            }
+            let mut edits: Vec<Edit<'_>> = Vec::with_capacity(3);
+            if restore {
+                edits.push((publish.topic_range, Piece::Field(internal.as_bytes())));
+            }
+            if strip {
+                edits.push((publish.properties_range, Piece::Raw(alias_only)));
+            }
+            if let Some(stamp) = stamp {
+                edits.push((at..at, Piece::Raw(stamp)));
+            }
             if edits.is_empty() {
                 batch.to_broker.extend_from_slice(&bytes[..frame.len]);
             } else {
-                packet::write_edited(&mut batch.to_broker, bytes, &frame, edits);
+                packet::write_edited(&mut batch.to_broker, bytes, &frame, &edits);
             }
             if let Some(alias) = publish.topic_alias.and_then(|a| self.aliases.get_mut(&a)) {
                 alias.at_broker = true;
