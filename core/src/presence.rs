@@ -64,7 +64,13 @@ const STOP_DEADLINE: Duration = Duration::from_secs(1);
 pub fn topic_for(client_id: &str) -> String {
     let mut topic = String::with_capacity(PREFIX.len() + client_id.len());
     topic.push_str(PREFIX);
-    for c in client_id.chars() {
+    push_level(&mut topic, client_id);
+    topic
+}
+
+/// `id` as one topic level: `%`, `/`, `+` and `#` escaped.
+fn push_level(topic: &mut String, id: &str) {
+    for c in id.chars() {
         match c {
             '%' => topic.push_str("%25"),
             '/' => topic.push_str("%2F"),
@@ -73,7 +79,6 @@ pub fn topic_for(client_id: &str) -> String {
             other => topic.push(other),
         }
     }
-    topic
 }
 
 /// One device's state, as published (JSON).
@@ -89,6 +94,94 @@ pub struct DeviceState {
     pub reason: Option<String>,
     /// Whether the broker published its will as it went.
     pub will_sent: bool,
+    /// For a device behind a driver plugin: the plugin, which reported it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub driver: Option<String>,
+}
+
+impl DeviceState {
+    /// Where this state is published: `$tidewater/presence/<client id>`,
+    /// or `$tidewater/presence/<plugin>/<device>` for a driver's device.
+    pub fn topic(&self) -> String {
+        match &self.driver {
+            None => topic_for(&self.client_id),
+            Some(driver) => {
+                let mut topic = format!("{PREFIX}{driver}/");
+                push_level(&mut topic, &self.client_id);
+                topic
+            }
+        }
+    }
+}
+
+/// Why a driver's report was not published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportError {
+    /// The broker's ingress queue is full: retry.
+    Busy,
+    /// `presence.max_devices` devices are kept already.
+    Full,
+    /// Its topic is past the limits, or the broker refused it.
+    Refused,
+}
+
+/// A driver plugin's report that `device` is online or not: published
+/// (retained) when it changes what is known, on the device's topic.
+pub fn report(
+    services: &Services,
+    driver: &str,
+    device: &str,
+    online: bool,
+) -> Result<(), ReportError> {
+    let presence = &services.presence;
+    if !presence.enabled {
+        return Ok(());
+    }
+    let state = DeviceState {
+        client_id: device.to_owned(),
+        username: None,
+        online,
+        since: now_ms(),
+        reason: (!online).then(|| "driver-reported".to_owned()),
+        will_sent: false,
+        driver: Some(driver.to_owned()),
+    };
+    let topic = state.topic();
+    let stats = &services.stats;
+    if presence
+        .lock()
+        .get(&topic)
+        .is_some_and(|known| known.online == online)
+    {
+        return Ok(());
+    }
+    if services.router.topic_limits().topic(&topic).is_err() {
+        Stats::incr(&stats.presence_dropped);
+        return Err(ReportError::Refused);
+    }
+    if !presence.record(&state) {
+        Stats::incr(&stats.presence_dropped);
+        return Err(ReportError::Full);
+    }
+    let payload = serde_json::to_vec(&state).unwrap_or_default();
+    match services
+        .broker
+        .try_publish_own(&topic, payload.into(), true)
+    {
+        Ok(()) => {
+            Stats::incr(&stats.presence_published);
+            Ok(())
+        }
+        Err(e) => {
+            // Not published: forgotten, so the driver's retry publishes it.
+            presence.lock().remove(&topic);
+            Stats::incr(&stats.presence_dropped);
+            Err(match e {
+                crate::broker::PublishError::Busy => ReportError::Busy,
+                _ => ReportError::Refused,
+            })
+        }
+    }
 }
 
 /// One driver plugin's state, as published (JSON).
@@ -174,6 +267,7 @@ fn reason(ending: &DisconnectReason) -> &'static str {
 /// Every device's last known state.
 #[derive(Debug)]
 pub struct Presence {
+    enabled: bool,
     max_devices: usize,
     devices: Mutex<HashMap<String, DeviceState>>,
     /// The latest connection (the gate's number) seen per client id: the
@@ -185,6 +279,7 @@ pub struct Presence {
 impl Presence {
     pub fn new(config: &PresenceConfig) -> Self {
         Self {
+            enabled: config.enabled,
             max_devices: config.max_devices.max(1),
             devices: Mutex::default(),
             latest: Mutex::default(),
@@ -221,13 +316,14 @@ impl Presence {
     }
 
     /// Records `state`; `false` if it is a new device past
-    /// `presence.max_devices`.
+    /// `presence.max_devices`. Devices are known by their topic.
     fn record(&self, state: &DeviceState) -> bool {
+        let topic = state.topic();
         let mut devices = self.lock();
-        if !devices.contains_key(&state.client_id) && devices.len() >= self.max_devices {
+        if !devices.contains_key(&topic) && devices.len() >= self.max_devices {
             return false;
         }
-        devices.insert(state.client_id.clone(), state.clone());
+        devices.insert(topic, state.clone());
         true
     }
 }
@@ -293,9 +389,10 @@ pub async fn run(
 
 /// Marks offline what the log's retained presence says is online: a
 /// previous run that ended without saying so; and stopped, the drivers a
-/// previous run had that this one has not (configured ones get their
-/// state on the first look).
-pub async fn sweep(presence: &Presence, services: &Services, drivers: &PluginStatuses) {
+/// previous run had that this one has not (`drivers`, the configured ones,
+/// get their state on the first look). Run before the plugins start, so
+/// that nothing this run reports is taken for a leftover.
+pub async fn sweep(presence: &Presence, services: &Services, drivers: &[String]) {
     let log = services.log.clone();
     let before = log.next();
     let max = presence.max_devices;
@@ -316,7 +413,7 @@ pub async fn sweep(presence: &Presence, services: &Services, drivers: &PluginSta
             let Ok(driver) = serde_json::from_slice::<DriverState>(&record.payload) else {
                 continue;
             };
-            let configured = drivers.iter().any(|d| d.name() == driver.name);
+            let configured = drivers.contains(&driver.name);
             if !configured && !matches!(driver.state.as_str(), "stopped" | "failed") {
                 let stopped = DriverState {
                     state: "stopped".into(),
@@ -367,6 +464,7 @@ fn state_of(event: &DeviceEvent) -> Option<DeviceState> {
         since: event.at_ms,
         reason: why,
         will_sent,
+        driver: None,
     })
 }
 
@@ -374,7 +472,7 @@ fn state_of(event: &DeviceEvent) -> Option<DeviceState> {
 /// cannot be.
 async fn publish(presence: &Presence, services: &Services, state: DeviceState) {
     let stats = &services.stats;
-    let topic = topic_for(&state.client_id);
+    let topic = state.topic();
     // Checked before the device takes a place: an id whose topic is past
     // the limits would hold one and never be shown.
     if let Err(e) = services.router.topic_limits().topic(&topic) {
@@ -426,6 +524,7 @@ mod tests {
             since: 1,
             reason: None,
             will_sent: false,
+            driver: None,
         };
         assert!(presence.record(&state("a")));
         assert!(!presence.record(&state("b")));

@@ -269,6 +269,48 @@ async fn modbus_values_reach_sse_and_commands_write_registers() {
 
 // ------------------------------------------------------------ runtime ---
 
+/// A driver reports the devices behind it (the `presence` host call): each
+/// is retained on `$tidewater/presence/<plugin>/<device>`, named with its
+/// driver, and listed by `GET /devices`.
+#[tokio::test]
+async fn drivers_report_the_devices_behind_them() {
+    let library = rust_plugin("sim-light");
+    let mut config = plugin_support::bridge::config_with(vec![plugin(
+        "lights",
+        &library,
+        json!({"lights": ["1", "porch"]}),
+    )]);
+    config.presence.enabled = true;
+    let mut bridge = plugin_support::bridge::start_config(config).await;
+    let mut states = SseClient::connect(
+        bridge.http,
+        "/events?topic=%24tidewater%2Fpresence%2Flights%2F%2B",
+        &[],
+    )
+    .await;
+    let mut seen = std::collections::BTreeMap::new();
+    while seen.len() < 2 {
+        let state: Value = serde_json::from_str(&next_event(&mut states).await.data).expect("JSON");
+        assert_eq!(state["driver"], "lights", "{state}");
+        seen.insert(
+            state["client_id"].as_str().unwrap_or_default().to_owned(),
+            state["online"].clone(),
+        );
+    }
+    assert_eq!(seen["1"], true);
+    assert_eq!(seen["porch"], true);
+    let devices = get(bridge.http, "/devices").await.json();
+    let listed: Vec<_> = devices
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|d| d["driver"] == "lights")
+        .map(|d| d["client_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(listed, ["1", "porch"]);
+    bridge.shutdown().await;
+}
+
 /// Each driver's state is retained on `$tidewater/drivers/<name>`: running
 /// once started, failed with its last error when it panics.
 #[tokio::test]

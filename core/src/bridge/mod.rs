@@ -191,6 +191,13 @@ impl Bridge {
         );
         let services = Services::new(&config, stats, access.policy.clone(), log, router, broker);
 
+        // Presence marks offline what a previous run left online, before
+        // anything of this run can report a device.
+        if config.presence.enabled {
+            let drivers: Vec<String> = config.plugins.iter().map(|p| p.name.clone()).collect();
+            crate::presence::sweep(&services.presence, &services, &drivers).await;
+        }
+
         // Plugins start once the broker is up (their first publishes have
         // somewhere to go) and before anyone is served, so a required
         // plugin that fails stops startup first.
@@ -200,10 +207,9 @@ impl Bridge {
 
         let mut addrs = Vec::with_capacity(bound.len());
         let mut server_task = None;
-        // Presence marks offline what a previous run left online, then
-        // listens, all before any device can connect: it sees every connect.
+        // Presence listens before any device can connect: it sees every
+        // connect.
         if config.presence.enabled {
-            crate::presence::sweep(&services.presence, &services, &statuses).await;
             tasks.spawn(crate::presence::run(
                 services.presence.clone(),
                 services.clone(),

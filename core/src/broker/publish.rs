@@ -103,6 +103,38 @@ impl Broker {
         payload: Bytes,
         retain: bool,
     ) -> Result<(), PublishError> {
+        let request = self.own_request(topic, payload, retain)?;
+        self.shared
+            .ingress
+            .send(request)
+            .await
+            .map_err(|_| PublishError::Unavailable)
+    }
+
+    /// [`Broker::publish_own`] without waiting: for callers outside the
+    /// async runtime (a driver reporting presence). A full queue is
+    /// [`PublishError::Busy`].
+    pub fn try_publish_own(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        retain: bool,
+    ) -> Result<(), PublishError> {
+        let request = self.own_request(topic, payload, retain)?;
+        match self.shared.ingress.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(PublishError::Busy),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(PublishError::Unavailable),
+        }
+    }
+
+    /// The checks of the bridge's own publishes, and their request.
+    fn own_request(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        retain: bool,
+    ) -> Result<IngressRequest, PublishError> {
         self.shared
             .settings
             .topics
@@ -117,19 +149,14 @@ impl Broker {
         if !self.shared.census.admit_topic(&name::topic_in(topic)) {
             return Err(PublishError::TopicLimit);
         }
-        let request = IngressRequest {
+        Ok(IngressRequest {
             topic: topic.to_owned(),
             payload,
             qos: 1,
             retain,
             restored: false,
             confirm: None,
-        };
-        self.shared
-            .ingress
-            .send(request)
-            .await
-            .map_err(|_| PublishError::Unavailable)
+        })
     }
 
     /// Checks and queues a publish; a refusal by a limit is counted for

@@ -179,7 +179,7 @@ async fn devices(
         .devices()
         .into_iter()
         .filter(|d| {
-            let topic = crate::presence::topic_for(&d.client_id);
+            let topic = d.topic();
             policy
                 .authorize(&principal, crate::auth::Action::Subscribe, &topic)
                 .is_ok()

@@ -71,6 +71,7 @@ impl HostContext {
             publish: Some(callback_publish),
             subscribe: Some(callback_subscribe),
             log: Some(callback_log),
+            presence: Some(callback_presence),
         }));
         (context, HostTable(table))
     }
@@ -159,6 +160,31 @@ impl HostContext {
         })
     }
 
+    /// A device behind the driver online or not: its presence, published
+    /// by the bridge (see `crate::presence`).
+    fn presence(&self, device: &[u8], online: u8) -> TwStatus {
+        let Ok(device) = std::str::from_utf8(device) else {
+            return TwStatus::INVALID_ARGUMENT;
+        };
+        if device.is_empty()
+            || device.len() > MAX_DEVICE_ID_BYTES
+            || device.contains('\0')
+            || online > 1
+        {
+            return TwStatus::INVALID_ARGUMENT;
+        }
+        self.with_live(|live| {
+            let driver = self.status.name();
+            match crate::presence::report(&live.services, driver, device, online == 1) {
+                Ok(()) => TwStatus::OK,
+                Err(crate::presence::ReportError::Busy) => TwStatus::BUSY,
+                Err(crate::presence::ReportError::Refused) => TwStatus::INVALID_ARGUMENT,
+                // No more devices are kept: not a state a retry changes.
+                Err(crate::presence::ReportError::Full) => TwStatus::DENIED,
+            }
+        })
+    }
+
     fn log(&self, level: TwLogLevel, message: &[u8]) {
         let cut = &message[..message.len().min(MAX_LOG_BYTES)];
         let message = String::from_utf8_lossy(cut);
@@ -176,6 +202,9 @@ impl HostContext {
         }
     }
 }
+
+/// Longest device id a driver may report presence for.
+const MAX_DEVICE_ID_BYTES: usize = 256;
 
 /// A leaked host table, handed to the plugin's thread.
 #[derive(Debug, Clone, Copy)]
@@ -230,6 +259,17 @@ unsafe extern "C" fn callback_subscribe(ctx: *mut c_void, filter: TwStr) -> TwSt
         };
         // SAFETY: the ABI: the filter is borrowed for this call.
         context.subscribe(unsafe { borrowed(filter.ptr, filter.len) })
+    })
+}
+
+unsafe extern "C" fn callback_presence(ctx: *mut c_void, device: TwStr, online: u8) -> TwStatus {
+    guarded(|| {
+        // SAFETY: our own table's ctx.
+        let Some(context) = (unsafe { context(ctx) }) else {
+            return TwStatus::INVALID_ARGUMENT;
+        };
+        // SAFETY: the ABI: the device id is borrowed for this call.
+        context.presence(unsafe { borrowed(device.ptr, device.len) }, online)
     })
 }
 

@@ -85,6 +85,12 @@ typedef TwStatus (*TwPublishFn)(void *ctx, TwStr topic, TwBytes payload, uint8_t
 typedef TwStatus (*TwSubscribeFn)(void *ctx, TwStr filter);
 /* One line in the bridge's log, tagged with the plugin's name. */
 typedef void (*TwLogFn)(void *ctx, TwLogLevel level, TwStr message);
+/* Reports whether a device behind the driver is online (1) or not (0); the
+ * bridge publishes it, retained, on $tidewater/presence/<plugin>/<device>.
+ * device: the driver's own id for it, 1 to 256 bytes of UTF-8. Never blocks
+ * (a full ingress queue is BUSY). Added after log: use it only when
+ * struct_size >= offsetof(TwHostApi, presence) + sizeof(TwPresenceFn). */
+typedef TwStatus (*TwPresenceFn)(void *ctx, TwStr device, uint8_t online);
 
 /* What the host offers. Every callback is thread-safe and non-blocking.
  * OWNERSHIP: host. The table and ctx stay valid from create() until destroy()
@@ -96,6 +102,7 @@ typedef struct TwHostApi {
     TwPublishFn publish;
     TwSubscribeFn subscribe;
     TwLogFn log;
+    TwPresenceFn presence; /* see TwPresenceFn: check struct_size first */
 } TwHostApi;
 
 /* Creates an instance from config_json (the plugin's [plugins.config] table as

@@ -216,6 +216,17 @@ pub type TwSubscribeFn = unsafe extern "C" fn(ctx: *mut c_void, filter: TwStr) -
 /// Writes one line to the bridge's log, tagged with the plugin's name.
 pub type TwLogFn = unsafe extern "C" fn(ctx: *mut c_void, level: TwLogLevel, message: TwStr);
 
+/// Reports whether a device behind the driver is online (`online` 1) or
+/// not (0). The bridge publishes it, retained, on
+/// `$tidewater/presence/<plugin>/<device>` beside its MQTT devices'
+/// presence. `device` is the driver's own id for it (UTF-8, 1 to 256
+/// bytes). Never blocks: a full ingress queue is [`TwStatus::BUSY`].
+///
+/// Added after the first three callbacks: a host whose `struct_size` does
+/// not cover it does not offer it.
+pub type TwPresenceFn =
+    unsafe extern "C" fn(ctx: *mut c_void, device: TwStr, online: u8) -> TwStatus;
+
 /// What the host offers a plugin. Every callback is thread-safe and
 /// non-blocking, callable from any thread.
 ///
@@ -233,6 +244,8 @@ pub struct TwHostApi {
     pub publish: Option<TwPublishFn>,
     pub subscribe: Option<TwSubscribeFn>,
     pub log: Option<TwLogFn>,
+    /// Present only when `struct_size` covers it (see [`TwPresenceFn`]).
+    pub presence: Option<TwPresenceFn>,
 }
 
 /// Creates an instance from its configuration (the `config` table of its

@@ -24,6 +24,11 @@ const SIGNATURES: &[(&str, &str, &str)] = &[
     ("TwHostApi", "subscribe", "TwStatus (*)(void *, TwStr)"),
     ("TwHostApi", "log", "void (*)(void *, TwLogLevel, TwStr)"),
     (
+        "TwHostApi",
+        "presence",
+        "TwStatus (*)(void *, TwStr, uint8_t)",
+    ),
+    (
         "TwPluginDescriptor",
         "create",
         "TwStatus (*)(const TwHostApi *, TwStr, void **, TwErrorBuf *)",
@@ -45,6 +50,7 @@ const _: fn(TwPublishFn) -> unsafe extern "C" fn(*mut c_void, TwStr, TwBytes, u8
     |f| f;
 const _: fn(TwSubscribeFn) -> unsafe extern "C" fn(*mut c_void, TwStr) -> TwStatus = |f| f;
 const _: fn(TwLogFn) -> unsafe extern "C" fn(*mut c_void, TwLogLevel, TwStr) = |f| f;
+const _: fn(TwPresenceFn) -> unsafe extern "C" fn(*mut c_void, TwStr, u8) -> TwStatus = |f| f;
 const _: fn(
     TwCreateFn,
 ) -> unsafe extern "C" fn(
@@ -87,7 +93,8 @@ fn generated_c() -> String {
         ctx,
         publish,
         subscribe,
-        log
+        log,
+        presence
     });
     layout!(TwPluginDescriptor {
         abi_version,

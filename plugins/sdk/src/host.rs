@@ -161,6 +161,24 @@ impl Host {
         HostError::check(unsafe { subscribe(table.ctx, TwStr::new(filter)) })
     }
 
+    /// Reports whether a device behind the driver is online; the bridge
+    /// publishes it, retained, on `$tidewater/presence/<plugin>/<device>`.
+    /// [`HostError::InvalidArgument`] for an id that is empty, longer than
+    /// 256 bytes or holds NUL; [`HostError::Closed`] from a bridge too old
+    /// to offer it.
+    pub fn presence(&self, device: &str, online: bool) -> Result<(), HostError> {
+        let table = self.table();
+        let covered = std::mem::offset_of!(TwHostApi, presence)
+            + std::mem::size_of::<Option<tidewater_plugin_api::TwPresenceFn>>();
+        if (table.struct_size as usize) < covered {
+            return Err(HostError::Closed);
+        }
+        let presence = table.presence.ok_or(HostError::Closed)?;
+        // SAFETY: as in `publish_with_qos`; the id is borrowed for the call,
+        // and `struct_size` says the table has the field.
+        HostError::check(unsafe { presence(table.ctx, TwStr::new(device), u8::from(online)) })
+    }
+
     /// Writes a line to the bridge's log, tagged with the plugin's name.
     pub fn log(&self, level: Level, message: &str) {
         let table = self.table();

@@ -38,6 +38,8 @@ struct Record {
     published: Vec<Published>,
     subscribed: Vec<String>,
     logs: Vec<(TwLogLevel, String)>,
+    /// Devices reported, as (device, online), in order.
+    presences: Vec<(String, bool)>,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +80,7 @@ impl TestHost {
             publish: Some(record_publish),
             subscribe: Some(record_subscribe),
             log: Some(record_log),
+            presence: Some(record_presence),
         }));
         Self { recorder, table }
     }
@@ -109,6 +112,11 @@ impl TestHost {
 
     pub fn subscriptions(&self) -> Vec<String> {
         self.recorder.lock().subscribed.clone()
+    }
+
+    /// Devices the driver reported, as (device, online), in order.
+    pub fn presences(&self) -> Vec<(String, bool)> {
+        self.recorder.lock().presences.clone()
     }
 
     /// Log lines as (level, message).
@@ -302,6 +310,22 @@ unsafe extern "C" fn record_subscribe(ctx: *mut c_void, filter: TwStr) -> TwStat
     }
 }
 
+unsafe extern "C" fn record_presence(ctx: *mut c_void, device: TwStr, online: u8) -> TwStatus {
+    // SAFETY: our own table's ctx.
+    let recorder = unsafe { recorder(ctx) };
+    // SAFETY: the ABI: borrowed for this call.
+    match unsafe { text(device.ptr, device.len) } {
+        Some(device) if !device.is_empty() && online <= 1 => {
+            recorder
+                .lock()
+                .presences
+                .push((device.to_owned(), online == 1));
+            TwStatus::OK
+        }
+        _ => TwStatus::INVALID_ARGUMENT,
+    }
+}
+
 unsafe extern "C" fn record_log(ctx: *mut c_void, level: TwLogLevel, message: TwStr) {
     // SAFETY: our own table's ctx.
     let recorder = unsafe { recorder(ctx) };
@@ -373,6 +397,32 @@ mod tests {
         );
         assert!(published[0].retain);
         assert_eq!(instance.stop(), TwStatus::OK);
+    }
+
+    /// `presence` reaches the host when its table has the call, and is
+    /// `Closed` from a host whose table ends before it (an older bridge).
+    #[test]
+    fn presence_needs_a_host_that_offers_it() {
+        let test = TestHost::new();
+        let host = test.host();
+        assert_eq!(host.presence("lamp-1", true), Ok(()));
+        assert_eq!(test.presences(), [("lamp-1".to_owned(), true)]);
+        assert_eq!(
+            host.presence("", true),
+            Err(crate::HostError::InvalidArgument)
+        );
+        let older: &'static TwHostApi = Box::leak(Box::new(TwHostApi {
+            struct_size: std::mem::offset_of!(TwHostApi, presence) as u32,
+            presence: None,
+            ..*test.table
+        }));
+        // SAFETY: a leaked table, valid forever.
+        let old_host = unsafe { Host::from_raw(NonNull::from(older)) };
+        assert_eq!(
+            old_host.presence("lamp-1", true),
+            Err(crate::HostError::Closed)
+        );
+        assert_eq!(test.presences().len(), 1, "nothing reached the host");
     }
 
     /// A configuration that does not deserialise fails `create` with serde's

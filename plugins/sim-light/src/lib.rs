@@ -38,6 +38,15 @@ pub struct SimLight {
 }
 
 impl SimLight {
+    /// Tells the bridge whether light `id` is there (its presence), which
+    /// a simulated light always is while the driver runs.
+    fn report(&self, id: &str, online: bool) {
+        if let Err(e) = self.host.presence(id, online) {
+            self.host
+                .warn(&format!("Cannot report light `{id}`'s presence: {e}"));
+        }
+    }
+
     fn publish_state(&self, id: &str, state: State) -> Result<(), Error> {
         let payload = serde_json::to_string(&state)?;
         self.host
@@ -79,8 +88,15 @@ impl Plugin for SimLight {
     fn start(&mut self) -> Result<(), Error> {
         for (id, state) in &self.lights {
             self.publish_state(id, *state)?;
+            self.report(id, true);
         }
         Ok(())
+    }
+
+    fn stop(&mut self) {
+        for id in self.lights.keys() {
+            self.report(id, false);
+        }
     }
 
     fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<(), Error> {
@@ -178,6 +194,26 @@ mod tests {
         assert!(published
             .iter()
             .all(|p| p.retain == (p.topic == "home/light/1/state")));
+    }
+
+    /// Each light is reported present while the driver runs, and gone
+    /// once it stops.
+    #[test]
+    fn lights_report_their_presence() {
+        let test = TestHost::new();
+        let mut instance = test
+            .create::<SimLight>(r#"{"lights": ["1", "porch"]}"#)
+            .expect("created");
+        assert_eq!(instance.start(), TwStatus::OK);
+        assert_eq!(
+            test.presences(),
+            [("1".to_owned(), true), ("porch".to_owned(), true)]
+        );
+        assert_eq!(instance.stop(), TwStatus::OK);
+        assert_eq!(
+            test.presences()[2..],
+            [("1".to_owned(), false), ("porch".to_owned(), false)]
+        );
     }
 
     /// A bad command is an error (logged by the bridge) and changes nothing.
