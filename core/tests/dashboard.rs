@@ -113,6 +113,8 @@ async fn start_dashboard(example: &Config, http: SocketAddr, log_dir: &Path) -> 
         config.http.static_dir = Some(workspace_root().join("examples/dashboard"));
         config.routes = example.routes.clone();
         config.plugins = plugins;
+        // The page shows the lights' presence.
+        config.presence.enabled = true;
     })
     .await
 }
@@ -242,7 +244,8 @@ async fn the_dashboard_follows_the_bridge_through_a_restart() {
 
     // A light that reports its state and takes commands but never answers
     // them: a real MQTT device, for the page's "no answer".
-    let mut silent = common::Device::connect(first.mqtt, "silent-light").await;
+    // Its client id says which light it is, for the page's presence.
+    let mut silent = common::Device::connect(first.mqtt, "light-silent").await;
     silent.subscribe("home/light/silent/set").await;
     silent
         .publish(
@@ -281,6 +284,16 @@ async fn the_dashboard_follows_the_bridge_through_a_restart() {
     };
     let deadline = script.deadline;
 
+    assert_eq!(script.line().await, "drop-silent-light");
+    drop(silent);
+    stdin
+        .write_all(b"dropped\n")
+        .await
+        .expect("tell the script");
+    assert_eq!(script.line().await, "bring-back-silent-light");
+    let mut silent = common::Device::connect(first.mqtt, "light-silent").await;
+    silent.subscribe("home/light/silent/set").await;
+    stdin.write_all(b"back\n").await.expect("tell the script");
     assert_eq!(script.line().await, "ready-for-restart");
     between_rounds(&mut last_event).await;
     let before_restart = started.elapsed();

@@ -30,7 +30,8 @@ class Light {
   constructor(id) {
     this.id = id;
     this.state = null; // {on, brightness} as last reported
-    this.pending = null; // {wanted, timer} while a command awaits its answer
+    this.online = true; // what the light's presence says, when it says
+    this.pending = null; // {wanted} while a command awaits its answer
     this.root = element('article', 'card light');
     this.root.dataset.light = id;
     const text = element('div', 'light-text');
@@ -51,6 +52,11 @@ class Light {
   report(state) {
     this.state = state;
     this.pending = null;
+    this.render();
+  }
+
+  setOnline(online) {
+    this.online = online;
     this.render();
   }
 
@@ -89,11 +95,14 @@ class Light {
   render(note) {
     const on = Boolean(this.state && this.state.on);
     this.switch.setAttribute('aria-checked', String(on));
-    this.switch.disabled = !this.state;
+    this.switch.disabled = !this.state || !this.online;
+    this.root.classList.toggle('offline', !this.online);
     this.switch.setAttribute('aria-busy', String(Boolean(this.pending)));
     this.root.classList.toggle('on', on);
     this.status.classList.toggle('problem', Boolean(note));
-    if (note) {
+    if (!this.online) {
+      this.status.textContent = 'Offline';
+    } else if (note) {
       this.status.textContent = note;
     } else if (this.pending) {
       this.status.textContent = `Switching ${this.pending.wanted ? 'on' : 'off'}…`;
@@ -113,6 +122,7 @@ export class Lights {
     this.container = container;
     this.placeholder = placeholder;
     this.lights = new Map();
+    this.online = new Map(); // light id -> what its presence last said
   }
 
   // message: the bridge's JSON for home/light/<id>/state.
@@ -129,10 +139,32 @@ export class Lights {
     this.light(id).report(state);
   }
 
+  // message: the bridge's JSON for $tidewater/presence/…: a light is
+  // sim-light's device <id> ("driver": "lights"), or an MQTT device whose
+  // client id is light-<id>. Other devices are not lights.
+  presence(message) {
+    let state;
+    try {
+      state = JSON.parse(message.payload);
+    } catch {
+      return;
+    }
+    if (!state || typeof state.client_id !== 'string' || typeof state.online !== 'boolean') return;
+    let id = null;
+    if (state.driver === 'lights') id = state.client_id;
+    else if (!state.driver && state.client_id.startsWith('light-')) id = state.client_id.slice(6);
+    if (!id) return;
+    // Kept for a light whose first state has not come yet.
+    this.online.set(id, state.online);
+    const light = this.lights.get(id);
+    if (light) light.setOnline(state.online);
+  }
+
   light(id) {
     let light = this.lights.get(id);
     if (light) return light;
     light = new Light(id);
+    if (this.online.has(id)) light.online = this.online.get(id);
     this.lights.set(id, light);
     this.placeholder.hidden = true;
     const order = (a, b) => a.localeCompare(b, undefined, { numeric: true });

@@ -9,8 +9,13 @@ import { Explorer } from './explorer.js';
 
 // The topics sim-thermo and sim-light publish, which bridge.toml routes to
 // these event names.
-const FILTERS = ['home/+/temperature', 'home/+/humidity', 'home/light/+/state'];
-const EVENTS = ['temperature', 'humidity', 'light'];
+const FILTERS = [
+  'home/+/temperature',
+  'home/+/humidity',
+  'home/light/+/state',
+  '$tidewater/presence/#',
+];
+const EVENTS = ['temperature', 'humidity', 'light', 'presence'];
 
 const $ = (id) => document.getElementById(id);
 
@@ -74,6 +79,7 @@ const live = new LiveStream({
   history: '-5m',
   onMessage: (event, message, id) => {
     if (event === 'light') lights.add(message);
+    else if (event === 'presence') lights.presence(message);
     else rooms.add(event, message, id);
   },
   onGap: showGap,

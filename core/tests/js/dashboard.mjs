@@ -4,7 +4,10 @@
 //   1. readings arrive for every room; every light reports; the page is Live;
 //   2. a click on a light's switch is a command the light answers with its
 //      state; a command a silent light never answers leaves the switch as
-//      reported and says so once the bridge's timeout passes;
+//      reported and says so once the bridge's timeout passes; that light's
+//      device going away shows Offline, and coming back its state again
+//      (prints `drop-silent-light` / `bring-back-silent-light` and waits
+//      for `dropped` / `back` on stdin);
 //      a command from elsewhere shows up too;
 //   3. the explorer shows the bridge's 400 message for an invalid filter,
 //      then watches a valid one;
@@ -167,6 +170,15 @@ try {
   await page.click(`[data-light="${silent}"] [role=switch]`);
   await lightIs(silent, false, 'Switching on…');
   await lightIs(silent, false, `No answer from light ${silent}`);
+
+  // 2b'. The silent light's device goes away (the test drops it) and comes
+  //      back: its presence turns the tile Offline, then back to its state.
+  console.log('drop-silent-light');
+  if ((await nextStdinLine()) !== 'dropped') await fail('expected "dropped" on stdin');
+  await lightIs(silent, false, 'Offline');
+  console.log('bring-back-silent-light');
+  if ((await nextStdinLine()) !== 'back') await fail('expected "back" on stdin');
+  await lightIs(silent, false, 'Off');
 
   // 2c. A command from another client: the page follows the light's report.
   const command = await fetch(new URL(`/publish/home/light/${third}/set?qos=1`, pageUrl), {
