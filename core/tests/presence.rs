@@ -29,6 +29,17 @@ async fn watch_presence(bridge: &common::TestBridge) -> SseClient {
     SseClient::connect(bridge.http, path, &[]).await
 }
 
+/// The client ids `GET /devices` lists, in order.
+async fn listed_ids(bridge: &common::TestBridge) -> Vec<String> {
+    let listed: Value = get(bridge.http, "/devices").await.json();
+    listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|d| d["client_id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 /// The next presence state on `sse`, as JSON.
 async fn next_state(sse: &mut SseClient) -> Value {
     let event = sse.expect_event().await;
@@ -203,13 +214,7 @@ async fn presence_reaches_every_protocol_and_only_the_bridge_writes_it() {
     )
     .await;
     assert_eq!(refused["code"], "forbidden");
-    let listed: Value = get(bridge.http, "/devices").await.json();
-    let ids: Vec<_> = listed
-        .as_array()
-        .expect("a list")
-        .iter()
-        .map(|d| d["client_id"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let ids = listed_ids(&bridge).await;
     assert_eq!(ids, ["door", "everything", "watcher"]);
     bridge.shutdown().await;
 }
@@ -260,13 +265,7 @@ async fn rules_decide_whose_presence_a_client_sees() {
         bridge.stats().presence_published >= 2
     })
     .await;
-    let listed: Value = get(bridge.http, "/devices").await.json();
-    let ids: Vec<_> = listed
-        .as_array()
-        .expect("a list")
-        .iter()
-        .map(|d| d["client_id"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let ids = listed_ids(&bridge).await;
     assert_eq!(ids, ["sensor-1"], "anonymous reads sensor presence only");
     let denied = request(
         bridge.http,
